@@ -84,6 +84,8 @@ def resolve_single_file_config(path: Path, ckpt: CheckpointFile,
     if override.is_dir():
         if not (override / "model_index.json").is_file():
             raise ModelLoadError(f"{override} is not a diffusers config folder (no model_index.json)")
+        if family == "sd2" and _scheduler_config(override).get("prediction_type") == "v_prediction":
+            family = "sd2-v"
         return family, None, override
     if override.suffix.lower() in (".yaml", ".yml"):
         family, prediction = families.family_from_ldm_yaml(override)
@@ -118,6 +120,8 @@ def load_single_file(path: Path, dtype: torch.dtype, config_override: Path | Non
         log.exception("loading %s failed", path)
         raise ModelLoadError(f"{path.name} could not be loaded as {family.label}: {str(exc).splitlines()[0][:300]}")
     sched = _scheduler_config(config_dir)
+    if family_name == "sd2" and config_dir == families.bundled_config_dir("sd2") and _predicts_v(unet):
+        family, prediction = FAMILIES["sd2-v"], "v_prediction"
     return ModelParts(
         family=family,
         prediction_type=prediction or sched.get("prediction_type", "epsilon"),
@@ -127,6 +131,20 @@ def load_single_file(path: Path, dtype: torch.dtype, config_override: Path | Non
         tokenizer_2=build_clip_tokenizer("!") if family.is_xl else None,
         scheduler_config=sched,
     )
+
+
+@torch.no_grad()
+def _predicts_v(unet: Any) -> bool:
+    """Whether an SD 2.x UNet was trained for v-prediction (the 768-v models), told from one forward pass.
+
+    At t=999 an epsilon model predicts roughly its input, a v model roughly its negative: the same probe A1111 uses
+    when no config says which.
+    """
+    p = next(unet.parameters())
+    x = torch.full((1, 4, 8, 8), 0.5, device=p.device, dtype=p.dtype)
+    cond = torch.full((1, 2, int(unet.config.cross_attention_dim)), 0.5, device=p.device, dtype=p.dtype)
+    out = unet(x, torch.tensor([999], device=p.device), encoder_hidden_states=cond, return_dict=False)[0]
+    return bool((out.float() - x.float()).mean().item() < -1)
 
 
 def diffusers_folder_family(folder: Path) -> str:

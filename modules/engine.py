@@ -1,0 +1,97 @@
+"""The engine facade every front door drives: pick the model, generate, save the outputs."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from modules import images as image_utils
+from modules import outputs
+from modules.generation.control import JobControl
+from modules.generation.result import GenerationResult
+from modules.generation.txt2img import txt2img
+from modules.models.manager import ModelManager
+from modules.requests import GenerationRequest, Limits, validate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where and how a job's images are saved (a snapshot of the settings taken when the job is submitted)."""
+
+    root: Path = Path("outputs")
+    save_samples: bool = True
+    save_grid: bool = True
+    samples_format: str = "png"
+    grid_format: str = "png"
+    filename_pattern: str = "[seed]"
+    save_to_dirs: bool = True
+    enable_pnginfo: bool = True
+    grid_only_if_multiple: bool = True
+    jpeg_quality: int = 80
+
+
+@dataclass
+class JobOutput:
+    result: GenerationResult
+    grid: Image.Image | None = None
+    saved: list[Path] = field(default_factory=list)
+    grid_path: Path | None = None
+
+
+class Engine:
+    def __init__(self, models: ModelManager, limits: Limits | None = None) -> None:
+        self.models = models
+        self.limits = limits or Limits()
+
+    def txt2img(self, req: GenerationRequest, control: JobControl | None = None,
+                out: OutputOptions | None = None, preview_every: int = 0) -> JobOutput:
+        """Validate, run and (when ``out`` is given) save a txt2img job."""
+        validate(req, self.limits)
+        control = control or JobControl()
+        control.update(phase="loading model")
+        parts = self.models.get(req.checkpoint)
+        result = txt2img(parts, req, control, preview_every)
+        job = JobOutput(result)
+        if len(result.images) > 1 or (out is not None and not out.grid_only_if_multiple):
+            job.grid = image_utils.image_grid(result.images)
+        if out is not None:
+            save_outputs(job, out, "txt2img")
+        return job
+
+
+def _values(result: GenerationResult, index: int) -> dict:
+    req = result.request
+    return {
+        "seed": result.all_seeds[index], "seeds": result.all_seeds, "steps": req.steps, "cfg_scale": req.cfg_scale,
+        "width": req.width, "height": req.height, "styles": list(req.styles), "sampler": req.sampler_name,
+        "scheduler": req.scheduler, "model_hash": result.model_hash or "", "model_name": result.model_name,
+        "prompt": result.all_prompts[index], "negative_prompt": result.all_negative_prompts[index],
+        "job_timestamp": _dt.datetime.now(), "batch_number": index % req.batch_size,
+        "generation_number": index, "clip_skip": req.clip_skip, "denoising_strength": req.denoising_strength,
+    }
+
+
+def save_outputs(job: JobOutput, out: OutputOptions, kind: str) -> None:
+    """Save samples to ``<root>/<kind>-images/<date>/`` and the grid to ``<root>/<kind>-grids/<date>/``."""
+    result = job.result
+    today = _dt.date.today()
+    images_dir = outputs.dated_folder(out.root, f"{kind}-images", today) if out.save_to_dirs \
+        else out.root / f"{kind}-images"
+    if out.save_samples:
+        for i, image in enumerate(result.images):
+            info = result.infotexts[i] if out.enable_pnginfo else None
+            job.saved.append(outputs.save_image(image, images_dir, out.samples_format, info,
+                                                pattern=out.filename_pattern or "[seed]",
+                                                values=_values(result, i)))
+    if job.grid is not None and out.save_grid:
+        grids_dir = outputs.dated_folder(out.root, f"{kind}-grids", today) if out.save_to_dirs \
+            else out.root / f"{kind}-grids"
+        info = result.infotexts[0] if out.enable_pnginfo and result.infotexts else None
+        job.grid_path = outputs.save_image(job.grid, grids_dir, out.grid_format, info, pattern="",
+                                           values=_values(result, 0), basename="grid", digits=4)

@@ -1,0 +1,77 @@
+"""A job's control surface: interrupt and skip requests in, progress and previews out."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Progress:
+    job_no: int = 0  # index of the batch (n_iter) being worked on
+    job_count: int = 1
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    phase: str = ""  # "sampling", "hires", "decoding", ...
+    started: float = field(default_factory=time.monotonic)
+    preview: Any = None  # a PIL image of the current latents, refreshed every few steps
+    preview_id: int = 0
+
+    @property
+    def fraction(self) -> float:
+        """Overall progress from 0 to 1, as A1111's ``progress`` field."""
+        if self.job_count <= 0:
+            return 0.0
+        step_part = self.sampling_step / self.sampling_steps if self.sampling_steps else 0.0
+        return min(1.0, (self.job_no + step_part) / self.job_count)
+
+    def eta(self) -> float | None:
+        frac = self.fraction
+        if frac <= 0:
+            return None
+        elapsed = time.monotonic() - self.started
+        return max(0.0, elapsed / frac - elapsed)
+
+
+class JobControl:
+    """Shared between the worker running a job and whoever may interrupt or skip it; thread-safe."""
+
+    def __init__(self, on_progress: Callable[[Progress], None] | None = None) -> None:
+        self._interrupted = threading.Event()
+        self._skipped = threading.Event()
+        self.progress = Progress()
+        self.on_progress = on_progress
+        self.warnings: list[str] = []
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
+
+    def skip(self) -> None:
+        self._skipped.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupted.is_set()
+
+    @property
+    def skipped(self) -> bool:
+        return self._skipped.is_set()
+
+    def should_stop(self) -> bool:
+        return self._interrupted.is_set() or self._skipped.is_set()
+
+    def clear_skip(self) -> None:
+        self._skipped.clear()
+
+    def update(self, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(self.progress, key, value)
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)

@@ -1,0 +1,116 @@
+"""Latents <-> pixels: VAE decode/encode with the fp32 fallback for NaNs, seamless tiling, cheap previews."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from modules.errors import GenerationError
+
+log = logging.getLogger(__name__)
+Tensor = torch.Tensor
+
+# Linear latent -> RGB factors (A1111's "Approx cheap" previews).
+_RGB_SD = torch.tensor([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264],
+                        [-0.184, -0.271, -0.473]])
+_RGB_XL = torch.tensor([[0.3448, 0.4168, 0.4395], [-0.1953, -0.0290, 0.0250], [0.1074, 0.0886, -0.0163],
+                        [-0.3730, -0.2499, -0.2088]])
+
+
+def _scale(vae) -> tuple[float, float]:
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return float(vae.config.scaling_factor), float(shift)
+
+
+@torch.no_grad()
+def decode(vae, latents: Tensor, warn=None) -> Tensor:
+    """Latents (B, 4, h, w) -> images (B, 3, H, W) in [0, 1], float32 on the CPU; one image at a time.
+
+    A half-precision VAE that yields NaNs (a known SDXL problem) is retried once in float32, as A1111's
+    "Automatically revert VAE to 32-bit floats" does.
+    """
+    scale, shift = _scale(vae)
+    out = []
+    for i in range(latents.shape[0]):
+        z = latents[i : i + 1] / scale + shift
+        x = vae.decode(z.to(device=vae.device, dtype=vae.dtype), return_dict=False)[0]
+        if not torch.isfinite(x).all() and vae.dtype != torch.float32:
+            if warn:
+                warn("the VAE produced NaNs in half precision; decoded again in float32")
+            x = _decode_fp32(vae, z)
+        if not torch.isfinite(x).all():
+            raise GenerationError("the VAE produced NaNs; try another VAE or the --no-half option")
+        out.append(((x.float() + 1) / 2).clamp(0, 1).cpu())
+    return torch.cat(out)
+
+
+def _decode_fp32(vae, z: Tensor) -> Tensor:
+    dtype = vae.dtype
+    vae.to(torch.float32)
+    try:
+        return vae.decode(z.to(device=vae.device, dtype=torch.float32), return_dict=False)[0]
+    finally:
+        vae.to(dtype)
+
+
+@torch.no_grad()
+def encode(vae, images: Tensor) -> Tensor:
+    """Images (B, 3, H, W) in [0, 1] -> scaled latents (mean of the posterior, deterministic), float32."""
+    scale, shift = _scale(vae)
+    out = []
+    for i in range(images.shape[0]):
+        x = images[i : i + 1].to(device=vae.device, dtype=vae.dtype) * 2 - 1
+        dist = vae.encode(x, return_dict=False)[0]
+        z = dist.mode()
+        if not torch.isfinite(z).all() and vae.dtype != torch.float32:
+            vae_dtype = vae.dtype
+            vae.to(torch.float32)
+            try:
+                z = vae.encode(x.float(), return_dict=False)[0].mode()
+            finally:
+                vae.to(vae_dtype)
+        out.append(((z.float() - shift) * scale))
+    return torch.cat(out)
+
+
+def to_pil(images: Tensor) -> list[Image.Image]:
+    arr = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    return [Image.fromarray(a) for a in arr]
+
+
+def from_pil(images: list[Image.Image]) -> Tensor:
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2)
+
+
+def preview(latents: Tensor, is_xl: bool) -> Image.Image:
+    """A cheap RGB approximation of the first latent of a batch (no VAE), for live previews."""
+    coefs = (_RGB_XL if is_xl else _RGB_SD).to(latents.device)
+    x = torch.einsum("lxy,lr->rxy", latents[0].float(), coefs)
+    x = ((x + 1) / 2).clamp(0, 1)
+    arr = (x.permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+@contextlib.contextmanager
+def seamless(modules: list[torch.nn.Module], enabled: bool) -> Iterator[None]:
+    """Circular padding in every convolution while active (A1111's "Tiling"); restored afterwards."""
+    if not enabled:
+        yield
+        return
+    changed = []
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.Conv2d) and layer.padding_mode != "circular":
+                changed.append((layer, layer.padding_mode))
+                layer.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for layer, mode in changed:
+            layer.padding_mode = mode

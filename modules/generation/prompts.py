@@ -1,0 +1,52 @@
+"""Per-image prompt texts of a job: as written in infotext, and as given to the text encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from modules.prompts import parser as prompt_parser
+from modules.requests import GenerationRequest
+
+
+@dataclass
+class PreparedPrompts:
+    original_positive: list[str]  # what the infotext records (comments removed, network tags kept)
+    original_negative: list[str]
+    positive: list[str]  # what is encoded (network tags removed)
+    negative: list[str]
+    hr_positive: list[str]
+    hr_negative: list[str]
+    networks: list[tuple[str, list[str]]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def slice(self, sl: slice) -> PreparedPrompts:
+        return PreparedPrompts(self.original_positive[sl], self.original_negative[sl], self.positive[sl],
+                               self.negative[sl], self.hr_positive[sl], self.hr_negative[sl], self.networks,
+                               self.warnings)
+
+
+def _clean(text: str) -> tuple[str, list[tuple[str, list[str]]]]:
+    return prompt_parser.extract_extra_networks(text)
+
+
+def prepare_prompts(req: GenerationRequest, count: int) -> PreparedPrompts:
+    prompt = prompt_parser.strip_comments(req.prompt)
+    negative = prompt_parser.strip_comments(req.negative_prompt)
+    positive_clean, networks = _clean(prompt)
+    negative_clean, neg_networks = _clean(negative)
+    hr_prompt = prompt_parser.strip_comments(req.hr_prompt) if req.hr_prompt else prompt
+    hr_negative = prompt_parser.strip_comments(req.hr_negative_prompt) if req.hr_negative_prompt else negative
+    warnings = []
+    kinds = sorted({kind for kind, _ in networks + neg_networks})
+    if kinds:
+        warnings.append(f"extra networks are not supported yet and were ignored: {', '.join(kinds)}")
+    return PreparedPrompts(
+        original_positive=[prompt] * count,
+        original_negative=[negative] * count,
+        positive=[positive_clean] * count,
+        negative=[negative_clean] * count,
+        hr_positive=[_clean(hr_prompt)[0]] * count,
+        hr_negative=[_clean(hr_negative)[0]] * count,
+        networks=networks,
+        warnings=warnings,
+    )

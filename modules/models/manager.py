@@ -1,0 +1,197 @@
+"""The one owner of device memory: which model is resident, a small RAM cache of others, precision, attention."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from modules.errors import ModelLoadError
+from modules.models.loader import ModelParts, load_model
+from modules.models.registry import CheckpointInfo, CheckpointRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    device: str = "cpu"
+    precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU), fp16, bf16, fp32
+    attention: str = "Automatic"  # Automatic, xformers, sdp
+
+    @property
+    def dtype(self) -> torch.dtype:
+        if self.precision == "fp32" or (self.precision == "auto" and not self.device.startswith("cuda")):
+            return torch.float32
+        if self.precision == "bf16":
+            return torch.bfloat16
+        if not self.device.startswith("cuda") and self.precision == "auto":
+            return torch.float32
+        return torch.float16
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def xformers_available() -> bool:
+    try:
+        import xformers.ops  # noqa: F401
+    except Exception:  # an import error or a broken CUDA build: both mean "not usable"
+        return False
+    return True
+
+
+class ModelManager:
+    """Keeps the current model on the device and up to ``cache_limit - 1`` recently used ones in RAM."""
+
+    def __init__(self, registry: CheckpointRegistry, config: DeviceConfig, cache_limit: int = 1,
+                 loader: Callable[[CheckpointInfo, torch.dtype, Path | None], ModelParts] | None = None) -> None:
+        self.registry = registry
+        self.config = config
+        self.cache_limit = max(1, int(cache_limit))
+        self._loader = loader or load_model
+        self._config_overrides: dict[Path, Path] = {}
+        self._lock = threading.RLock()
+        self._current: ModelParts | None = None
+        self._last: CheckpointInfo | None = None
+        self._ram: OrderedDict[Path, ModelParts] = OrderedDict()
+        self.load_count = 0
+        self.last_load_seconds = 0.0
+
+    @property
+    def current(self) -> ModelParts | None:
+        return self._current
+
+    def resolve(self, name: str | None) -> CheckpointInfo:
+        """The checkpoint for a title, name or hash; ``None`` means the current one, else the first found."""
+        if name:
+            info = self.registry.find(name)
+            if info is None:
+                path = Path(name)
+                if path.exists():
+                    return self.registry.from_path(path)
+                raise ModelLoadError(f"checkpoint not found: {name!r}")
+            return info
+        if self._current is not None and self._current.info is not None:
+            return self._current.info
+        items = self.registry.list()
+        if not items:
+            raise ModelLoadError("no checkpoints found: put a .safetensors model in models/Stable-diffusion")
+        return items[0]
+
+    def get(self, name: str | None = None) -> ModelParts:
+        """The model for ``name`` resident on the device, loading or switching if needed."""
+        info = self.resolve(name)
+        with self._lock:
+            cur = self._current
+            if cur is not None and cur.info is not None and cur.info.path.resolve() == info.path.resolve():
+                return cur
+            return self._switch(info)
+
+    def load_path(self, path: Path, config: Path | None = None) -> ModelParts:
+        """Make the checkpoint at ``path`` current, with an optional model config (``.yaml`` or diffusers folder)."""
+        info = self.registry.from_path(path)
+        if config is not None:
+            self._config_overrides[info.path.resolve()] = Path(config)
+        with self._lock:
+            cur = self._current
+            if cur is not None and cur.info is not None and cur.info.path.resolve() == info.path.resolve():
+                return cur
+            return self._switch(info)
+
+    def _switch(self, info: CheckpointInfo) -> ModelParts:
+        previous = self._current
+        key = info.path.resolve()
+        parts = self._ram.pop(key, None)
+        if previous is not None:
+            self._park(previous)
+        self._current = None
+        try:
+            if parts is None:
+                parts = self._load(info)
+            self._place(parts)
+        except BaseException:
+            if previous is not None:  # roll back: the old model stays usable
+                self._ram.pop(previous.info.path.resolve(), None) if previous.info else None
+                self._place(previous)
+                self._current = previous
+            raise
+        self._current = parts
+        return parts
+
+    def _load(self, info: CheckpointInfo) -> ModelParts:
+        start = time.monotonic()
+        self.registry.ensure_hash(info)
+        parts = self._loader(info, self.config.dtype, self._config_overrides.get(info.path.resolve()))
+        self.load_count += 1
+        self.last_load_seconds = time.monotonic() - start
+        log.info("loaded %s (%s) in %.1fs", info.title, parts.family.label, self.last_load_seconds)
+        return parts
+
+    def _place(self, parts: ModelParts) -> None:
+        parts.to(self.config.device)
+        self._set_attention(parts)
+
+    def _park(self, parts: ModelParts) -> None:
+        """Move the outgoing model to RAM if the cache has room, else free it."""
+        if self.cache_limit > 1 and parts.info is not None:
+            parts.to("cpu")
+            self._ram[parts.info.path.resolve()] = parts
+            while len(self._ram) > self.cache_limit - 1:
+                self._ram.popitem(last=False)
+        self._free()
+
+    def _free(self) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _set_attention(self, parts: ModelParts) -> None:
+        mode = self.config.attention
+        on_cuda = self.config.device.startswith("cuda")
+        if mode == "xformers" or (mode == "Automatic" and on_cuda and xformers_available()):
+            if not (on_cuda and xformers_available()):
+                raise ModelLoadError("xformers attention needs a CUDA device and the xformers package")
+            for m in (parts.unet, parts.vae):
+                m.enable_xformers_memory_efficient_attention()
+        else:
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
+            parts.unet.set_attn_processor(AttnProcessor2_0())
+
+    def unload(self) -> None:
+        """Free the current model and the RAM cache (A1111's unload-checkpoint)."""
+        with self._lock:
+            if self._current is not None and self._current.info is not None:
+                self._last = self._current.info
+            self._current = None
+            self._ram.clear()
+            self._free()
+
+    def reload(self) -> ModelParts | None:
+        """Load the last model again from disk."""
+        with self._lock:
+            info = self._current.info if self._current is not None else self._last
+            self.unload()
+            return self._switch(info) if info is not None else None
+
+    def loaded_titles(self) -> list[str]:
+        titles = [p.info.title for p in self._ram.values() if p.info]
+        if self._current is not None and self._current.info is not None:
+            titles.insert(0, self._current.info.title)
+        return titles
+
+    def set_cache_limit(self, limit: int) -> None:
+        with self._lock:
+            self.cache_limit = max(1, int(limit))
+            while len(self._ram) > self.cache_limit - 1:
+                self._ram.popitem(last=False)
+            self._free()

@@ -1,0 +1,176 @@
+"""The typed, immutable generation request every front door builds, and its validation.
+
+It holds every parameter an A1111 infotext can carry, plus which checkpoint to use. Validation happens once, at the
+edge, with short messages naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from modules import samplers
+from modules.errors import ValidationError
+
+LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+PIXEL_UPSCALERS: tuple[str, ...] = ("None", "Lanczos", "Nearest")
+SAME_SAMPLER = "Use same sampler"
+SAME_CHECKPOINT = "Use same checkpoint"
+MAX_SEED = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side bounds, set in the settings with safe defaults."""
+
+    min_size: int = 64
+    max_size: int = 2048
+    max_steps: int = 150
+    max_batch_size: int = 8
+    max_n_iter: int = 100
+    max_cfg_scale: float = 100.0
+    max_prompt_chars: int = 20000
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: tuple[str, ...] = ()
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    sampler_name: str = "Euler a"
+    scheduler: str = "Automatic"
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    tiling: bool = False
+    restore_faces: bool = False
+    eta: float | None = None
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float | None = None
+    s_noise: float = 1.0
+    clip_skip: int = 1
+    eta_noise_seed_delta: int = 0
+    randn_source: str = "CPU"
+    checkpoint: str | None = None
+    # hires fix
+    enable_hr: bool = False
+    denoising_strength: float = 0.7
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    hr_checkpoint_name: str | None = None
+    extra: tuple[tuple[str, Any], ...] = field(default=())
+
+    def replace(self, **changes: Any) -> GenerationRequest:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def image_count(self) -> int:
+        return self.batch_size * self.n_iter
+
+    def hires_target(self) -> tuple[int, int, int, int]:
+        """(upscale_to_w, upscale_to_h, final_w, final_h) of the hires pass, with A1111's rules for resize targets."""
+        if self.hr_resize_x == 0 and self.hr_resize_y == 0:
+            w, h = int(self.width * self.hr_scale), int(self.height * self.hr_scale)
+            w, h = w - w % 8, h - h % 8
+            return w, h, w, h
+        if self.hr_resize_y == 0:
+            w, h = self.hr_resize_x, self.hr_resize_x * self.height // self.width
+            return w - w % 8, h - h % 8, w - w % 8, h - h % 8
+        if self.hr_resize_x == 0:
+            w, h = self.hr_resize_y * self.width // self.height, self.hr_resize_y
+            return w - w % 8, h - h % 8, w - w % 8, h - h % 8
+        tw, th = self.hr_resize_x, self.hr_resize_y
+        if self.width / self.height < tw / th:
+            w, h = tw, tw * self.height // self.width
+        else:
+            w, h = th * self.width // self.height, th
+        w, h = -(-w // 8) * 8, -(-h // 8) * 8
+        return w, h, tw - tw % 8, th - th % 8
+
+
+def _check(cond: bool, field_name: str, message: str) -> None:
+    if not cond:
+        raise ValidationError(f"{field_name}: {message}", field=field_name)
+
+
+def _check_size(value: int, field_name: str, limits: Limits) -> None:
+    _check(limits.min_size <= value <= limits.max_size, field_name,
+           f"must be between {limits.min_size} and {limits.max_size} (got {value})")
+    _check(value % 8 == 0, field_name, f"must be a multiple of 8 (got {value})")
+
+
+def validate(req: GenerationRequest, limits: Limits = Limits()) -> None:
+    """Raise :class:`ValidationError` naming the first invalid field; returns nothing when ``req`` is valid."""
+    _check(len(req.prompt) <= limits.max_prompt_chars, "prompt", f"longer than {limits.max_prompt_chars} characters")
+    _check(len(req.negative_prompt) <= limits.max_prompt_chars, "negative_prompt",
+           f"longer than {limits.max_prompt_chars} characters")
+    _check_size(req.width, "width", limits)
+    _check_size(req.height, "height", limits)
+    _check(1 <= req.steps <= limits.max_steps, "steps", f"must be between 1 and {limits.max_steps} (got {req.steps})")
+    _check(1 <= req.batch_size <= limits.max_batch_size, "batch_size",
+           f"must be between 1 and {limits.max_batch_size} (got {req.batch_size})")
+    _check(1 <= req.n_iter <= limits.max_n_iter, "n_iter",
+           f"must be between 1 and {limits.max_n_iter} (got {req.n_iter})")
+    _check(0 <= req.cfg_scale <= limits.max_cfg_scale, "cfg_scale",
+           f"must be between 0 and {limits.max_cfg_scale:g} (got {req.cfg_scale})")
+    _check(-1 <= req.seed <= MAX_SEED, "seed", "must be -1 (random) or a non-negative 64-bit integer")
+    _check(-1 <= req.subseed <= MAX_SEED, "subseed", "must be -1 (random) or a non-negative 64-bit integer")
+    _check(0 <= req.subseed_strength <= 1, "subseed_strength", "must be between 0 and 1")
+    for name in ("seed_resize_from_w", "seed_resize_from_h"):
+        value = getattr(req, name)
+        _check(value <= 0 or limits.min_size <= value <= limits.max_size, name,
+               f"must be 0 (off) or between {limits.min_size} and {limits.max_size}")
+    _check(1 <= req.clip_skip <= 12, "clip_skip", "must be between 1 and 12")
+    _check(req.randn_source in ("CPU", "GPU"), "randn_source", "must be CPU or GPU")
+    _check(req.eta is None or 0 <= req.eta <= 1, "eta", "must be between 0 and 1")
+    _check(req.s_noise >= 0 and req.s_churn >= 0 and req.s_tmin >= 0, "s_noise", "sampler parameters must be >= 0")
+    samplers.resolve_sampler(req.sampler_name, req.scheduler)
+    if req.enable_hr:
+        _validate_hires(req, limits)
+
+
+def _validate_hires(req: GenerationRequest, limits: Limits) -> None:
+    _check(0 <= req.denoising_strength <= 1, "denoising_strength", "must be between 0 and 1")
+    _check(1 <= req.hr_scale <= 8, "hr_scale", "must be between 1 and 8")
+    _check(0 <= req.hr_second_pass_steps <= limits.max_steps, "hr_second_pass_steps",
+           f"must be between 0 and {limits.max_steps}")
+    for name in ("hr_resize_x", "hr_resize_y"):
+        value = getattr(req, name)
+        _check(value == 0 or limits.min_size <= value <= limits.max_size, name,
+               f"must be 0 (use hr_scale) or between {limits.min_size} and {limits.max_size}")
+    known = list(LATENT_UPSCALE_MODES) + list(PIXEL_UPSCALERS)
+    _check(req.hr_upscaler in known, "hr_upscaler",
+           f"unknown upscaler {req.hr_upscaler!r}; available: {', '.join(known)}")
+    up_w, up_h, _, _ = req.hires_target()
+    _check(up_w <= limits.max_size * 2 and up_h <= limits.max_size * 2, "hr_scale",
+           f"the hires size {up_w}x{up_h} exceeds {limits.max_size * 2} pixels per side")
+    _check(req.hr_checkpoint_name in (None, "", SAME_CHECKPOINT), "hr_checkpoint_name",
+           "a separate hires checkpoint is not supported yet; use 'Use same checkpoint'")
+    if req.hr_sampler_name not in (None, "", SAME_SAMPLER) or req.hr_scheduler not in (None, "", SAME_SAMPLER):
+        name = req.hr_sampler_name if req.hr_sampler_name not in (None, "", SAME_SAMPLER) else req.sampler_name
+        sched = req.hr_scheduler if req.hr_scheduler not in (None, "", SAME_SAMPLER) else None
+        samplers.resolve_sampler(name, sched, field_name="hr_sampler_name")

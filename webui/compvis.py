@@ -1,0 +1,160 @@
+"""The command line of the original CompVis ``scripts/txt2img.py``, same flags, driving the engine.
+
+Outputs are laid out as the original writes them: ``OUTDIR/samples/NNNNN.png`` and ``OUTDIR/grid-NNNN.png``; each
+image also carries A1111's infotext, so it can be regenerated from the web UI or the API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from modules import images as image_utils
+from modules import outputs
+from modules.errors import WebUIError
+from modules.fileio import write_new_file
+from modules.generation.control import JobControl
+from modules.requests import GenerationRequest
+
+DEFAULT_CKPT = "models/ldm/stable-diffusion-v1/model.ckpt"
+DEFAULT_CONFIG = "configs/stable-diffusion/v1-inference.yaml"
+LAION_CKPT = "models/ldm/text2img-large/model.ckpt"
+LAION_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="txt2img.py", description="Stable Diffusion text-to-image (CompVis flags)")
+    p.add_argument("--prompt", type=str, nargs="?", default="a painting of a virus monster playing guitar",
+                   help="the prompt to render")
+    p.add_argument("--outdir", type=str, nargs="?", default=None, help="dir to write results to")
+    p.add_argument("--skip_grid", action="store_true", help="do not save a grid, only individual samples")
+    p.add_argument("--skip_save", action="store_true", help="do not save individual samples")
+    p.add_argument("--ddim_steps", type=int, default=50, help="number of ddim sampling steps")
+    p.add_argument("--plms", action="store_true", help="use plms sampling")
+    p.add_argument("--laion400m", action="store_true", help="uses the LAION400M model")
+    p.add_argument("--fixed_code", action="store_true", help="if enabled, uses the same starting code across samples")
+    p.add_argument("--ddim_eta", type=float, default=0.0, help="ddim eta (eta=0.0 corresponds to deterministic)")
+    p.add_argument("--n_iter", type=int, default=2, help="sample this often")
+    p.add_argument("--H", type=int, default=512, help="image height, in pixel space")
+    p.add_argument("--W", type=int, default=512, help="image width, in pixel space")
+    p.add_argument("--C", type=int, default=4, help="latent channels")
+    p.add_argument("--f", type=int, default=8, help="downsampling factor")
+    p.add_argument("--n_samples", type=int, default=3, help="how many samples to produce for each given prompt")
+    p.add_argument("--n_rows", type=int, default=0, help="rows in the grid (default: n_samples)")
+    p.add_argument("--scale", type=float, default=7.5, help="unconditional guidance scale")
+    p.add_argument("--from-file", type=str, help="if specified, load prompts from this file")
+    p.add_argument("--config", type=str, default=None, help="path to config which constructs model")
+    p.add_argument("--ckpt", type=str, default=None, help="path to checkpoint of model")
+    p.add_argument("--seed", type=int, default=42, help="the seed (for reproducible sampling)")
+    p.add_argument("--precision", type=str, choices=["full", "autocast"], default="autocast",
+                   help="evaluate at this precision")
+    return p
+
+
+def _fail(message: str) -> int:
+    print(f"txt2img.py: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _read_prompts(opt: argparse.Namespace) -> list[list[str]]:
+    if not opt.from_file:
+        return [[opt.prompt] * opt.n_samples]
+    try:
+        lines = Path(opt.from_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WebUIError(f"cannot read prompts from {opt.from_file}: {exc}") from None
+    lines = [line for line in lines if line.strip()]
+    if not lines:
+        raise WebUIError(f"{opt.from_file} contains no prompts")
+    return [lines[i:i + opt.n_samples] for i in range(0, len(lines), opt.n_samples)]
+
+
+def _validate(opt: argparse.Namespace) -> None:
+    for flag, value in (("--H", opt.H), ("--W", opt.W)):
+        if value % 8 != 0 or value < 64:
+            raise WebUIError(f"{flag} must be a multiple of 8 and at least 64 (got {value})")
+    if opt.C != 4 or opt.f != 8:
+        raise WebUIError("Stable Diffusion checkpoints need --C 4 and --f 8")
+    for flag, value in (("--ddim_steps", opt.ddim_steps), ("--n_iter", opt.n_iter), ("--n_samples", opt.n_samples)):
+        if value < 1:
+            raise WebUIError(f"{flag} must be at least 1 (got {value})")
+    if not 0 <= opt.ddim_eta <= 1:
+        raise WebUIError(f"--ddim_eta must be between 0 and 1 (got {opt.ddim_eta})")
+
+
+def _batches(prompts: list[str]) -> list[tuple[str, int]]:
+    """Consecutive identical prompts of a chunk are generated as one batch."""
+    out: list[tuple[str, int]] = []
+    for prompt in prompts:
+        if out and out[-1][0] == prompt:
+            out[-1] = (prompt, out[-1][1] + 1)
+        else:
+            out.append((prompt, 1))
+    return out
+
+
+def run(opt: argparse.Namespace) -> int:
+    from modules.app import build_engine
+
+    _validate(opt)
+    ckpt = opt.ckpt or (LAION_CKPT if opt.laion400m else DEFAULT_CKPT)
+    config = opt.config or (LAION_CONFIG if opt.laion400m else None)
+    if config and not Path(config).exists():
+        if opt.config:
+            raise WebUIError(f"config not found: {config}")
+        config = None
+    outdir = Path(opt.outdir or ("outputs/txt2img-samples-laion400m" if opt.laion400m else "outputs/txt2img-samples"))
+    if not Path(ckpt).exists():
+        raise WebUIError(f"checkpoint not found: {ckpt}")
+    engine = build_engine(precision="fp32" if opt.precision == "full" else "auto")
+    engine.models.load_path(Path(ckpt), Path(config) if config else None)
+    sampler = "PLMS" if opt.plms else "DDIM"
+    sample_dir = outdir / "samples"
+    sample_dir.mkdir(parents=True, exist_ok=True)
+    base_count = outputs.next_sequence_number(sample_dir)
+    all_images, first_info = [], None
+    index = 0
+    for _ in range(opt.n_iter):
+        position = 0
+        for chunk in _read_prompts(opt):
+            for prompt, count in _batches(chunk):
+                seed = opt.seed + (position if opt.fixed_code else index)
+                req = GenerationRequest(prompt=prompt, seed=seed, sampler_name=sampler, scheduler="Automatic",
+                                        batch_size=count, steps=opt.ddim_steps, cfg_scale=opt.scale, width=opt.W,
+                                        height=opt.H, eta=opt.ddim_eta, randn_source="CPU")
+                job = engine.txt2img(req, JobControl())
+                for image, info in zip(job.result.images, job.result.infotexts):
+                    first_info = first_info or info
+                    all_images.append(image)
+                    if not opt.skip_save:
+                        _save(sample_dir, lambda n: f"{n:05}.png", base_count, image, info)
+                        base_count += 1
+                index += count
+                position += count
+    if not opt.skip_grid and all_images:
+        per_row = opt.n_rows if opt.n_rows > 0 else opt.n_samples  # the original's n_rows is images per row
+        grid = image_utils.image_grid(all_images, rows=-(-len(all_images) // per_row))
+        grid_count = outputs.next_sequence_number(outdir, "grid-")
+        _save(outdir, lambda n: f"grid-{n:04}.png", grid_count, grid, first_info)
+    print(f"Your samples are ready and waiting for you here: \n{outdir} \n \nEnjoy.")
+    return 0
+
+
+def _save(folder: Path, name_for, start: int, image, info: str | None) -> Path:
+    data = image_utils.encode_image(image, "png", info)
+    return write_new_file(folder, name_for, start, lambda f: f.write(data))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    opt = build_parser().parse_args(argv)
+    try:
+        return run(opt)
+    except WebUIError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+    except MemoryError:
+        return _fail("out of memory")

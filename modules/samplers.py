@@ -6,6 +6,7 @@ A1111 1.9+ names a sampler ("DPM++ 2M") and a schedule type ("Karras") separatel
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -76,6 +77,17 @@ SCHEDULES: tuple[ScheduleSpec, ...] = (
 )
 
 
+@functools.lru_cache(maxsize=None)
+def _init_params(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.__init__).parameters)
+
+
+@functools.lru_cache(maxsize=None)
+def step_params(cls: type) -> frozenset[str]:
+    """The keyword arguments ``cls.step`` accepts."""
+    return frozenset(inspect.signature(cls.step).parameters)
+
+
 def _key(text: str) -> str:
     return text.strip().lower()
 
@@ -141,7 +153,7 @@ def resolve_sampler(name: str | None, schedule: str | None = None, field_name: s
 
 
 def supported_schedules(spec: SamplerSpec) -> list[str]:
-    params = inspect.signature(spec.scheduler_cls.__init__).parameters
+    params = _init_params(spec.scheduler_cls)
     out = ["Automatic"]
     for sched in SCHEDULES[1:]:
         if sched.flag and sched.flag in params:
@@ -161,7 +173,7 @@ def build_scheduler(spec: SamplerSpec, schedule: str, base_config: Mapping[str, 
                     seed: int | None = None) -> Any:
     """A diffusers scheduler for ``spec`` with ``schedule`` applied, from the model's scheduler config."""
     cls = spec.scheduler_cls
-    params = inspect.signature(cls.__init__).parameters
+    params = _init_params(cls)
     label = effective_schedule(spec, schedule)
     sched = _SCHEDULE_INDEX[_key(label)]
     overrides: dict[str, Any] = dict(spec.options)
@@ -180,7 +192,7 @@ def build_scheduler(spec: SamplerSpec, schedule: str, base_config: Mapping[str, 
 
 def step_kwargs(scheduler: Any, eta: float | None, churn: Mapping[str, float]) -> dict[str, Any]:
     """Keyword arguments of ``scheduler.step`` for eta and Euler/Heun churn, where the sampler has them."""
-    params = inspect.signature(scheduler.step).parameters
+    params = step_params(type(scheduler))
     out: dict[str, Any] = {}
     if eta is not None and "eta" in params:
         out["eta"] = float(eta)

@@ -117,8 +117,8 @@ def run(opt: argparse.Namespace) -> int:
     all_images, first_info = [], None
     index = 0
     for _ in range(opt.n_iter):
-        position = 0
         for chunk in _read_prompts(opt):
+            position = 0  # --fixed_code: every batch starts from the same noise, as the original's start_code
             for prompt, count in _batches(chunk):
                 seed = opt.seed + (position if opt.fixed_code else index)
                 req = GenerationRequest(prompt=prompt, seed=seed, sampler_name=sampler, scheduler="Automatic",

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from modules.generation.conditioning import Cond, ImageConds, cond_at
+from modules.samplers import step_params
 from modules.generation.control import JobControl
 
 Tensor = torch.Tensor
@@ -27,11 +28,12 @@ class DenoiseContext:
     time_ids: Tensor | None = None  # SDXL micro-conditioning (B, 6)
     extra_channels: Tensor | None = None  # inpainting UNets: mask and masked-image latents (B, 5, h, w)
     step_kwargs: dict[str, Any] = field(default_factory=dict)
+    dtype: torch.dtype = torch.float32  # the UNet's, looked up once (diffusers' ``.dtype`` walks every module)
 
 
 def _unet_call(ctx: DenoiseContext, x: Tensor, t: Tensor, conds: list[Cond], image_idx: list[int]) -> Tensor:
     unet = ctx.unet
-    dtype = unet.dtype
+    dtype = ctx.dtype
     inp = x[image_idx]
     if ctx.extra_channels is not None:
         inp = torch.cat([inp, ctx.extra_channels[image_idx].to(inp.dtype)], dim=1)
@@ -83,7 +85,7 @@ def run_steps(ctx: DenoiseContext, scheduler: Any, latents: Tensor, timesteps: T
     """Step ``latents`` through ``timesteps``; returns the latents reached (early if interrupted or skipped)."""
     n = len(timesteps)
     extra = dict(ctx.step_kwargs)
-    if generators is not None and "generator" in _step_params(scheduler):
+    if generators is not None and "generator" in step_params(type(scheduler)):
         extra["generator"] = generators if len(generators) > 1 else generators[0]
     for i, t in enumerate(timesteps):
         if control.should_stop():
@@ -98,8 +100,3 @@ def run_steps(ctx: DenoiseContext, scheduler: Any, latents: Tensor, timesteps: T
             on_step(i + 1, n, latents)
     return latents
 
-
-def _step_params(scheduler: Any) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(scheduler.step).parameters)

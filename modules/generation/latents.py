@@ -35,11 +35,12 @@ def decode(vae, latents: Tensor, warn=None) -> Tensor:
     "Automatically revert VAE to 32-bit floats" does.
     """
     scale, shift = _scale(vae)
+    param = next(vae.parameters())
     out = []
     for i in range(latents.shape[0]):
         z = latents[i : i + 1] / scale + shift
-        x = vae.decode(z.to(device=vae.device, dtype=vae.dtype), return_dict=False)[0]
-        if not torch.isfinite(x).all() and vae.dtype != torch.float32:
+        x = vae.decode(z.to(device=param.device, dtype=param.dtype), return_dict=False)[0]
+        if not torch.isfinite(x).all() and param.dtype != torch.float32:
             if warn:
                 warn("the VAE produced NaNs in half precision; decoded again in float32")
             x = _decode_fp32(vae, z)
@@ -50,10 +51,11 @@ def decode(vae, latents: Tensor, warn=None) -> Tensor:
 
 
 def _decode_fp32(vae, z: Tensor) -> Tensor:
-    dtype = vae.dtype
+    param = next(vae.parameters())
+    dtype = param.dtype
     vae.to(torch.float32)
     try:
-        return vae.decode(z.to(device=vae.device, dtype=torch.float32), return_dict=False)[0]
+        return vae.decode(z.to(device=param.device, dtype=torch.float32), return_dict=False)[0]
     finally:
         vae.to(dtype)
 
@@ -62,13 +64,14 @@ def _decode_fp32(vae, z: Tensor) -> Tensor:
 def encode(vae, images: Tensor) -> Tensor:
     """Images (B, 3, H, W) in [0, 1] -> scaled latents (mean of the posterior, deterministic), float32."""
     scale, shift = _scale(vae)
+    param = next(vae.parameters())
     out = []
     for i in range(images.shape[0]):
-        x = images[i : i + 1].to(device=vae.device, dtype=vae.dtype) * 2 - 1
+        x = images[i : i + 1].to(device=param.device, dtype=param.dtype) * 2 - 1
         dist = vae.encode(x, return_dict=False)[0]
         z = dist.mode()
-        if not torch.isfinite(z).all() and vae.dtype != torch.float32:
-            vae_dtype = vae.dtype
+        if not torch.isfinite(z).all() and param.dtype != torch.float32:
+            vae_dtype = param.dtype
             vae.to(torch.float32)
             try:
                 z = vae.encode(x.float(), return_dict=False)[0].mode()

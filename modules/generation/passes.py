@@ -60,7 +60,7 @@ def _context(parts: ModelParts, spec: PassSpec, scheduler: Any, device: torch.de
     time_ids = sdxl_time_ids(spec.width, spec.height, batch).to(device) if parts.family.is_xl else None
     return DenoiseContext(
         unet=parts.unet, conds=spec.conds, cfg_scale=spec.cfg_scale, time_ids=time_ids,
-        extra_channels=spec.extra_channels,
+        extra_channels=spec.extra_channels, dtype=parts.dtype,
         step_kwargs=samplers.step_kwargs(scheduler, spec.eta, spec.churn or {}),
     )
 

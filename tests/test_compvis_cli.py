@@ -1,0 +1,97 @@
+"""The CompVis ``scripts/txt2img.py`` command line, end to end in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from modules.images import read_parameters
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "txt2img.py"
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", SDWEBUI_DATA_DIR=str(cwd))
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_generates_samples_and_grid_like_the_original(tmp_path, model_store):
+    ckpt = model_store("sd1", "safetensors")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\na blue bird\na green frog\n")
+    out = tmp_path / "out"
+    args = ["--ckpt", str(ckpt), "--outdir", str(out), "--H", "64", "--W", "64", "--ddim_steps", "2",
+            "--n_samples", "2", "--n_iter", "1", "--seed", "7"]
+    first = run_cli(*args, "--prompt", "a photo of a cat", "--plms", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "Your samples are ready and waiting for you here" in first.stdout
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["00000.png", "00001.png"]
+    assert (out / "grid-0000.png").is_file()
+    with Image.open(out / "samples" / "00001.png") as im:
+        info = read_parameters(im)
+    assert info.startswith("a photo of a cat\n") and "Sampler: PLMS" in info and "Seed: 8," in info
+    with Image.open(out / "grid-0000.png") as grid:
+        assert grid.size == (128, 64) and read_parameters(grid)
+
+    second = run_cli(*args, "--from-file", str(prompts), "--skip_grid", "--fixed_code", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    names = sorted(p.name for p in (out / "samples").iterdir())
+    assert names == [f"{i:05}.png" for i in range(5)]
+    assert not (out / "grid-0001.png").exists()
+    infos = []
+    for name in names[2:]:
+        with Image.open(out / "samples" / name) as im:
+            infos.append(read_parameters(im))
+    assert infos[0].startswith("a red fox\n") and "Sampler: DDIM" in infos[0]
+    assert infos[2].startswith("a green frog\n") and "Seed: 7," in infos[2]  # --fixed_code: same start per chunk
+
+
+def test_config_flag_accepts_a_diffusers_config_folder(tmp_path, model_store):
+    src = model_store("sd2", "safetensors")
+    ckpt = tmp_path / "bare.safetensors"
+    shutil.copy2(src, ckpt)  # no config beside it: the narrow model needs --config
+    result = run_cli("--ckpt", str(ckpt), "--config", str(src.with_suffix("")), "--outdir", str(tmp_path / "o"),
+                     "--H", "64", "--W", "64", "--ddim_steps", "1", "--n_samples", "1", "--n_iter", "1",
+                     "--skip_grid", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "o" / "samples" / "00000.png").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--H", "100"], "--H must be a multiple of 8"),
+    (["--W", "0"], "--W must be a multiple of 8"),
+    (["--ckpt", "missing.safetensors"], "checkpoint not found: missing.safetensors"),
+    (["--C", "8"], "--C 4 and --f 8"),
+    (["--config", "nope.yaml", "--ckpt", "x"], "config not found: nope.yaml"),
+])
+def test_bad_input_one_line_nonzero(tmp_path, args, message):
+    (tmp_path / "x").write_bytes(b"")
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_unreadable_and_malicious_checkpoints(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"this is not a model")
+    result = run_cli("--ckpt", str(junk), "--H", "64", "--W", "64", cwd=tmp_path)
+    assert result.returncode != 0 and "junk.safetensors" in result.stderr and "Traceback" not in result.stderr
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.ckpt"
+    code = ("import os, torch\n"
+            "class P:\n"
+            f"    def __reduce__(self): return (os.system, ('touch {marker}',))\n"
+            f"torch.save({{'state_dict': {{}}, 'x': P()}}, {str(evil)!r})\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    result = run_cli("--ckpt", str(evil), "--H", "64", "--W", "64", cwd=tmp_path)
+    assert result.returncode != 0 and "refused" in result.stderr and "Traceback" not in result.stderr
+    assert not marker.exists()

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 class OutputOptions:
     """Where and how a job's images are saved (a snapshot of the settings taken when the job is submitted)."""
 
-    root: Path = Path("outputs")
+    samples_dir: Path = Path("outputs/txt2img-images")
+    grids_dir: Path = Path("outputs/txt2img-grids")
     save_samples: bool = True
     save_grid: bool = True
     samples_format: str = "png"
@@ -34,6 +35,11 @@ class OutputOptions:
     enable_pnginfo: bool = True
     grid_only_if_multiple: bool = True
     jpeg_quality: int = 80
+
+    @classmethod
+    def under(cls, root: Path, kind: str = "txt2img", **changes) -> OutputOptions:
+        """A1111's default layout below ``root``: ``<kind>-images`` and ``<kind>-grids``."""
+        return cls(samples_dir=Path(root) / f"{kind}-images", grids_dir=Path(root) / f"{kind}-grids", **changes)
 
 
 @dataclass
@@ -61,7 +67,7 @@ class Engine:
         if len(result.images) > 1 or (out is not None and not out.grid_only_if_multiple):
             job.grid = image_utils.image_grid(result.images)
         if out is not None:
-            save_outputs(job, out, "txt2img")
+            save_outputs(job, out)
         return job
 
 
@@ -77,21 +83,20 @@ def _values(result: GenerationResult, index: int) -> dict:
     }
 
 
-def save_outputs(job: JobOutput, out: OutputOptions, kind: str) -> None:
-    """Save samples to ``<root>/<kind>-images/<date>/`` and the grid to ``<root>/<kind>-grids/<date>/``."""
+def save_outputs(job: JobOutput, out: OutputOptions) -> None:
+    """Save samples to ``samples_dir/<date>/`` and the grid to ``grids_dir/<date>/`` (no date folder if off)."""
     result = job.result
-    today = _dt.date.today()
-    images_dir = outputs.dated_folder(out.root, f"{kind}-images", today) if out.save_to_dirs \
-        else out.root / f"{kind}-images"
+    today = _dt.date.today().isoformat()
     if out.save_samples:
+        folder = out.samples_dir / today if out.save_to_dirs else out.samples_dir
         for i, image in enumerate(result.images):
             info = result.infotexts[i] if out.enable_pnginfo else None
-            job.saved.append(outputs.save_image(image, images_dir, out.samples_format, info,
+            job.saved.append(outputs.save_image(image, folder, out.samples_format, info,
                                                 pattern=out.filename_pattern or "[seed]",
-                                                values=_values(result, i)))
+                                                values=_values(result, i), quality=out.jpeg_quality))
     if job.grid is not None and out.save_grid:
-        grids_dir = outputs.dated_folder(out.root, f"{kind}-grids", today) if out.save_to_dirs \
-            else out.root / f"{kind}-grids"
+        folder = out.grids_dir / today if out.save_to_dirs else out.grids_dir
         info = result.infotexts[0] if out.enable_pnginfo and result.infotexts else None
-        job.grid_path = outputs.save_image(job.grid, grids_dir, out.grid_format, info, pattern="",
-                                           values=_values(result, 0), basename="grid", digits=4)
+        job.grid_path = outputs.save_image(job.grid, folder, out.grid_format, info, pattern="",
+                                           values=_values(result, 0), basename="grid", digits=4,
+                                           quality=out.jpeg_quality)

@@ -253,7 +253,7 @@ def build_filename(seq: int, decoration: str, ext: str, basename: str = "", digi
 
 def save_image(image: Image.Image, folder: Path, fmt: str, infotext: str | None, pattern: str = "[seed]",
                values: Mapping[str, object] | None = None, basename: str = "", digits: int = 5,
-               extra_text: Mapping[str, str] | None = None) -> Path:
+               extra_text: Mapping[str, str] | None = None, quality: int = 95) -> Path:
     """Save ``image`` under A1111's naming in ``folder`` (created when missing) and return its path.
 
     Samples: ``00000-<pattern>.png`` (seq = :func:`next_sequence_number`); grids: ``basename="grid", digits=4,
@@ -265,7 +265,7 @@ def save_image(image: Image.Image, folder: Path, fmt: str, infotext: str | None,
     if basename and (basename != sanitize_filename_part(basename) or basename in (".", "..")):
         raise ValueError(f"invalid file basename {basename!r}")
     try:
-        data = images.encode_image(image, ext, infotext, extra_text=extra_text)
+        data = images.encode_image(image, ext, infotext, quality=quality, extra_text=extra_text)
     except images.ImageFormatLimitError:
         ext = "png"
         data = images.encode_image(image, ext, infotext, extra_text=extra_text)

@@ -260,7 +260,7 @@ def test_infotext_exact_format(sd1_engine):
 
 
 def test_outputs_named_and_carry_infotext(sd1_engine, tmp_path):
-    out = OutputOptions(root=tmp_path / "outputs")
+    out = OutputOptions.under(tmp_path / "outputs")
     job = sd1_engine.txt2img(GenerationRequest(prompt="x", seed=10, batch_size=2, **SMALL), out=out)
     names = [p.name for p in job.saved]
     assert names == ["00000-10.png", "00001-11.png"]
@@ -273,7 +273,7 @@ def test_outputs_named_and_carry_infotext(sd1_engine, tmp_path):
     assert again.saved[0].name == "00002-10.png" and again.grid_path is None
     for fmt in ("jpg", "webp"):
         job = sd1_engine.txt2img(GenerationRequest(prompt="é ünïcode", seed=3, **SMALL),
-                                 out=OutputOptions(root=tmp_path / fmt, samples_format=fmt))
+                                 out=OutputOptions.under(tmp_path / fmt, samples_format=fmt))
         with Image.open(job.saved[0]) as im:
             assert im.format in ("JPEG", "WEBP")
             assert read_parameters(im) == job.result.infotexts[0]

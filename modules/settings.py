@@ -1,0 +1,244 @@
+"""Typed options with defaults in sections, validated, persisted atomically to ``config.json`` (A1111's names).
+
+A corrupt ``config.json`` is moved aside and the defaults are used, with a message. Unknown keys found in the file
+(an A1111 config copied over) are kept when saving but otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modules.errors import ValidationError
+from modules.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+Choices = Callable[[], list[str]] | tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    default: Any
+    label: str
+    section: str
+    kind: str  # bool, int, float, str, choice
+    choices: Choices = None
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    locked_when_exposed: bool = False  # output paths: not changeable by remote users
+    strict_choices: bool = True  # dynamic lists (checkpoints) may name something not present yet
+
+    def choice_list(self) -> list[str]:
+        if self.choices is None:
+            return []
+        return list(self.choices()) if callable(self.choices) else list(self.choices)
+
+    def coerce(self, value: Any) -> Any:
+        """The value converted to this option's type, or :class:`ValidationError` naming the option."""
+        try:
+            value = self._convert(value)
+        except (TypeError, ValueError):
+            raise ValidationError(f"{self.key}: expected {self.kind}, got {value!r}", field=self.key) from None
+        if self.kind in ("int", "float"):
+            if (self.minimum is not None and value < self.minimum) or (
+                    self.maximum is not None and value > self.maximum):
+                raise ValidationError(f"{self.key}: must be between {self.minimum:g} and {self.maximum:g}"
+                                      f" (got {value})", field=self.key)
+        if self.kind == "choice" and self.strict_choices:
+            allowed = self.choice_list()
+            if value not in allowed:
+                raise ValidationError(f"{self.key}: must be one of {', '.join(allowed)} (got {value!r})",
+                                      field=self.key)
+        return value
+
+    def _convert(self, value: Any) -> Any:
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise TypeError
+        if self.kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if self.kind == "float":
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if value is None or isinstance(value, (dict, list)):
+            raise TypeError
+        return str(value)
+
+
+_SD = "Stable Diffusion"
+_SAVE = "Saving images/grids"
+_PATHS = "Paths for saving"
+_OPT = "Optimizations"
+_PREVIEW = "Live previews"
+_LIMITS = "API and limits"
+_SAMPLER = "Sampler parameters"
+
+
+def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[], list[str]] = list
+                  ) -> tuple[Option, ...]:
+    """Every option, in section order. ``checkpoints``/``vaes`` list the current choices."""
+    return (
+        Option("sd_model_checkpoint", "", "Stable Diffusion checkpoint", _SD, "choice", checkpoints,
+               strict_choices=False),
+        Option("sd_checkpoints_limit", 1, "Maximum number of checkpoints loaded at the same time", _SD, "int",
+               minimum=1, maximum=10, step=1),
+        Option("sd_vae", "Automatic", "SD VAE", _SD, "choice", lambda: ["Automatic", "None", *vaes()],
+               strict_choices=False),
+        Option("CLIP_stop_at_last_layers", 1, "Clip skip", _SD, "int", minimum=1, maximum=12, step=1),
+        Option("randn_source", "CPU", "Random number generator source", _SD, "choice", ("CPU", "GPU")),
+        Option("eta_noise_seed_delta", 0, "Eta noise seed delta (ENSD)", _SAMPLER, "int", minimum=0,
+               maximum=2**31 - 1, step=1),
+        Option("eta_ddim", 0.0, "Eta for DDIM", _SAMPLER, "float", minimum=0, maximum=1, step=0.01),
+        Option("cross_attention_optimization", "Automatic", "Cross attention optimization", _OPT, "choice",
+               ("Automatic", "xformers", "sdp")),
+        Option("precision", "auto", "Precision (auto: float16 on CUDA, float32 on CPU)", _OPT, "choice",
+               ("auto", "fp16", "bf16", "fp32")),
+        Option("samples_save", True, "Always save all generated images", _SAVE, "bool"),
+        Option("samples_format", "png", "File format for images", _SAVE, "choice", ("png", "jpg", "webp")),
+        Option("samples_filename_pattern", "", "Images filename pattern (empty: [seed])", _SAVE, "str"),
+        Option("save_to_dirs", True, "Save images to a subdirectory per day", _SAVE, "bool"),
+        Option("grid_save", True, "Always save all generated image grids", _SAVE, "bool"),
+        Option("grid_format", "png", "File format for grids", _SAVE, "choice", ("png", "jpg", "webp")),
+        Option("grid_only_if_multiple", True, "Do not save grids consisting of one picture", _SAVE, "bool"),
+        Option("return_grid", True, "Show grid in gallery and return it from the API", _SAVE, "bool"),
+        Option("enable_pnginfo", True, "Save text information about generation parameters as chunks to png "
+               "files", _SAVE, "bool"),
+        Option("jpeg_quality", 80, "Quality for saved jpeg and webp images", _SAVE, "int", minimum=1, maximum=100,
+               step=1),
+        Option("outdir_txt2img_samples", "outputs/txt2img-images", "Output directory for txt2img images", _PATHS,
+               "str", locked_when_exposed=True),
+        Option("outdir_txt2img_grids", "outputs/txt2img-grids", "Output directory for txt2img grids", _PATHS,
+               "str", locked_when_exposed=True),
+        Option("outdir_img2img_samples", "outputs/img2img-images", "Output directory for img2img images",
+               _PATHS, "str", locked_when_exposed=True),
+        Option("outdir_img2img_grids", "outputs/img2img-grids", "Output directory for img2img grids", _PATHS,
+               "str", locked_when_exposed=True),
+        Option("live_previews_enable", True, "Show live previews of the created image", _PREVIEW, "bool"),
+        Option("show_progress_every_n_steps", 5, "Live preview display period (sampling steps)", _PREVIEW, "int",
+               minimum=1, maximum=32, step=1),
+        Option("max_image_size", 2048, "Largest width or height a request may ask for", _LIMITS, "int",
+               minimum=256, maximum=8192, step=64),
+        Option("max_steps", 150, "Most sampling steps a request may ask for", _LIMITS, "int", minimum=10,
+               maximum=1000, step=1),
+        Option("max_batch_size", 8, "Largest batch size", _LIMITS, "int", minimum=1, maximum=64, step=1),
+        Option("max_batch_count", 100, "Largest batch count", _LIMITS, "int", minimum=1, maximum=1000, step=1),
+        Option("queue_max_size", 64, "Most jobs waiting in the queue", _LIMITS, "int", minimum=1, maximum=10000,
+               step=1),
+    )
+
+
+class Settings:
+    """The live option values; thread-safe. ``on_change(key, value)`` hooks apply changes without a restart."""
+
+    def __init__(self, path: Path | None, options: Iterable[Option], exposed: bool = False) -> None:
+        self.path = path
+        self.options = {o.key: o for o in options}
+        self.exposed = exposed
+        self._lock = threading.RLock()
+        self._values: dict[str, Any] = {k: o.default for k, o in self.options.items()}
+        self._foreign: dict[str, Any] = {}
+        self._hooks: list[Callable[[str, Any], None]] = []
+        self.load_message: str | None = None
+        if path is not None:
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        if not path.exists():
+            return
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            try:
+                path.replace(aside)
+            except OSError:
+                aside = path
+            self.load_message = f"{path.name} could not be read ({exc}); it was moved to {aside.name} and " \
+                                f"the default settings are used"
+            log.warning(self.load_message)
+            return
+        for key, value in data.items():
+            option = self.options.get(key)
+            if option is None:
+                self._foreign[key] = value
+                continue
+            try:
+                self._values[key] = option.coerce(value)
+            except ValidationError as exc:
+                log.warning("ignoring the saved value of %s: %s", key, exc)
+
+    def on_change(self, hook: Callable[[str, Any], None]) -> None:
+        self._hooks.append(hook)
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            return self._values[key]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.get(key)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._values)
+
+    def validate(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """The coerced values of ``changes``; raises on the first unknown key or invalid value."""
+        out = {}
+        for key, value in changes.items():
+            option = self.options.get(key)
+            if option is None:
+                raise ValidationError(f"unknown option {key!r}", field=key)
+            coerced = option.coerce(value)
+            if option.locked_when_exposed and self.exposed and coerced != self.get(key):
+                raise ValidationError(f"{key} cannot be changed while the server is reachable from the network",
+                                      field=key)
+            out[key] = coerced
+        return out
+
+    def update(self, changes: dict[str, Any], save: bool = True) -> list[str]:
+        """Validate all of ``changes``, then apply them together and save; returns the keys that changed."""
+        with self._lock:
+            coerced = self.validate(changes)
+            changed = [k for k, v in coerced.items() if self._values[k] != v]
+            self._values.update(coerced)
+            if save:
+                self.save()
+        for key in changed:
+            for hook in self._hooks:
+                hook(key, coerced[key])
+        return changed
+
+    def reset(self) -> list[str]:
+        return self.update({k: o.default for k, o in self.options.items()
+                            if not (o.locked_when_exposed and self.exposed)})
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        with self._lock:
+            data = {**self._foreign, **self._values}
+            atomic_write_text(self.path, json.dumps(data, indent=4, ensure_ascii=False))
+
+    def sections(self) -> dict[str, list[Option]]:
+        out: dict[str, list[Option]] = {}
+        for option in self.options.values():
+            out.setdefault(option.section, []).append(option)
+        return out

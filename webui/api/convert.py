@@ -1,0 +1,194 @@
+"""A1111 request bodies -> the engine's request, and engine results -> A1111 response bodies."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from modules.app import App
+from modules.engine import JobOutput
+from modules.errors import ValidationError
+from modules.infotext_fields import fields_from_infotext
+from modules.requests import GenerationRequest
+from modules.styles import apply_styles, load_styles
+from modules.version import VERSION
+from webui.api.schemas import GenerationBody, Txt2ImgBody
+
+# settings a request may override for itself, and the request field each one sets
+_PER_JOB_SETTINGS = {
+    "CLIP_stop_at_last_layers": "clip_skip",
+    "randn_source": "randn_source",
+    "eta_noise_seed_delta": "eta_noise_seed_delta",
+}
+_OUTPUT_SETTINGS = {"samples_format", "samples_save", "grid_save", "grid_format", "samples_filename_pattern",
+                    "save_to_dirs", "enable_pnginfo", "grid_only_if_multiple", "jpeg_quality"}
+
+
+@dataclass
+class Prepared:
+    request: GenerationRequest
+    save: bool
+    send_images: bool
+    return_grid: bool
+    warnings: list[str] = field(default_factory=list)
+    output_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _apply_infotext(body: GenerationBody) -> dict[str, Any]:
+    """Fill the fields the body did not set from its ``infotext``; returns the setting overrides it implies."""
+    if not body.infotext:
+        return {}
+    fields, overrides = fields_from_infotext(body.infotext)
+    explicit = body.model_fields_set
+    for name, value in fields.items():
+        if name in type(body).model_fields and name not in explicit:
+            setattr(body, name, value)
+    return overrides
+
+
+def _resolve_model_override(app: App, overrides: dict[str, Any], warnings: list[str]) -> str | None:
+    wanted = overrides.pop("sd_model_checkpoint", None)
+    name_hint = overrides.pop("_model_name", None)
+    if not wanted:
+        return None
+    info = app.registry.find(str(wanted)) or (app.registry.find(str(name_hint)) if name_hint else None)
+    if info is None:
+        raise ValidationError(f"override_settings.sd_model_checkpoint: checkpoint not found: {wanted!r}",
+                              field="sd_model_checkpoint")
+    return info.title
+
+
+def prepare_txt2img(app: App, body: Txt2ImgBody) -> Prepared:
+    """Validate everything that can be checked before queueing; raises :class:`ValidationError`."""
+    infotext_overrides = _apply_infotext(body)
+    overrides = {**infotext_overrides, **(body.override_settings or {})}
+    warnings: list[str] = []
+    if body.alwayson_scripts:
+        name = next(iter(body.alwayson_scripts))
+        raise ValidationError(f"always on script {name} not found", field="alwayson_scripts")
+    if body.script_name:
+        raise ValidationError(f"script {body.script_name!r} not found", field="script_name")
+    checkpoint = _resolve_model_override(app, overrides, warnings)
+    known = {k: v for k, v in overrides.items() if k in app.settings.options}
+    for key in sorted(set(overrides) - set(known)):
+        warnings.append(f"override_settings: unknown option {key!r} ignored")
+    coerced = app.settings.validate(known)
+    per_job = {**app.request_defaults(), **{_PER_JOB_SETTINGS[k]: v for k, v in coerced.items()
+                                            if k in _PER_JOB_SETTINGS}}
+    if body.restore_faces:
+        warnings.append("restore_faces: no face restoration model is installed; images were not restored")
+    if body.refiner_checkpoint:
+        warnings.append("refiner_checkpoint: the refiner is not supported yet and was ignored")
+    prompt, negative = body.prompt or "", body.negative_prompt or ""
+    styles = tuple(body.styles or ())
+    if styles:
+        prompt, negative = apply_styles(load_styles(app.paths.styles_file), styles, prompt, negative)
+    eta = body.eta
+    req = GenerationRequest(
+        prompt=prompt, negative_prompt=negative, styles=styles,
+        seed=-1 if body.seed is None else body.seed,
+        subseed=-1 if body.subseed is None else body.subseed,
+        subseed_strength=body.subseed_strength or 0.0,
+        seed_resize_from_w=max(0, body.seed_resize_from_w or 0),
+        seed_resize_from_h=max(0, body.seed_resize_from_h or 0),
+        sampler_name=body.sampler_name or body.sampler_index or "Euler",
+        scheduler=body.scheduler or "Automatic",
+        batch_size=1 if body.batch_size is None else body.batch_size,
+        n_iter=1 if body.n_iter is None else body.n_iter,
+        steps=50 if body.steps is None else body.steps,
+        cfg_scale=7.0 if body.cfg_scale is None else body.cfg_scale,
+        width=512 if body.width is None else body.width,
+        height=512 if body.height is None else body.height,
+        tiling=bool(body.tiling), restore_faces=bool(body.restore_faces),
+        eta=eta, s_churn=body.s_churn or 0.0, s_tmin=body.s_tmin or 0.0, s_tmax=body.s_tmax,
+        s_noise=1.0 if body.s_noise is None else body.s_noise,
+        checkpoint=checkpoint,
+        enable_hr=bool(body.enable_hr),
+        denoising_strength=0.7 if body.denoising_strength is None else body.denoising_strength,
+        hr_scale=2.0 if body.hr_scale is None else body.hr_scale,
+        hr_upscaler=body.hr_upscaler or "Latent",
+        hr_second_pass_steps=body.hr_second_pass_steps or 0,
+        hr_resize_x=body.hr_resize_x or 0, hr_resize_y=body.hr_resize_y or 0,
+        hr_sampler_name=body.hr_sampler_name, hr_scheduler=body.hr_scheduler,
+        hr_prompt=body.hr_prompt or "", hr_negative_prompt=body.hr_negative_prompt or "",
+        hr_checkpoint_name=body.hr_checkpoint_name,
+        **per_job,
+    )
+    if req.eta is None and req.sampler_name.strip().lower() == "ddim":
+        eta_ddim = coerced.get("eta_ddim", app.settings["eta_ddim"])
+        req = req.replace(eta=eta_ddim or None)
+    return_grid = coerced.get("return_grid", app.settings["return_grid"])
+    output_overrides = {k: v for k, v in coerced.items() if k in _OUTPUT_SETTINGS}
+    save = bool(body.save_images)
+    return Prepared(req, save, body.send_images is not False, return_grid, warnings, output_overrides)
+
+
+def encode_png(image: Image.Image, infotext: str | None) -> str:
+    from modules.images import encode_image
+
+    return base64.b64encode(encode_image(image, "png", infotext)).decode("ascii")
+
+
+def info_json(job: JobOutput, prepared: Prepared, app: App, with_grid: bool, extra: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """A1111's ``Processed.js()`` keys, plus ``warnings``."""
+    r = job.result
+    req = r.request
+    infotexts = list(r.infotexts)
+    if with_grid:
+        infotexts.insert(0, r.infotexts[0] if r.infotexts else "")
+    out = {
+        "prompt": r.all_prompts[0] if r.all_prompts else req.prompt,
+        "all_prompts": r.all_prompts,
+        "negative_prompt": r.all_negative_prompts[0] if r.all_negative_prompts else req.negative_prompt,
+        "all_negative_prompts": r.all_negative_prompts,
+        "seed": r.all_seeds[0] if r.all_seeds else req.seed,
+        "all_seeds": r.all_seeds,
+        "subseed": r.all_subseeds[0] if r.all_subseeds else req.subseed,
+        "all_subseeds": r.all_subseeds,
+        "subseed_strength": req.subseed_strength,
+        "width": req.width,
+        "height": req.height,
+        "sampler_name": req.sampler_name,
+        "cfg_scale": req.cfg_scale,
+        "steps": req.steps,
+        "batch_size": req.batch_size,
+        "restore_faces": req.restore_faces,
+        "face_restoration_model": None,
+        "sd_model_name": r.model_name,
+        "sd_model_hash": r.model_hash,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": req.seed_resize_from_w or -1,
+        "seed_resize_from_h": req.seed_resize_from_h or -1,
+        "denoising_strength": req.denoising_strength if req.enable_hr else None,
+        "extra_generation_params": r.extra_params,
+        "index_of_first_image": 1 if with_grid else 0,
+        "infotexts": infotexts,
+        "styles": list(req.styles),
+        "job_timestamp": r.job_timestamp,
+        "clip_skip": req.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "version": VERSION,
+        "warnings": prepared.warnings + r.warnings,
+    }
+    out.update(extra or {})
+    return out
+
+
+def response_body(job: JobOutput, prepared: Prepared, app: App, parameters: dict[str, Any],
+                  extra_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    r = job.result
+    with_grid = prepared.return_grid and job.grid is not None
+    images: list[str] = []
+    if prepared.send_images:
+        if with_grid:
+            images.append(encode_png(job.grid, r.infotexts[0] if r.infotexts else None))
+        images += [encode_png(im, info) for im, info in zip(r.images, r.infotexts)]
+    info = info_json(job, prepared, app, with_grid, extra_info)
+    return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}

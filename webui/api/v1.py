@@ -1,0 +1,239 @@
+"""``/sdapi/v1``: A1111 v1.10.1's routes and response shapes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from modules import samplers
+from modules.app import App
+from modules.errors import ValidationError
+from modules.jobs import Job, JobState
+from modules.requests import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
+from modules.styles import load_styles
+from webui.api.convert import prepare_txt2img, response_body
+from webui.api.schemas import OptionsBody, Txt2ImgBody
+from webui.api.waiting import failure_response, wait_for
+from webui.launch_options import redacted_flags
+
+
+def _owner(request: Request) -> str | None:
+    return getattr(request.state, "user", None)
+
+
+def build_router(app: App) -> APIRouter:
+    r = APIRouter(prefix="/sdapi/v1", tags=["A1111 API"])
+
+    @r.post("/txt2img")
+    async def txt2img(body: Txt2ImgBody, request: Request) -> Any:
+        parameters = body.model_dump()
+        prepared = prepare_txt2img(app, body)
+        job = app.submit_txt2img(prepared.request, prepared.save, _owner(request), prepared.output_overrides)
+        await wait_for(job)
+        if job.state is JobState.FAILED:
+            return failure_response(job)
+        return response_body(job.result, prepared, app, parameters, {"job_id": job.id})
+
+    @r.get("/options")
+    def get_options() -> dict[str, Any]:
+        return app.settings.snapshot()
+
+    @r.post("/options")
+    async def set_options(body: OptionsBody) -> Any:
+        changes = dict(body.model_extra or {})
+        wanted = changes.get("sd_model_checkpoint")
+        if wanted:
+            info = app.registry.find(str(wanted))
+            if info is None:
+                raise ValidationError(f"sd_model_checkpoint: checkpoint not found: {wanted!r}",
+                                      field="sd_model_checkpoint")
+            changes["sd_model_checkpoint"] = info.title
+        before = app.queue.jobs()
+        app.settings.update(changes)
+        loads = [j for j in app.queue.jobs() if j not in before and j.kind in ("load_model", "callable")]
+        for job in loads:
+            await wait_for(job)
+            if job.state is JobState.FAILED:
+                return failure_response(job)
+        return None
+
+    @r.get("/cmd-flags")
+    def cmd_flags() -> dict[str, Any]:
+        return redacted_flags(app)
+
+    @r.get("/sd-models")
+    def sd_models() -> list[dict[str, Any]]:
+        return [{"title": i.title, "model_name": i.model_name, "hash": i.shorthash, "sha256": i.sha256,
+                 "filename": str(i.path), "config": None} for i in app.registry.list()]
+
+    @r.get("/samplers")
+    def list_samplers() -> list[dict[str, Any]]:
+        return samplers.samplers_api_list()
+
+    @r.get("/schedulers")
+    def list_schedulers() -> list[dict[str, Any]]:
+        return samplers.schedulers_api_list()
+
+    @r.get("/upscalers")
+    def upscalers() -> list[dict[str, Any]]:
+        return [{"name": n, "model_name": None, "model_path": None, "model_url": None,
+                 "scale": 4 if n != "None" else 1} for n in PIXEL_UPSCALERS]
+
+    @r.get("/latent-upscale-modes")
+    def latent_modes() -> list[dict[str, str]]:
+        return [{"name": n} for n in LATENT_UPSCALE_MODES]
+
+    @r.get("/sd-vae")
+    def sd_vae() -> list[dict[str, str]]:
+        folder = app.paths.vae_dir
+        files = sorted(p for p in folder.rglob("*") if p.suffix in (".safetensors", ".pt", ".ckpt")) \
+            if folder.is_dir() else []
+        return [{"model_name": p.name, "filename": str(p)} for p in files]
+
+    @r.get("/loras")
+    def loras() -> list[dict[str, Any]]:
+        folder = app.paths.lora_dir
+        files = sorted(p for p in folder.rglob("*") if p.suffix in (".safetensors", ".pt", ".ckpt")) \
+            if folder.is_dir() else []
+        return [{"name": p.stem, "alias": p.stem, "path": str(p), "metadata": {}} for p in files]
+
+    @r.get("/embeddings")
+    def embeddings() -> dict[str, Any]:
+        return {"loaded": {}, "skipped": {}}
+
+    @r.get("/prompt-styles")
+    def prompt_styles() -> list[dict[str, str]]:
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+                for s in load_styles(app.paths.styles_file).values()]
+
+    @r.get("/face-restorers")
+    def face_restorers() -> list[dict[str, Any]]:
+        return []
+
+    @r.get("/realesrgan-models")
+    def realesrgan_models() -> list[dict[str, Any]]:
+        return []
+
+    @r.get("/hypernetworks")
+    def hypernetworks() -> list[dict[str, Any]]:
+        return []
+
+    @r.get("/scripts")
+    def scripts() -> dict[str, list[str]]:
+        return {"txt2img": [], "img2img": []}
+
+    @r.get("/memory")
+    def memory() -> dict[str, Any]:
+        return memory_report()
+
+    @r.get("/progress")
+    def progress(skip_current_image: bool = False) -> dict[str, Any]:
+        return progress_report(app, skip_current_image)
+
+    @r.post("/interrupt")
+    def interrupt() -> dict[str, Any]:
+        app.queue.interrupt()
+        return {}
+
+    @r.post("/skip")
+    def skip() -> dict[str, Any]:
+        app.queue.skip()
+        return {}
+
+    @r.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> None:
+        app.registry.refresh()
+
+    @r.post("/refresh-vae")
+    def refresh_vae() -> None:
+        return None
+
+    @r.post("/unload-checkpoint")
+    async def unload_checkpoint() -> Any:
+        return await _run_in_queue(app, lambda job: app.models.unload())
+
+    @r.post("/reload-checkpoint")
+    async def reload_checkpoint() -> Any:
+        return await _run_in_queue(app, lambda job: app.models.reload())
+
+    return r
+
+
+async def _run_in_queue(app: App, fn) -> Any:
+    """Model housekeeping goes through the queue, so it never pulls a model from under a running job."""
+    job: Job = app.queue.submit("callable", fn)
+    await wait_for(job)
+    if job.state is JobState.FAILED:
+        return failure_response(job)
+    return None
+
+
+def progress_report(app: App, skip_current_image: bool = False) -> dict[str, Any]:
+    """A1111's global ``/progress``: the running job, if any."""
+    job = app.queue.current
+    waiting = app.queue.pending()
+    if job is None:
+        return {"progress": 0.0, "eta_relative": 0.0, "current_image": None, "textinfo": None,
+                "current_task": None,
+                "state": {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "",
+                          "job_count": waiting, "job_timestamp": "0", "job_no": 0, "sampling_step": 0,
+                          "sampling_steps": 0}}
+    p = job.control.progress
+    image = None
+    if not skip_current_image and p.preview is not None:
+        buf = io.BytesIO()
+        p.preview.save(buf, format="PNG")
+        image = base64.b64encode(buf.getvalue()).decode("ascii")
+    return {
+        "progress": round(p.fraction, 4),
+        "eta_relative": round(p.eta() or 0.0, 2),
+        "current_image": image,
+        "textinfo": p.phase or None,
+        "current_task": job.id,
+        "state": {"skipped": job.control.skipped, "interrupted": job.control.interrupted,
+                  "stopping_generation": False, "job": f"{job.kind}-{job.id}", "job_count": max(waiting, 1),
+                  "job_timestamp": str(int(job.created)), "job_no": p.job_no, "sampling_step": p.sampling_step,
+                  "sampling_steps": p.sampling_steps},
+    }
+
+
+def memory_report() -> dict[str, Any]:
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = os.sysconf("SC_PHYS_PAGES") * page
+    free = os.sysconf("SC_AVPHYS_PAGES") * page
+    out: dict[str, Any] = {"ram": {"free": free, "used": total - free, "total": total}}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            free_c, total_c = torch.cuda.mem_get_info()
+            stats = torch.cuda.memory_stats()
+            out["cuda"] = {
+                "system": {"free": free_c, "used": total_c - free_c, "total": total_c},
+                "active": {"current": stats.get("active_bytes.all.current", 0),
+                           "peak": stats.get("active_bytes.all.peak", 0)},
+                "allocated": {"current": stats.get("allocated_bytes.all.current", 0),
+                              "peak": stats.get("allocated_bytes.all.peak", 0)},
+                "reserved": {"current": stats.get("reserved_bytes.all.current", 0),
+                             "peak": stats.get("reserved_bytes.all.peak", 0)},
+                "inactive": {"current": stats.get("inactive_split_bytes.all.current", 0),
+                             "peak": stats.get("inactive_split_bytes.all.peak", 0)},
+                "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)},
+            }
+        else:
+            out["cuda"] = {"error": "unavailable"}
+    except Exception as exc:  # a broken CUDA setup must not break the memory report
+        out["cuda"] = {"error": str(exc)[:200]}
+    return out
+
+
+def error_json(status: int, error: str, detail: str, field: str | None = None) -> JSONResponse:
+    body = {"error": error, "detail": detail}
+    if field:
+        body["field"] = field
+    return JSONResponse(body, status_code=status)

@@ -1,0 +1,89 @@
+"""``/sdapi/v2``: the asynchronous jobs API. Submit, get an id at once, poll your own job, cancel it."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from modules.app import App
+from modules.jobs import Job, JobState
+from webui.api.convert import Prepared, prepare_txt2img, response_body
+from webui.api.schemas import Txt2ImgBody
+
+
+def _user(request: Request) -> str | None:
+    return getattr(request.state, "user", None)
+
+
+def _own(job: Job | None, request: Request) -> Job:
+    if job is None:
+        raise HTTPException(status_code=404, detail="no such job")
+    user = _user(request)
+    if job.owner is not None and user is not None and job.owner != user:
+        raise HTTPException(status_code=403, detail="this job belongs to another user")
+    return job
+
+
+def job_summary(app: App, job: Job) -> dict[str, Any]:
+    return {"id": job.id, "kind": job.kind, "state": job.state.value, "position": app.queue.position(job),
+            "created": job.created, "started": job.started, "finished": job.finished}
+
+
+def job_detail(app: App, job: Job, with_preview: bool = True) -> dict[str, Any]:
+    p = job.control.progress
+    out = job_summary(app, job)
+    running = job.state is JobState.RUNNING
+    out["progress"] = {
+        "fraction": 1.0 if job.state is JobState.SUCCEEDED else round(p.fraction, 4) if running else 0.0,
+        "step": p.sampling_step, "steps": p.sampling_steps, "job_no": p.job_no, "job_count": p.job_count,
+        "phase": p.phase if running else job.state.value,
+    }
+    out["eta"] = round(p.eta(), 2) if running and p.eta() is not None else None
+    out["preview"] = None
+    if with_preview and running and p.preview is not None:
+        buf = io.BytesIO()
+        p.preview.save(buf, format="PNG")
+        out["preview"] = base64.b64encode(buf.getvalue()).decode("ascii")
+    out["error"] = job.error
+    out["warnings"] = list(job.control.warnings)
+    out["result"] = None
+    if job.state.finished and job.result is not None and job.kind == "txt2img":
+        prepared: Prepared = job.options.api_prepared
+        out["result"] = response_body(job.result, prepared, app, job.options.api_parameters, {"job_id": job.id})
+    return out
+
+
+def build_router(app: App) -> APIRouter:
+    r = APIRouter(prefix="/sdapi/v2", tags=["jobs API"])
+
+    @r.post("/txt2img", status_code=202)
+    def submit_txt2img(body: Txt2ImgBody, request: Request) -> JSONResponse:
+        parameters = body.model_dump()
+        prepared = prepare_txt2img(app, body)
+        job = app.submit_txt2img(prepared.request, prepared.save, _user(request), prepared.output_overrides)
+        job.options.api_prepared = prepared
+        job.options.api_parameters = parameters
+        return JSONResponse(job_summary(app, job), status_code=202,
+                            headers={"Location": f"/sdapi/v2/jobs/{job.id}"})
+
+    @r.get("/jobs")
+    def list_jobs(request: Request) -> list[dict[str, Any]]:
+        user = _user(request)
+        return [job_summary(app, j) for j in app.queue.jobs()
+                if j.kind == "txt2img" and (user is None or j.owner in (None, user))]
+
+    @r.get("/jobs/{job_id}")
+    def get_job(job_id: str, request: Request, preview: bool = True) -> dict[str, Any]:
+        return job_detail(app, _own(app.queue.get(job_id), request), preview)
+
+    @r.delete("/jobs/{job_id}")
+    def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
+        job = _own(app.queue.get(job_id), request)
+        app.queue.cancel(job.id)
+        return job_summary(app, job)
+
+    return r

@@ -139,7 +139,8 @@ def resolve_sampler(name: str | None, schedule: str | None = None, field_name: s
     spec = _SAMPLER_INDEX.get(_key(sampler_text))
     if spec is None:
         raise ValidationError(
-            f"unknown sampler {name!r}; valid samplers: {', '.join(sampler_names())}", field=field_name)
+            f"{field_name}: unknown sampler {name!r}; valid samplers: {', '.join(sampler_names())}",
+            field=field_name)
     wanted = schedule if schedule not in (None, "") else (legacy_schedule or "Automatic")
     if legacy_schedule and _key(wanted) == "automatic":
         wanted = legacy_schedule
@@ -147,8 +148,8 @@ def resolve_sampler(name: str | None, schedule: str | None = None, field_name: s
     if sched is None:
         field_sched = "hr_scheduler" if field_name.startswith("hr_") else "scheduler"
         raise ValidationError(
-            f"unknown schedule type {wanted!r}; valid schedule types: {', '.join(schedule_labels())}",
-            field=field_sched)
+            f"{field_sched}: unknown schedule type {wanted!r}; valid schedule types: "
+            f"{', '.join(schedule_labels())}", field=field_sched)
     return spec, sched.label
 
 

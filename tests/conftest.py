@@ -103,3 +103,63 @@ def engine_factory(data_dir):
         return build_engine(Paths.create(data_dir), device="cpu", precision="fp32", cache_limit=cache_limit)
 
     return make
+
+
+class LiveServer:
+    """A real uvicorn server on a free loopback port, in a thread of the test process."""
+
+    def __init__(self, app, config) -> None:
+        import threading
+
+        import uvicorn
+
+        from webui.server import create_server
+
+        self.app = app
+        self.asgi = create_server(app, config)
+        self.server = uvicorn.Server(uvicorn.Config(self.asgi, host="127.0.0.1", port=0, log_level="warning",
+                                                    lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        import time
+
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture
+def live_server(data_dir, model_store):
+    """``live_server(nowebui=True, api_auth=None, ui_auth=None, models=("sd1",), load=True)`` -> LiveServer."""
+    from modules.app import App, StartOptions
+    from webui.launch_options import ServerConfig
+
+    servers = []
+
+    def start(nowebui: bool = True, api_auth: dict | None = None, ui_auth: dict | None = None,
+              models: tuple[str, ...] = ("sd1",), load: bool = True, exposed: bool = False) -> LiveServer:
+        for i, family in enumerate(models):
+            target = data_dir / "models" / "Stable-diffusion" / (f"tiny-{family}" if i else "tiny")
+            if not target.with_suffix(".safetensors").exists():
+                install_model(data_dir, model_store(family, "safetensors"), target.name)
+        app = App(StartOptions(data_dir=data_dir, device="cpu", skip_load_model=not load, exposed=exposed))
+        config = ServerConfig("127.0.0.1", 0, nowebui, api_auth or {}, ui_auth or {}, False,
+                              {"api_auth": "<redacted>" if api_auth else None})
+        app.launch_flags = config.flags
+        server = LiveServer(app, config)
+        servers.append(server)
+        if load:
+            app.queue.wait_idle(60)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

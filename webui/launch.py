@@ -52,18 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     app.launch_flags = config.flags
     if app.settings.load_message:
         log.warning(app.settings.load_message)
-    server = create_server(app, config)
 
-    @server.on_event("startup")
     def started() -> None:
-        app.start()
         where = f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '::') else config.host}:{config.port}"
         print(f"Running on {where} ({'API only' if config.nowebui else 'UI and API'}); "
               f"started in {time.monotonic() - t0:.1f}s", flush=True)
 
-    @server.on_event("shutdown")
-    def stopped() -> None:
-        app.stop()
-
+    server = create_server(app, config, on_started=started)
     uvicorn.run(server, host=config.host, port=config.port, log_level="warning", timeout_keep_alive=30)
     return 0

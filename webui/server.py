@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -100,10 +102,21 @@ def install_error_handlers(api: FastAPI) -> None:
         return JSONResponse({"error": "InternalError", "detail": type(exc).__name__}, status_code=500)
 
 
-def create_server(app: App, config: ServerConfig) -> FastAPI:
+def create_server(app: App, config: ServerConfig, on_started: Callable[[], None] | None = None) -> FastAPI:
+    """The ASGI app; the application's worker starts with the server and stops with it."""
     from webui.api import v1, v2
 
-    api = FastAPI(title="sdwebui", version=__version__, docs_url="/docs", redoc_url="/redoc",
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        app.start()
+        if on_started is not None:
+            on_started()
+        try:
+            yield
+        finally:
+            app.stop()
+
+    api = FastAPI(title="sdwebui", version=__version__, docs_url="/docs", redoc_url="/redoc", lifespan=lifespan,
                   description="A1111-compatible API (/sdapi/v1) and an asynchronous jobs API (/sdapi/v2).")
     install_error_handlers(api)
     api.add_middleware(ApiGuard, config=config)

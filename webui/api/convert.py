@@ -70,9 +70,9 @@ def prepare_txt2img(app: App, body: Txt2ImgBody) -> Prepared:
     warnings: list[str] = []
     if body.alwayson_scripts:
         name = next(iter(body.alwayson_scripts))
-        raise ValidationError(f"always on script {name} not found", field="alwayson_scripts")
+        raise ValidationError(f"alwayson_scripts: always on script {name} not found", field="alwayson_scripts")
     if body.script_name:
-        raise ValidationError(f"script {body.script_name!r} not found", field="script_name")
+        raise ValidationError(f"script_name: script {body.script_name!r} not found", field="script_name")
     checkpoint = _resolve_model_override(app, overrides, warnings)
     known = {k: v for k, v in overrides.items() if k in app.settings.options}
     for key in sorted(set(overrides) - set(known)):

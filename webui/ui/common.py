@@ -21,10 +21,12 @@ CSS = """
 .sd-tool { max-width: 2.6em !important; min-width: 2.6em !important; padding: 0.2em !important;
            align-self: end; font-size: 1.1em; }
 #quicksettings { align-items: end; gap: 0.5em; }
-#quicksettings > * { flex-grow: 0; }
+#quicksettings > *:not(#sd_model_status) { flex-grow: 0; }
 #sd_model_checkpoint_dropdown { min-width: 24em; max-width: 36em; }
 #sd_model_status { align-self: center; font-size: 0.9em; opacity: 0.85; }
-.sd-token-counter { text-align: right; font-size: 0.8em; opacity: 0.7; margin-top: -0.4em; }
+.sd-token-counter { text-align: right; font-size: 0.8em; opacity: 0.7; padding-right: 0.8em; }
+#txt2img_token_counter, #txt2img_negative_token_counter { margin-top: calc(-1 * var(--layout-gap, 16px) - 1.6em);
+    margin-bottom: 0.4em; z-index: 5; pointer-events: none; }
 .sd-progress { position: relative; height: 1.5em; border-radius: 4px; background: rgba(127,127,127,0.25);
                overflow: hidden; margin: 0.3em 0; }
 .sd-progress-bar { height: 100%; background: #f97316; transition: width 0.2s; }
@@ -98,6 +100,10 @@ def progress_html(fraction: float, text: str, info: str = "") -> str:
             f'<div class="sd-progress-text">{html.escape(text)}</div></div>{info_html}')
 
 
+def token_html(count: int, limit: int) -> str:
+    return f'<div class="sd-token-counter">{count}/{limit}</div>'
+
+
 class TokenCounter:
     """The prompt boxes' "12/75" counters; the CLIP tokenizer is built on first use and kept."""
 
@@ -127,4 +133,4 @@ class TokenCounter:
             count, limit = self.count(text, steps, is_positive)
         except Exception:  # noqa: BLE001 - a counter must never break typing
             return '<div class="sd-token-counter">?/75</div>'
-        return f'<div class="sd-token-counter">{count}/{limit}</div>'
+        return token_html(count, limit)

@@ -1,0 +1,149 @@
+"""The job queue: FIFO, one job at a time, states, cancel, failures that leave the queue working."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from modules.errors import GenerationError
+from modules.jobs import JobQueue, JobState, QueueFull
+from modules.requests import GenerationRequest
+
+SMALL = {"width": 64, "height": 64, "steps": 2}
+
+
+def make_queue(runner, **kwargs) -> JobQueue:
+    q = JobQueue(runner, **kwargs)
+    q.start()
+    return q
+
+
+def test_fifo_and_one_job_at_a_time():
+    active, peak, order = [0], [0], []
+    lock = threading.Lock()
+
+    def runner(job):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.02)
+        order.append(job.payload)
+        with lock:
+            active[0] -= 1
+        return job.payload * 2
+
+    q = make_queue(runner)
+    jobs = [q.submit("t", i) for i in range(10)]
+    assert all(j.wait(10) for j in jobs)
+    assert order == list(range(10)) and peak[0] == 1
+    assert [j.result for j in jobs] == [i * 2 for i in range(10)]
+    assert all(j.state is JobState.SUCCEEDED and j.started <= j.finished for j in jobs)
+    q.stop()
+
+
+def test_bounded_queue_and_positions():
+    release = threading.Event()
+    q = make_queue(lambda job: release.wait(10), max_size=2)
+    first = q.submit("t", 0)
+    while q.current is None:
+        time.sleep(0.01)
+    a, b = q.submit("t", 1), q.submit("t", 2)
+    assert (q.position(first), q.position(a), q.position(b)) == (0, 1, 2)
+    with pytest.raises(QueueFull, match="full"):
+        q.submit("t", 3)
+    assert q.cancel(a.id).state is JobState.CANCELLED and q.position(b) == 1
+    release.set()
+    assert b.wait(10) and b.state is JobState.SUCCEEDED
+    q.stop()
+
+
+def test_failure_is_reported_and_next_job_runs(monkeypatch):
+    freed = []
+    monkeypatch.setattr("modules.jobs.free_memory", lambda: freed.append(True))
+
+    def runner(job):
+        if job.payload == "oom":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        if job.payload == "crash":
+            raise ZeroDivisionError("division by zero")
+        if job.payload == "ours":
+            raise GenerationError("the UNet produced NaNs; try the --no-half option")
+        return "fine"
+
+    q = make_queue(runner)
+    jobs = {name: q.submit("t", name) for name in ("oom", "ok1", "crash", "ours", "ok2")}
+    for job in jobs.values():
+        job.wait(10)
+    assert jobs["oom"].state is JobState.FAILED and "out of memory" in jobs["oom"].error
+    assert jobs["crash"].error == "ZeroDivisionError: division by zero"
+    assert jobs["ours"].error.startswith("the UNet produced NaNs")
+    assert jobs["ok1"].result == jobs["ok2"].result == "fine"
+    assert len(freed) == 3
+    q.stop()
+
+
+def test_cancel_running_job_interrupts_it():
+    started = threading.Event()
+
+    def runner(job):
+        started.set()
+        while not job.control.should_stop():
+            time.sleep(0.01)
+        return "partial"
+
+    q = make_queue(runner)
+    job = q.submit("t", None)
+    started.wait(10)
+    q.cancel(job.id)
+    assert job.wait(10) and job.state is JobState.CANCELLED and job.result == "partial"
+    q.stop()
+
+
+def test_done_callbacks_fire_once_even_when_late():
+    q = make_queue(lambda job: 1)
+    job = q.submit("t", None)
+    job.wait(10)
+    seen = []
+    job.add_done_callback(lambda j: seen.append(j.id))
+    assert seen == [job.id]
+    q.stop()
+
+
+def test_nan_unet_output_fails_the_job_with_a_message(data_dir, model_store, engine_factory, monkeypatch):
+    from conftest import install_model
+    from modules.generation import denoise
+
+    install_model(data_dir, model_store("sd1", "safetensors"), "tiny")
+    engine = engine_factory()
+    real = denoise._unet_call
+    monkeypatch.setattr(denoise, "_unet_call", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(GenerationError, match="NaN"):
+        engine.txt2img(GenerationRequest(prompt="x", seed=1, **SMALL))
+    monkeypatch.setattr(denoise, "_unet_call", real)
+    assert engine.txt2img(GenerationRequest(prompt="x", seed=1, **SMALL)).result.images
+
+
+def test_half_precision_vae_nans_fall_back_to_fp32(data_dir, model_store, monkeypatch):
+    from conftest import install_model
+    from modules.app import build_engine
+    from modules.paths import Paths
+
+    install_model(data_dir, model_store("sd1", "safetensors"), "tiny")
+    engine = build_engine(Paths.create(data_dir), device="cpu", precision="bf16")
+    engine.txt2img(GenerationRequest(prompt="x", seed=1, **SMALL))
+    vae = engine.models.current.vae
+    real_decode = vae.decode
+
+    def flaky(z, return_dict=False):
+        out = real_decode(z, return_dict=return_dict)
+        if z.dtype == torch.bfloat16:
+            return (out[0] * float("nan"),)
+        return out
+
+    monkeypatch.setattr(vae, "decode", flaky)
+    result = engine.txt2img(GenerationRequest(prompt="x", seed=1, **SMALL)).result
+    assert result.images and any("float32" in w for w in result.warnings)
+    assert next(vae.parameters()).dtype == torch.bfloat16  # restored afterwards

@@ -1,0 +1,47 @@
+"""The Gradio UI: A1111's quicksettings bar and tabs (txt2img, Settings; more tabs slot in between)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import gradio as gr
+
+from modules.app import App
+from webui.ui.common import CSS, TokenCounter, style_tag
+from webui.ui.quicksettings import build_quicksettings, checkpoint_titles
+from webui.ui.settings_tab import build_settings_tab
+from webui.ui.txt2img import build_txt2img_tab, style_names
+
+__all__ = ["CSS", "build_ui"]
+
+
+def build_ui(app: App) -> gr.Blocks:
+    """The whole page for ``app``. Page CSS is also on ``blocks.webui_css`` for ``mount_gradio_app(css=...)``."""
+    counter = TokenCounter()
+    with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
+        gr.HTML(style_tag(), elem_id="webui_style", padding=False, container=False, js_on_load=None)
+        quick = build_quicksettings(app)
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                txt2img = build_txt2img_tab(app, counter)
+            # later tabs (img2img, Extras, PNG Info, Checkpoint Merger, ...) go here, before Settings
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                settings = build_settings_tab(app)
+
+        def on_load() -> list[Any]:
+            """Fresh values for a new page: settings, checkpoint list, styles, the settings-derived defaults."""
+            if counter._tokenizer is None:
+                threading.Thread(target=counter.tokenizer, name="tokenizer-warmup", daemon=True).start()
+            current = app.settings["sd_model_checkpoint"] or None
+            titles = checkpoint_titles(app)
+            if current is not None and current not in titles:
+                titles = [current, *titles]
+            return [gr.update(choices=titles, value=current), gr.update(choices=style_names(app)),
+                    app.settings["CLIP_stop_at_last_layers"], *settings.handlers.component_values()]
+
+        demo.load(on_load, outputs=[quick.checkpoint, txt2img.fields["styles"], txt2img.fields["clip_skip"],
+                                    *settings.outputs()], show_progress="hidden", api_visibility="private")
+    demo.webui_css = CSS  # type: ignore[attr-defined]
+    demo.webui_parts = {"quicksettings": quick, "txt2img": txt2img, "settings": settings}  # type: ignore[attr-defined]
+    return demo

@@ -1,0 +1,104 @@
+"""The top bar (A1111's quicksettings): the checkpoint list, its refresh button and the model's status."""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from modules.app import App
+from modules.errors import WebUIError
+from webui.ui.common import REFRESH, error_html, tool_button, user_message
+
+STATUS_SECONDS = 1.0
+NOTICE_SECONDS = 8.0  # how long an error from the dropdown stays before the timer's status replaces it
+
+
+def checkpoint_titles(app: App) -> list[str]:
+    return [info.title for info in app.registry.list()]
+
+
+def model_status_html(app: App) -> str:
+    st = app.model_status
+    title = html.escape(st.title or "")
+    if st.state == "loading":
+        return f'<span class="sd-info">\u23f3 Loading {title}\u2026</span>'
+    if st.state == "loaded":
+        return f'<span class="sd-info">Loaded: {title}</span>'
+    if st.state == "failed":
+        return error_html(f"Model load failed: {st.message or 'unknown error'}")
+    if not app.registry.list():
+        return '<span class="sd-info">No checkpoints found in models/Stable-diffusion</span>'
+    return '<span class="sd-info">No model loaded yet</span>'
+
+
+def select_checkpoint(app: App, title: str | None) -> str:
+    """Switch to ``title`` (queued; the status shows progress); an error message when it does not exist."""
+    if not title:
+        return model_status_html(app)
+    if app.registry.find(title) is None:
+        app.registry.refresh()
+        if app.registry.find(title) is None:
+            return error_html(f"Checkpoint not found: {title}")
+    try:
+        app.settings.update({"sd_model_checkpoint": title})
+    except WebUIError as exc:
+        return error_html(user_message(exc))
+    return model_status_html(app)
+
+
+def refresh_checkpoints(app: App) -> Any:
+    app.registry.refresh()
+    current = app.settings["sd_model_checkpoint"] or None
+    return gr.update(choices=checkpoint_titles(app), value=current)
+
+
+def tick(app: App, shown: str | None, status: str | None, notice: tuple[str, float] | None = None
+         ) -> tuple[Any, Any]:
+    """The timer: the model's status, and the dropdown following the setting once no load is under way."""
+    if notice and time.monotonic() < notice[1]:
+        return gr.skip(), gr.skip()
+    wanted = app.settings["sd_model_checkpoint"] or None
+    dropdown: Any = gr.skip()
+    if wanted != (shown or None) and app.model_status.state != "loading":
+        titles = checkpoint_titles(app)
+        dropdown = gr.update(choices=titles if wanted in titles or wanted is None else [wanted, *titles],
+                             value=wanted)
+    now = model_status_html(app)
+    return dropdown, (gr.skip() if now == status else now)
+
+
+@dataclass
+class QuickSettings:
+    checkpoint: gr.Dropdown
+    refresh: gr.Button
+    status: gr.HTML
+    timer: gr.Timer
+
+
+def build_quicksettings(app: App) -> QuickSettings:
+    current = app.settings["sd_model_checkpoint"] or None
+    titles = checkpoint_titles(app)
+    with gr.Row(elem_id="quicksettings", equal_height=False):
+        dropdown = gr.Dropdown(label="Stable Diffusion checkpoint", choices=titles, value=current,
+                               allow_custom_value=True, elem_id="sd_model_checkpoint_dropdown", scale=0,
+                               min_width=360)
+        refresh = tool_button(REFRESH, "refresh_sd_model_checkpoint")
+        status = gr.HTML(model_status_html(app), elem_id="sd_model_status", scale=1, min_width=240)
+    timer = gr.Timer(STATUS_SECONDS)
+    qs = QuickSettings(dropdown, refresh, status, timer)
+    notice = gr.State(None)
+    quiet = {"show_progress": "hidden", "api_visibility": "private"}
+
+    def on_select(title: str | None) -> tuple[str, tuple[str, float] | None]:
+        message = select_checkpoint(app, title)
+        return message, ((message, time.monotonic() + NOTICE_SECONDS) if "sd-error" in message else None)
+
+    dropdown.input(on_select, inputs=[dropdown], outputs=[status, notice], **quiet)
+    refresh.click(lambda: refresh_checkpoints(app), outputs=[dropdown], **quiet)
+    timer.tick(lambda shown, status_html, note: tick(app, shown, status_html, note), inputs=[dropdown, status, notice],
+               outputs=[dropdown, status], concurrency_limit=None, **quiet)
+    return qs

@@ -125,7 +125,7 @@ def _gallery_count(drv) -> int:
     return len(drv.find_elements("css selector", "#txt2img_gallery img"))
 
 
-def test_txt2img_and_settings_in_browser(server, driver):
+def test_txt2img_and_settings_in_browser(driver, server):
     url, data_dir = server
     drv = driver
     drv.get(url)
@@ -153,7 +153,7 @@ def test_txt2img_and_settings_in_browser(server, driver):
     drv.save_screenshot(str(SCREENSHOT))
 
     # a long job, interrupted from this page: fewer images come back, with a note
-    _set_number(drv, "txt2img_batch_count", 40)
+    _set_number(drv, "txt2img_batch_count", 100)
     _css(drv, "#txt2img_generate").click()
     _wait(drv, lambda d: "%" in _css(d, "#txt2img_progress").text, 20, "progress")
     time.sleep(0.5)
@@ -161,7 +161,7 @@ def test_txt2img_and_settings_in_browser(server, driver):
     _wait(drv, lambda d: "Interrupted" in _css(d, "#html_log_txt2img").text, 30, "the interrupt note")
     note = _css(drv, "#html_log_txt2img").text
     done = int(note.split("Interrupted:")[1].split(" of ")[0])
-    assert 0 < done < 40, note
+    assert 0 < done < 100, note
 
     # Settings: change Clip skip and apply; config.json holds it
     next(b for b in drv.find_elements("css selector", "button[role=tab]") if b.text.strip() == "Settings").click()
@@ -172,3 +172,23 @@ def test_txt2img_and_settings_in_browser(server, driver):
     assert "CLIP_stop_at_last_layers" in _css(drv, "#settings_result").text
     config = json.loads((data_dir / "config.json").read_text())
     assert config["CLIP_stop_at_last_layers"] == 3
+
+    # back on txt2img: paste an infotext into the prompt and press the read-parameters button
+    next(b for b in drv.find_elements("css selector", "button[role=tab]") if b.text.strip() == "txt2img").click()
+    prompt = _wait(drv, lambda d: d.find_element("css selector", "#txt2img_prompt textarea"), 10, "the prompt")
+    prompt.clear()
+    prompt.send_keys("a cat\nNegative prompt: blurry\nSteps: 7, Sampler: Euler, Schedule type: Karras, "
+                     "CFG scale: 5.5, Seed: 1234, Size: 128x96, Clip skip: 2")
+    _css(drv, "#paste").click()
+    _wait(drv, lambda d: _css(d, "#txt2img_steps input[type=number]").get_attribute("value") == "7", 10,
+          "the pasted steps")
+    assert _css(drv, "#txt2img_prompt textarea").get_attribute("value") == "a cat"
+    assert _css(drv, "#txt2img_neg_prompt textarea").get_attribute("value") == "blurry"
+    assert _css(drv, "#txt2img_sampling input").get_attribute("value") == "Euler"
+    assert _css(drv, "#txt2img_scheduler input").get_attribute("value") == "Karras"
+    assert _css(drv, "#txt2img_width input[type=number]").get_attribute("value") == "128"
+    assert _css(drv, "#txt2img_height input[type=number]").get_attribute("value") == "96"
+    assert _css(drv, "#txt2img_seed input").get_attribute("value") == "1234"
+    assert _css(drv, "#txt2img_clip_skip input[type=number]").get_attribute("value") == "2"
+    server_log = (data_dir / "server.log").read_text(errors="replace")
+    assert "Traceback" not in server_log, server_log[-3000:]

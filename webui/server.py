@@ -139,5 +139,6 @@ def create_server(app: App, config: ServerConfig, on_started: Callable[[], None]
             allowed_paths=[str(app.paths.outputs_dir)],
             blocked_paths=[str(app.paths.config_file), str(app.paths.data_dir / "cache")],
             max_file_size="50mb", show_error=False, footer_links=["api"], ssr_mode=False,
+            css=getattr(blocks, "webui_css", None),
         )
     return api

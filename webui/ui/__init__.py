@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import gradio as gr
@@ -31,8 +30,7 @@ def build_ui(app: App) -> gr.Blocks:
 
         def on_load() -> list[Any]:
             """Fresh values for a new page: settings, checkpoint list, styles, the settings-derived defaults."""
-            if counter._tokenizer is None:
-                threading.Thread(target=counter.tokenizer, name="tokenizer-warmup", daemon=True).start()
+            counter.warm_up()
             current = app.settings["sd_model_checkpoint"] or None
             titles = checkpoint_titles(app)
             if current is not None and current not in titles:

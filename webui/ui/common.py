@@ -119,6 +119,11 @@ class TokenCounter:
                 self._tokenizer = build_clip_tokenizer()
             return self._tokenizer
 
+    def warm_up(self) -> None:
+        """Build the tokenizer in the background so the first keystroke does not wait for it."""
+        if self._tokenizer is None:
+            threading.Thread(target=self.tokenizer, name="tokenizer-warmup", daemon=True).start()
+
     def count(self, text: str, steps: int | float | None = 20, is_positive: bool = True) -> tuple[int, int]:
         from modules.prompts.chunks import count_tokens
 

@@ -14,7 +14,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -65,6 +64,27 @@ def launch_time(data: Path, nowebui: bool) -> float:
         proc.wait(30)
 
 
+def start_server(data: Path, nowebui: bool = True) -> tuple[subprocess.Popen, int]:
+    import httpx
+
+    port = free_port()
+    args = [sys.executable, "-m", "webui", "--port", str(port), "--data-dir", str(data)]
+    if nowebui:
+        args.append("--nowebui")
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    while True:
+        try:
+            ping = httpx.get(f"http://127.0.0.1:{port}/internal/ping", timeout=1)
+            if ping.status_code == 200 and ping.json()["model"] == "loaded":
+                return proc, port
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=8)
@@ -73,37 +93,31 @@ def main() -> int:
     args = ap.parse_args()
 
     import httpx
-    import uvicorn
 
     from modules.app import App, StartOptions
     from modules.models.tiny import write_tiny_model
     from modules.requests import GenerationRequest
-    from webui.launch_options import ServerConfig
-    from webui.server import create_server
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         write_tiny_model("sd1", data / "models" / "Stable-diffusion", name="bench")
-        app = App(StartOptions(data_dir=data, device="cpu"))
-        config = ServerConfig("127.0.0.1", 0, True, {}, {}, False, {})
-        server = uvicorn.Server(uvicorn.Config(create_server(app, config), host="127.0.0.1", port=0,
-                                               log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.02)
-        app.queue.wait_idle(120)
-        port = server.servers[0].sockets[0].getsockname()[1]
         body = {"prompt": "a photograph of an astronaut riding a horse", "negative_prompt": "blurry",
                 "steps": args.steps, "width": args.size, "height": args.size, "seed": 1, "sampler_name": "Euler"}
+        # The server runs as the user launches it, in its own process; the direct calls run in this one, so
+        # each process has a single thread doing tensor work, as in production.
+        proc, port = start_server(data)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
+                t_http = median_time(lambda: client.post("/sdapi/v1/txt2img", json=body).raise_for_status(),
+                                     args.repeats)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        app = App(StartOptions(data_dir=data, device="cpu"))
         req = GenerationRequest(prompt=body["prompt"], negative_prompt=body["negative_prompt"], steps=args.steps,
                                 width=args.size, height=args.size, seed=1, sampler_name="Euler",
                                 **app.request_defaults())
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
-        t_http = median_time(lambda: client.post("/sdapi/v1/txt2img", json=body).raise_for_status(), args.repeats)
         t_direct = median_time(lambda: app.engine.txt2img(req), args.repeats)
-        server.should_exit = True
-        thread.join(30)
         print(f"txt2img {args.size}x{args.size}, {args.steps} steps, tiny SD 1.x on cpu, median of {args.repeats}")
         print(f"HTTP /sdapi/v1/txt2img {t_http:8.3f} s")
         print(f"direct engine call     {t_direct:8.3f} s")

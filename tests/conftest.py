@@ -20,6 +20,7 @@ TESTDATA = SHARED / "testdata"
 FAMILIES = ["sd1", "sd2", "sd2-v", "sdxl", "sd1-inpaint", "sd2-inpaint", "sdxl-inpaint"]
 
 _real_connect = socket.socket.connect
+NETWORK_ATTEMPTS: list[object] = []
 
 
 def _is_local(address) -> bool:
@@ -36,6 +37,7 @@ def _is_local(address) -> bool:
 
 def _guarded_connect(self, address):
     if not _is_local(address):
+        NETWORK_ATTEMPTS.append(address)
         raise RuntimeError(f"network access attempted during tests: {address!r}")
     return _real_connect(self, address)
 
@@ -46,6 +48,14 @@ def no_network():
     socket.socket.connect = _guarded_connect
     yield
     socket.socket.connect = _real_connect
+
+
+@pytest.fixture(autouse=True)
+def no_network_attempts():
+    """Fails a test during which anything (even a library's background thread) tried to reach the network."""
+    NETWORK_ATTEMPTS.clear()
+    yield
+    assert not NETWORK_ATTEMPTS, f"network access attempted: {NETWORK_ATTEMPTS}"
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,7 @@ def build_engine(paths: Paths | None = None, device: str | None = None, precisio
     paths = paths or Paths.create()
     registry = CheckpointRegistry(paths.ckpt_dirs, HashCache(paths.hash_cache_file))
     config = DeviceConfig(device=device or default_device(), precision=precision, attention=attention)
-    return Engine(ModelManager(registry, config, cache_limit))
+    return Engine(ModelManager(registry, config, cache_limit, vae_dir=paths.vae_dir))
 
 
 @dataclass(frozen=True)
@@ -79,11 +79,13 @@ class App:
         self.started = time.time()
         self.paths = Paths.create(options.data_dir, options.models_dir, options.ckpt_dirs)
         self.registry = CheckpointRegistry(self.paths.ckpt_dirs, HashCache(self.paths.hash_cache_file))
-        self.settings = Settings(self.paths.config_file, build_options(self._checkpoint_titles), options.exposed)
+        self.settings = Settings(self.paths.config_file, build_options(self._checkpoint_titles, self._vae_names),
+                                 options.exposed)
         precision = options.precision or self.settings["precision"]
         device_config = DeviceConfig(device=options.device or default_device(), precision=precision,
                                      attention=self.settings["cross_attention_optimization"])
-        self.models = ModelManager(self.registry, device_config, self.settings["sd_checkpoints_limit"])
+        self.models = ModelManager(self.registry, device_config, self.settings["sd_checkpoints_limit"],
+                                   vae_dir=self.paths.vae_dir)
         self.engine = Engine(self.models)
         self.queue = JobQueue(self._run_job, max_size=self.settings["queue_max_size"])
         self.model_status = ModelStatus()
@@ -104,6 +106,11 @@ class App:
     # -- settings-derived snapshots
     def _checkpoint_titles(self) -> list[str]:
         return [i.title for i in self.registry.list()]
+
+    def _vae_names(self) -> list[str]:
+        from modules.models.vae import list_vaes
+
+        return [v.name for v in list_vaes(self.paths.vae_dir)]
 
     def limits(self) -> Limits:
         s = self.settings
@@ -131,7 +138,7 @@ class App:
         """Request fields whose defaults come from the settings (A1111 keeps them there)."""
         s = self.settings
         return {"clip_skip": s["CLIP_stop_at_last_layers"], "randn_source": s["randn_source"],
-                "eta_noise_seed_delta": s["eta_noise_seed_delta"]}
+                "eta_noise_seed_delta": s["eta_noise_seed_delta"], "vae": s["sd_vae"]}
 
     def preview_every(self) -> int:
         return self.settings["show_progress_every_n_steps"] if self.settings["live_previews_enable"] else 0

@@ -62,6 +62,7 @@ class Engine:
         control = control or JobControl()
         control.update(phase="loading model")
         parts = self.models.get(req.checkpoint)
+        self.models.apply_vae(parts, req.vae)
         result = txt2img(parts, req, control, preview_every)
         job = JobOutput(result)
         if len(result.images) > 1 or (out is not None and not out.grid_only_if_multiple):

@@ -69,6 +69,7 @@ class GenerationRequest:
     eta_noise_seed_delta: int = 0
     randn_source: str = "CPU"
     checkpoint: str | None = None
+    vae: str | None = None  # a file in models/VAE, "Automatic" (None) or "None" (the checkpoint's own)
     # hires fix
     enable_hr: bool = False
     denoising_strength: float = 0.7

@@ -306,3 +306,28 @@ def test_bad_requests_are_rejected_before_any_work(sd1_engine, changes, field):
         sd1_engine.txt2img(GenerationRequest(prompt="x", **changes))
     assert err.value.field == field
     assert sd1_engine.models.load_count == 0
+
+
+def test_external_vae_is_used_and_recorded(data_dir, model_store, engine_factory):
+    from safetensors.torch import load_file, save_file
+
+    install_model(data_dir, model_store("sd1", "safetensors"), "tiny")
+    engine = engine_factory()
+    base = engine.txt2img(GenerationRequest(prompt="x", seed=1, **SMALL)).result
+    full = load_file(str(model_store("sd1", "safetensors")))
+    vae = {k.removeprefix("first_stage_model."): v * 1.05 if v.ndim > 1 else v for k, v in full.items()
+           if k.startswith("first_stage_model.")}
+    vae_dir = data_dir / "models" / "VAE"
+    vae_dir.mkdir(parents=True)
+    save_file(vae, str(vae_dir / "alt.safetensors"))
+    alt = engine.txt2img(GenerationRequest(prompt="x", seed=1, vae="alt.safetensors", **SMALL)).result
+    assert "VAE: alt.safetensors" in alt.infotexts[0] and "VAE hash: " in alt.infotexts[0]
+    assert not np.array_equal(_pixels(base.images[0]), _pixels(alt.images[0]))
+    again = engine.txt2img(GenerationRequest(prompt="x", seed=1, vae="None", **SMALL)).result
+    assert np.array_equal(_pixels(base.images[0]), _pixels(again.images[0])) and "VAE:" not in again.infotexts[0]
+    save_file({k: v for k, v in vae.items()}, str(data_dir / "models" / "Stable-diffusion" / "tiny.vae.safetensors"))
+    auto = engine.txt2img(GenerationRequest(prompt="x", seed=1, vae="Automatic", **SMALL)).result
+    assert "VAE: tiny.vae.safetensors" in auto.infotexts[0]
+    assert [i.name for i in engine.models.registry.refresh()] == ["tiny.safetensors"]  # not listed as a model
+    with pytest.raises(Exception, match="VAE not found"):
+        engine.txt2img(GenerationRequest(prompt="x", seed=1, vae="missing.pt", **SMALL))

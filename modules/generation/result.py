@@ -57,6 +57,8 @@ def generation_params(req: GenerationRequest, parts: ModelParts | None, seed: in
         "Size": f"{req.width}x{req.height}",
         "Model hash": info.shorthash if info else None,
         "Model": info.model_name if info else None,
+        "VAE hash": parts.extra.get("vae_hash") if parts is not None else None,
+        "VAE": parts.extra["vae_info"].name if parts is not None and parts.extra.get("vae_info") else None,
         "Variation seed": subseed if req.subseed_strength > 0 else None,
         "Variation seed strength": req.subseed_strength if req.subseed_strength > 0 else None,
         "Seed resize from": f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"

@@ -53,8 +53,10 @@ class ModelManager:
     """Keeps the current model on the device and up to ``cache_limit - 1`` recently used ones in RAM."""
 
     def __init__(self, registry: CheckpointRegistry, config: DeviceConfig, cache_limit: int = 1,
-                 loader: Callable[[CheckpointInfo, torch.dtype, Path | None], ModelParts] | None = None) -> None:
+                 loader: Callable[[CheckpointInfo, torch.dtype, Path | None], ModelParts] | None = None,
+                 vae_dir: Path | None = None) -> None:
         self.registry = registry
+        self.vae_dir = vae_dir
         self.config = config
         self.cache_limit = max(1, int(cache_limit))
         self._loader = loader or load_model
@@ -157,15 +159,23 @@ class ModelManager:
     def _set_attention(self, parts: ModelParts) -> None:
         mode = self.config.attention
         on_cuda = self.config.device.startswith("cuda")
-        if mode == "xformers" or (mode == "Automatic" and on_cuda and xformers_available()):
-            if not (on_cuda and xformers_available()):
-                raise ModelLoadError("xformers attention needs a CUDA device and the xformers package")
+        use_xformers = on_cuda and xformers_available()
+        if mode == "xformers" and not use_xformers:
+            log.warning("xformers attention needs a CUDA device and the xformers package; using PyTorch SDPA")
+        if mode in ("xformers", "Automatic") and use_xformers:
             for m in (parts.unet, parts.vae):
                 m.enable_xformers_memory_efficient_attention()
         else:
             from diffusers.models.attention_processor import AttnProcessor2_0
 
             parts.unet.set_attn_processor(AttnProcessor2_0())
+
+    def apply_vae(self, parts: ModelParts, choice: str | None) -> None:
+        """Use the VAE ``choice`` (a file in the VAE folder, "Automatic" or "None") for ``parts``."""
+        from modules.models.vae import apply_vae
+
+        with self._lock:
+            apply_vae(parts, choice, self.vae_dir or Path("models/VAE"), self.registry.hash_cache)
 
     def unload(self) -> None:
         """Free the current model and the RAM cache (A1111's unload-checkpoint)."""

@@ -147,6 +147,8 @@ def _scan(folder: Path) -> list[CheckpointInfo]:
             path = here / name
             if name.startswith(".") or path.suffix.lower() not in CHECKPOINT_SUFFIXES:
                 continue
+            if name.lower().endswith((".vae.safetensors", ".vae.ckpt")):  # a VAE beside a checkpoint, as in A1111
+                continue
             out.append(CheckpointInfo(path=path, name=path.relative_to(folder).as_posix(),
                                       kind=path.suffix.lower().lstrip(".")))
     return out

@@ -24,6 +24,7 @@ _PER_JOB_SETTINGS = {
     "CLIP_stop_at_last_layers": "clip_skip",
     "randn_source": "randn_source",
     "eta_noise_seed_delta": "eta_noise_seed_delta",
+    "sd_vae": "vae",
 }
 _OUTPUT_SETTINGS = {"samples_format", "samples_save", "grid_save", "grid_format", "samples_filename_pattern",
                     "save_to_dirs", "enable_pnginfo", "grid_only_if_multiple", "jpeg_quality"}
@@ -128,6 +129,16 @@ def prepare_txt2img(app: App, body: Txt2ImgBody) -> Prepared:
     return Prepared(req, save, body.send_images is not False, return_grid, warnings, output_overrides)
 
 
+def extra_params_vae(result: Any, key: str) -> str | None:
+    """The VAE name or hash recorded in the first image's infotext, if a separate VAE was used."""
+    from modules.infotext import parse_infotext
+
+    if not result.infotexts:
+        return None
+    value = parse_infotext(result.infotexts[0]).get(key)
+    return str(value) if value else None
+
+
 def encode_png(image: Image.Image, infotext: str | None) -> str:
     from modules.images import encode_image
 
@@ -162,8 +173,8 @@ def info_json(job: JobOutput, prepared: Prepared, app: App, with_grid: bool, ext
         "face_restoration_model": None,
         "sd_model_name": r.model_name,
         "sd_model_hash": r.model_hash,
-        "sd_vae_name": None,
-        "sd_vae_hash": None,
+        "sd_vae_name": extra_params_vae(r, "VAE"),
+        "sd_vae_hash": extra_params_vae(r, "VAE hash"),
         "seed_resize_from_w": req.seed_resize_from_w or -1,
         "seed_resize_from_h": req.seed_resize_from_h or -1,
         "denoising_strength": req.denoising_strength if req.enable_hr else None,

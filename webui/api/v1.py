@@ -90,10 +90,9 @@ def build_router(app: App) -> APIRouter:
 
     @r.get("/sd-vae")
     def sd_vae() -> list[dict[str, str]]:
-        folder = app.paths.vae_dir
-        files = sorted(p for p in folder.rglob("*") if p.suffix in (".safetensors", ".pt", ".ckpt")) \
-            if folder.is_dir() else []
-        return [{"model_name": p.name, "filename": str(p)} for p in files]
+        from modules.models.vae import list_vaes
+
+        return [{"model_name": v.name, "filename": str(v.path)} for v in list_vaes(app.paths.vae_dir)]
 
     @r.get("/loras")
     def loras() -> list[dict[str, Any]]:

@@ -1,0 +1,106 @@
+"""External VAEs (A1111's ``sd_vae``): found in ``models/VAE`` or beside a checkpoint, swapped into the model.
+
+"Automatic" uses ``<checkpoint>.vae.safetensors|.vae.pt|.vae.ckpt`` beside the checkpoint, or a file of the same
+name in ``models/VAE``, else the VAE baked into the checkpoint; "None" always uses the baked one. Files may be in the
+original layout (``encoder.down.0.block...``, with or without ``first_stage_model.``) or in diffusers' layout.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modules.errors import ModelLoadError
+from modules.hashing import HashCache
+from modules.models.checkpoint_file import CheckpointFile
+
+log = logging.getLogger(__name__)
+VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt")
+AUTOMATIC, NONE = "Automatic", "None"
+
+
+@dataclass(frozen=True)
+class VaeInfo:
+    path: Path
+    name: str  # file name, as A1111 lists it
+
+
+def list_vaes(folder: Path) -> list[VaeInfo]:
+    if not folder.is_dir():
+        return []
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VAE_SUFFIXES
+                   and not p.name.startswith("."))
+    return [VaeInfo(p, p.relative_to(folder).as_posix()) for p in files]
+
+
+def resolve_vae(choice: str | None, checkpoint: Path | None, folder: Path) -> VaeInfo | None:
+    """The VAE file to use for ``choice`` (a name from :func:`list_vaes`, Automatic or None); None = the baked one."""
+    choice = choice or AUTOMATIC
+    if choice == NONE:
+        return None
+    known = list_vaes(folder)
+    if choice != AUTOMATIC:
+        for info in known:
+            if choice in (info.name, info.path.stem, Path(info.name).stem):
+                return info
+        raise ModelLoadError(f"VAE not found: {choice!r}")
+    if checkpoint is None:
+        return None
+    stem = checkpoint.name.rsplit(".", 1)[0] if checkpoint.is_file() else checkpoint.name
+    for suffix in VAE_SUFFIXES:
+        beside = checkpoint.parent / f"{stem}.vae{suffix}"
+        if beside.is_file():
+            return VaeInfo(beside, beside.name)
+    for info in known:
+        if info.path.name.rsplit(".", 1)[0] in (stem, f"{stem}.vae"):
+            return info
+    return None
+
+
+def load_vae(info: VaeInfo, like: Any, device: torch.device | str | None = None) -> Any:
+    """An ``AutoencoderKL`` with ``info``'s weights and the shapes and dtype of the model's own VAE."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    tensors = CheckpointFile(info.path).tensors([""])
+    tensors = {k.removeprefix("first_stage_model."): v for k, v in tensors.items()
+               if not k.startswith(("loss.", "model_ema."))}
+    diffusers_layout = any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in tensors)
+    state = tensors if diffusers_layout else convert_ldm_vae_checkpoint(
+        {f"first_stage_model.{k}": v for k, v in tensors.items()}, like.config)
+    vae = AutoencoderKL.from_config(like.config)
+    target = next(like.parameters())
+    try:
+        vae.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise ModelLoadError(f"the VAE {info.name} does not fit this model ({first})") from None
+    return vae.to(device=device or target.device, dtype=target.dtype).eval()
+
+
+def vae_hash(info: VaeInfo, cache: HashCache) -> str:
+    return cache.sha256(info.path, [info.path])[:10]
+
+
+def apply_vae(parts: Any, choice: str | None, folder: Path, cache: HashCache) -> None:
+    """Put the chosen VAE into ``parts`` (keeping the baked one aside), or restore the baked one."""
+    baked = parts.extra.setdefault("baked_vae", parts.vae)
+    info = resolve_vae(choice, parts.info.path if parts.info else None, folder)
+    current: VaeInfo | None = parts.extra.get("vae_info")
+    if info == current:
+        return
+    device = parts.device
+    if info is None:
+        parts.vae = baked.to(device)
+    else:
+        parts.vae = load_vae(info, baked, device)
+        baked.to("cpu")  # kept for "None"/"Automatic", off the GPU meanwhile
+        log.info("using VAE %s", info.name)
+    parts.extra["vae_info"] = info
+    parts.extra["vae_hash"] = vae_hash(info, cache) if info else None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

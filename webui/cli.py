@@ -11,6 +11,10 @@ def main(argv: list[str] | None = None) -> int:
         from webui.compvis import main as compvis_main
 
         return compvis_main(argv[1:])
+    if argv and argv[0] == "merge":
+        from webui.merge_cli import main as merge_main
+
+        return merge_main(argv[1:])
     from webui.launch import main as launch_main
 
     return launch_main(argv)

@@ -122,6 +122,7 @@ def create_server(app: App, config: ServerConfig, on_started: Callable[[], None]
     api.add_middleware(ApiGuard, config=config)
     api.include_router(v1.build_router(app))
     api.include_router(v2.build_router(app))
+    # feature routers (one line each)
 
     @api.get("/internal/ping", include_in_schema=False)
     def ping() -> dict[str, Any]:

@@ -24,7 +24,10 @@ def build_ui(app: App) -> gr.Blocks:
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 txt2img = build_txt2img_tab(app, counter)
-            # later tabs (img2img, Extras, PNG Info, Checkpoint Merger, ...) go here, before Settings
+            # A1111's order: txt2img, img2img, Extras, PNG Info, Checkpoint Merger, Train, then Settings.
+            # img2img tab slot
+            # PNG Info tab slot
+            # Checkpoint Merger tab slot
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings = build_settings_tab(app)
 

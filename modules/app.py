@@ -15,7 +15,7 @@ from modules.jobs import Job, JobQueue
 from modules.models.manager import DeviceConfig, ModelManager, default_device
 from modules.models.registry import CheckpointRegistry
 from modules.paths import Paths
-from modules.requests import GenerationRequest, Limits
+from modules.requests import GenerationRequest, Img2ImgRequest, Limits
 from modules.settings import Settings, build_options
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,18 @@ class App:
         out = self.output_options("txt2img", save, output_overrides)
         return self.queue.submit("txt2img", req, JobOptions(out, self.preview_every()), owner)
 
+    def submit_img2img(self, req: Img2ImgRequest, save: bool = True, owner: str | None = None,
+                       output_overrides: dict[str, Any] | None = None) -> Job:
+        """Validate (raising before anything is queued) and queue an img2img or inpainting job."""
+        from modules.requests import validate_img2img
+
+        validate_img2img(req, self.limits())
+        self.engine.limits = self.limits()
+        if req.checkpoint is None:
+            req = req.replace(checkpoint=self.settings["sd_model_checkpoint"] or None)
+        out = self.output_options("img2img", save, output_overrides)
+        return self.queue.submit("img2img", req, JobOptions(out, self.preview_every()), owner)
+
     def _run_job(self, job: Job) -> Any:
         if job.kind == "load_model":
             return self._load_model(job.payload)
@@ -163,6 +175,12 @@ class App:
             opts: JobOptions = job.options
             out: JobOutput = self.engine.txt2img(job.payload, job.control, opts.output, opts.preview_every)
             if job.payload.checkpoint is None:  # the default model was used: make the setting name it
+                self._remember_model()
+            return out
+        if job.kind == "img2img":
+            opts = job.options
+            out = self.engine.img2img(job.payload, job.control, opts.output, opts.preview_every)
+            if job.payload.checkpoint is None:
                 self._remember_model()
             return out
         if job.kind == "callable":

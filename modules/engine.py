@@ -13,9 +13,10 @@ from modules import images as image_utils
 from modules import outputs
 from modules.generation.control import JobControl
 from modules.generation.result import GenerationResult
+from modules.generation.img2img import img2img
 from modules.generation.txt2img import txt2img
 from modules.models.manager import ModelManager
-from modules.requests import GenerationRequest, Limits, validate
+from modules.requests import GenerationRequest, Img2ImgRequest, Limits, validate, validate_img2img
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,22 @@ class Engine:
         parts = self.models.get(req.checkpoint)
         self.models.apply_vae(parts, req.vae)
         result = txt2img(parts, req, control, preview_every)
+        job = JobOutput(result)
+        if len(result.images) > 1 or (out is not None and not out.grid_only_if_multiple):
+            job.grid = image_utils.image_grid(result.images)
+        if out is not None:
+            save_outputs(job, out)
+        return job
+
+    def img2img(self, req: Img2ImgRequest, control: JobControl | None = None,
+                out: OutputOptions | None = None, preview_every: int = 0) -> JobOutput:
+        """Validate, run and (when ``out`` is given) save an img2img or inpainting job."""
+        validate_img2img(req, self.limits)
+        control = control or JobControl()
+        control.update(phase="loading model")
+        parts = self.models.get(req.checkpoint)
+        self.models.apply_vae(parts, req.vae)
+        result = img2img(parts, req, control, preview_every)
         job = JobOutput(result)
         if len(result.images) > 1 or (out is not None and not out.grid_only_if_multiple):
             job.grid = image_utils.image_grid(result.images)

@@ -175,3 +175,46 @@ def _validate_hires(req: GenerationRequest, limits: Limits) -> None:
         name = req.hr_sampler_name if req.hr_sampler_name not in (None, "", SAME_SAMPLER) else req.sampler_name
         sched = req.hr_scheduler if req.hr_scheduler not in (None, "", SAME_SAMPLER) else None
         samplers.resolve_sampler(name, sched, field_name="hr_sampler_name")
+
+
+@dataclass(frozen=True)
+class Img2ImgRequest(GenerationRequest):
+    """img2img and inpainting: a generation request with init images, an optional mask and A1111's options."""
+
+    init_images: tuple[Any, ...] = ()  # PIL images; one is reused for the whole batch
+    mask: Any = None  # PIL image, white = regenerate (inpaint)
+    resize_mode: int = 0  # Just resize, Crop and resize, Resize and fill, Just resize (latent upscale)
+    denoising_strength: float = 0.75
+    image_cfg_scale: float | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    inpainting_fill: int = 1  # fill, original, latent noise, latent nothing
+    inpaint_full_res: bool = False  # "Only masked"
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: bool = False
+    initial_noise_multiplier: float = 1.0
+    mask_round: bool = True
+    max_image_pixels: int = 8192 * 8192
+
+
+def validate_img2img(req: Img2ImgRequest, limits: Limits = Limits()) -> None:
+    """:func:`validate` plus the img2img fields; the images themselves must already be decoded."""
+    validate(req.replace(enable_hr=False), limits)
+    _check(len(req.init_images) >= 1, "init_images", "at least one image is needed")
+    _check(len(req.init_images) in (1,) or len(req.init_images) <= req.batch_size, "init_images",
+           f"{len(req.init_images)} images for a batch size of {req.batch_size}; give one image or at most "
+           f"batch_size images")
+    for image in [*req.init_images, *([req.mask] if req.mask is not None else [])]:
+        _check(hasattr(image, "size") and image.size[0] > 0 and image.size[1] > 0, "init_images",
+               "an image could not be read")
+        _check(image.size[0] * image.size[1] <= req.max_image_pixels, "init_images",
+               f"an image of {image.size[0]}x{image.size[1]} pixels is too large")
+    _check(0 <= req.denoising_strength <= 1, "denoising_strength", "must be between 0 and 1")
+    _check(req.resize_mode in (0, 1, 2, 3), "resize_mode", "must be 0, 1, 2 or 3")
+    _check(req.inpainting_fill in (0, 1, 2, 3), "inpainting_fill", "must be 0 (fill), 1 (original), "
+           "2 (latent noise) or 3 (latent nothing)")
+    _check(0 <= req.mask_blur_x <= 64 and 0 <= req.mask_blur_y <= 64, "mask_blur", "must be between 0 and 64")
+    _check(0 <= req.inpaint_full_res_padding <= 256, "inpaint_full_res_padding", "must be between 0 and 256")
+    _check(0 <= req.initial_noise_multiplier <= 1.5, "initial_noise_multiplier", "must be between 0 and 1.5")
+    _check(req.image_cfg_scale is None or 0 <= req.image_cfg_scale <= 3, "image_cfg_scale",
+           "must be between 0 and 3")

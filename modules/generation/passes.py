@@ -90,8 +90,13 @@ def sample_from_noise(parts: ModelParts, spec: PassSpec, rng: ImageRNG, control:
 
 def sample_from_latents(parts: ModelParts, spec: PassSpec, init_latents: Tensor, strength: float,
                         rng: ImageRNG, control: JobControl, noise_multiplier: float = 1.0,
-                        after_step=None) -> Tensor:
-    """img2img and the hires pass: noise ``init_latents`` to ``strength`` and denoise the rest of the schedule."""
+                        keep_mask: Tensor | None = None, start_latents: Tensor | None = None) -> Tensor:
+    """img2img and the hires pass: noise ``init_latents`` to ``strength`` and denoise the rest of the schedule.
+
+    ``keep_mask`` (B, 1, h, w; 1 = regenerate) makes every step put the suitably noised ``init_latents`` back
+    outside the mask (inpainting with an ordinary model). ``start_latents`` replaces what gets noised at the start
+    (A1111's "latent noise" / "latent nothing" masked content) while ``init_latents`` stays the reference.
+    """
     device = parts.device
     scheduler = samplers.build_scheduler(spec.sampler, spec.schedule, parts.scheduler_config,
                                          parts.prediction_type, seed=rng.seeds[0])
@@ -100,12 +105,25 @@ def sample_from_latents(parts: ModelParts, spec: PassSpec, init_latents: Tensor,
     t_start = max(spec.steps - init_steps, 0)
     timesteps = scheduler.timesteps[t_start * scheduler.order:]
     noise = rng.first() * noise_multiplier
-    latents = init_latents.to(device=device, dtype=torch.float32)
+    init = init_latents.to(device=device, dtype=torch.float32)
+    latents = start_latents.to(device=device, dtype=torch.float32) if start_latents is not None else init
     if len(timesteps) == 0:
-        return latents
+        return init
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(t_start * scheduler.order)
-    latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(latents.shape[0]))
+    batch = latents.shape[0]
+    latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(batch))
+    after_step = None
+    if keep_mask is not None:
+        mask = keep_mask.to(device=device, dtype=torch.float32)
+
+        def after_step(x: Tensor, i: int) -> Tensor:
+            if i + 1 < len(timesteps):
+                reference = scheduler.add_noise(init, noise, timesteps[i + 1:i + 2].repeat(batch))
+            else:
+                reference = init
+            return (1 - mask) * reference + mask * x
+
     ctx = _context(parts, spec, scheduler, device)
     return run_steps(ctx, scheduler, latents, timesteps, spec.steps, t_start, control, rng.sampler_generators(),
                      _on_step(control, spec, parts.family.is_xl), after_step)

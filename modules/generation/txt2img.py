@@ -35,14 +35,14 @@ def resolve_seeds(req: GenerationRequest) -> GenerationRequest:
     return req.replace(seed=pick_seed(req.seed), subseed=pick_seed(req.subseed))
 
 
-def _churn(req: GenerationRequest) -> dict[str, float]:
+def churn_params(req: GenerationRequest) -> dict[str, float]:
     out = {"s_churn": req.s_churn, "s_tmin": req.s_tmin, "s_noise": req.s_noise}
     if req.s_tmax is not None and req.s_tmax > 0:
         out["s_tmax"] = req.s_tmax
     return {k: v for k, v in out.items() if not (k == "s_noise" and v == 1.0) and not (k != "s_noise" and v == 0)}
 
 
-def _rng(req: GenerationRequest, parts: ModelParts, seeds: list[int], subseeds: list[int], width: int,
+def make_rng(req: GenerationRequest, parts: ModelParts, seeds: list[int], subseeds: list[int], width: int,
          height: int) -> ImageRNG:
     resize = (0, 0)
     if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
@@ -57,7 +57,7 @@ def _first_pass(parts: ModelParts, req: GenerationRequest, encoder: TextEncoder,
     spec, schedule = samplers.resolve_sampler(req.sampler_name, req.scheduler)
     conds = build_conditioning(encoder, prompts.positive, prompts.negative, req.steps,
                                req.hr_second_pass_steps or req.steps if req.enable_hr else None)
-    ps = PassSpec(spec, schedule, req.steps, req.cfg_scale, conds, req.width, req.height, req.eta, _churn(req),
+    ps = PassSpec(spec, schedule, req.steps, req.cfg_scale, conds, req.width, req.height, req.eta, churn_params(req),
                   "sampling", preview_every, full_mask_conditioning(parts, len(conds), req.width, req.height))
     return sample_from_noise(parts, ps, rng, control)
 
@@ -82,9 +82,9 @@ def _hires_pass(parts: ModelParts, req: GenerationRequest, encoder: TextEncoder,
     sched_name = req.hr_scheduler if req.hr_scheduler not in (None, "", SAME_SAMPLER) else req.scheduler
     spec, schedule = samplers.resolve_sampler(sampler_name, sched_name, field_name="hr_sampler_name")
     conds = build_conditioning(encoder, prompts.hr_positive, prompts.hr_negative, req.steps, steps)
-    ps = PassSpec(spec, schedule, steps, req.cfg_scale, conds, final_w, final_h, req.eta, _churn(req), "hires",
+    ps = PassSpec(spec, schedule, steps, req.cfg_scale, conds, final_w, final_h, req.eta, churn_params(req), "hires",
                   preview_every, full_mask_conditioning(parts, len(conds), final_w, final_h))
-    rng = _rng(req.replace(seed_resize_from_w=0, seed_resize_from_h=0), parts, seeds, subseeds, final_w, final_h)
+    rng = make_rng(req.replace(seed_resize_from_w=0, seed_resize_from_h=0), parts, seeds, subseeds, final_w, final_h)
     return sample_from_latents(parts, ps, latents, req.denoising_strength, rng, control)
 
 
@@ -111,7 +111,7 @@ def txt2img(parts: ModelParts, req: GenerationRequest, control: JobControl, prev
             control.update(job_no=it, sampling_step=0, phase="sampling")
             sl = slice(it * req.batch_size, (it + 1) * req.batch_size)
             batch = prepared.slice(sl)
-            rng = _rng(req, parts, seeds[sl], subseeds[sl], req.width, req.height)
+            rng = make_rng(req, parts, seeds[sl], subseeds[sl], req.width, req.height)
             latents = _first_pass(parts, req, encoder, batch, rng, control, preview_every)
             if req.enable_hr and not control.should_stop():
                 latents = _hires_pass(parts, req, encoder, batch, latents, seeds[sl], subseeds[sl], control,

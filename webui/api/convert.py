@@ -14,10 +14,11 @@ from modules.app import App
 from modules.engine import JobOutput
 from modules.errors import ValidationError
 from modules.infotext_fields import fields_from_infotext
-from modules.requests import GenerationRequest
+from modules.requests import GenerationRequest, Img2ImgRequest
 from modules.styles import apply_styles, load_styles
 from modules.version import VERSION
-from webui.api.schemas import GenerationBody, Txt2ImgBody
+from webui.api.images import decode_image
+from webui.api.schemas import GenerationBody, Img2ImgBody, Txt2ImgBody
 
 # settings a request may override for itself, and the request field each one sets
 _PER_JOB_SETTINGS = {
@@ -64,8 +65,8 @@ def _resolve_model_override(app: App, overrides: dict[str, Any], warnings: list[
     return info.title
 
 
-def prepare_txt2img(app: App, body: Txt2ImgBody) -> Prepared:
-    """Validate everything that can be checked before queueing; raises :class:`ValidationError`."""
+def _common(app: App, body: GenerationBody) -> tuple[dict[str, Any], Prepared]:
+    """The request fields shared by txt2img and img2img, and the response options; raises ValidationError."""
     infotext_overrides = _apply_infotext(body)
     overrides = {**infotext_overrides, **(body.override_settings or {})}
     warnings: list[str] = []
@@ -89,16 +90,18 @@ def prepare_txt2img(app: App, body: Txt2ImgBody) -> Prepared:
     styles = tuple(body.styles or ())
     if styles:
         prompt, negative = apply_styles(load_styles(app.paths.styles_file), styles, prompt, negative)
+    sampler = body.sampler_name or body.sampler_index or "Euler"
     eta = body.eta
-    req = GenerationRequest(
+    if eta is None and sampler.strip().lower() == "ddim":
+        eta = coerced.get("eta_ddim", app.settings["eta_ddim"]) or None
+    fields = dict(
         prompt=prompt, negative_prompt=negative, styles=styles,
         seed=-1 if body.seed is None else body.seed,
         subseed=-1 if body.subseed is None else body.subseed,
         subseed_strength=body.subseed_strength or 0.0,
         seed_resize_from_w=max(0, body.seed_resize_from_w or 0),
         seed_resize_from_h=max(0, body.seed_resize_from_h or 0),
-        sampler_name=body.sampler_name or body.sampler_index or "Euler",
-        scheduler=body.scheduler or "Automatic",
+        sampler_name=sampler, scheduler=body.scheduler or "Automatic",
         batch_size=1 if body.batch_size is None else body.batch_size,
         n_iter=1 if body.n_iter is None else body.n_iter,
         steps=50 if body.steps is None else body.steps,
@@ -108,7 +111,20 @@ def prepare_txt2img(app: App, body: Txt2ImgBody) -> Prepared:
         tiling=bool(body.tiling), restore_faces=bool(body.restore_faces),
         eta=eta, s_churn=body.s_churn or 0.0, s_tmin=body.s_tmin or 0.0, s_tmax=body.s_tmax,
         s_noise=1.0 if body.s_noise is None else body.s_noise,
-        checkpoint=checkpoint,
+        checkpoint=checkpoint, **per_job,
+    )
+    return_grid = coerced.get("return_grid", app.settings["return_grid"])
+    output_overrides = {k: v for k, v in coerced.items() if k in _OUTPUT_SETTINGS}
+    prepared = Prepared(GenerationRequest(), bool(body.save_images), body.send_images is not False, return_grid,
+                        warnings, output_overrides)
+    return fields, prepared
+
+
+def prepare_txt2img(app: App, body: Txt2ImgBody) -> Prepared:
+    """Validate everything that can be checked before queueing; raises :class:`ValidationError`."""
+    fields, prepared = _common(app, body)
+    prepared.request = GenerationRequest(
+        **fields,
         enable_hr=bool(body.enable_hr),
         denoising_strength=0.7 if body.denoising_strength is None else body.denoising_strength,
         hr_scale=2.0 if body.hr_scale is None else body.hr_scale,
@@ -118,15 +134,36 @@ def prepare_txt2img(app: App, body: Txt2ImgBody) -> Prepared:
         hr_sampler_name=body.hr_sampler_name, hr_scheduler=body.hr_scheduler,
         hr_prompt=body.hr_prompt or "", hr_negative_prompt=body.hr_negative_prompt or "",
         hr_checkpoint_name=body.hr_checkpoint_name,
-        **per_job,
     )
-    if req.eta is None and req.sampler_name.strip().lower() == "ddim":
-        eta_ddim = coerced.get("eta_ddim", app.settings["eta_ddim"])
-        req = req.replace(eta=eta_ddim or None)
-    return_grid = coerced.get("return_grid", app.settings["return_grid"])
-    output_overrides = {k: v for k, v in coerced.items() if k in _OUTPUT_SETTINGS}
-    save = bool(body.save_images)
-    return Prepared(req, save, body.send_images is not False, return_grid, warnings, output_overrides)
+    return prepared
+
+
+def prepare_img2img(app: App, body: Img2ImgBody) -> Prepared:
+    """Decode the images and build the img2img request; raises :class:`ValidationError` for any bad input."""
+    fields, prepared = _common(app, body)
+    if not body.init_images:
+        raise ValidationError("init_images: at least one image is needed", field="init_images")
+    images = tuple(decode_image(data, f"init_images[{i}]") for i, data in enumerate(body.init_images))
+    mask = decode_image(body.mask, "mask") if body.mask else None
+    blur_x = body.mask_blur if body.mask_blur is not None else (4 if body.mask_blur_x is None else body.mask_blur_x)
+    blur_y = body.mask_blur if body.mask_blur is not None else (4 if body.mask_blur_y is None else body.mask_blur_y)
+    prepared.request = Img2ImgRequest(
+        **fields,
+        init_images=images, mask=mask,
+        resize_mode=body.resize_mode or 0,
+        denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength,
+        image_cfg_scale=body.image_cfg_scale,
+        mask_blur_x=blur_x, mask_blur_y=blur_y,
+        inpainting_fill=0 if body.inpainting_fill is None else body.inpainting_fill,
+        inpaint_full_res=True if body.inpaint_full_res is None else bool(body.inpaint_full_res),
+        inpaint_full_res_padding=body.inpaint_full_res_padding or 0,
+        inpainting_mask_invert=bool(body.inpainting_mask_invert),
+        initial_noise_multiplier=1.0 if body.initial_noise_multiplier is None else body.initial_noise_multiplier,
+        mask_round=True if body.mask_round is None else bool(body.mask_round),
+    )
+    if body.image_cfg_scale is not None:
+        prepared.warnings.append("image_cfg_scale applies to instruct-pix2pix models, which are not supported yet")
+    return prepared
 
 
 def extra_params_vae(result: Any, key: str) -> str | None:

@@ -74,6 +74,25 @@ class Txt2ImgBody(GenerationBody):
     firstpass_image: str | None = None
 
 
+class Img2ImgBody(GenerationBody):
+    init_images: list[str] | None = None
+    mask: str | None = None
+    resize_mode: int | None = 0
+    denoising_strength: float | None = 0.75
+    image_cfg_scale: float | None = None
+    mask_blur: int | None = None
+    mask_blur_x: int | None = 4
+    mask_blur_y: int | None = 4
+    mask_round: bool | None = True
+    inpainting_fill: int | None = 0
+    inpaint_full_res: bool | None = True
+    inpaint_full_res_padding: int | None = 0
+    inpainting_mask_invert: int | None = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool | None = False
+
+
 class OptionsBody(BaseModel):
     """``POST /sdapi/v1/options``: any option keys."""
 

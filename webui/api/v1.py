@@ -16,8 +16,8 @@ from modules.errors import ValidationError
 from modules.jobs import Job, JobState
 from modules.requests import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
 from modules.styles import load_styles
-from webui.api.convert import prepare_txt2img, response_body
-from webui.api.schemas import OptionsBody, Txt2ImgBody
+from webui.api.convert import prepare_img2img, prepare_txt2img, response_body
+from webui.api.schemas import Img2ImgBody, OptionsBody, Txt2ImgBody
 from webui.api.waiting import failure_response, wait_for
 from webui.launch_options import redacted_flags
 
@@ -34,6 +34,16 @@ def build_router(app: App) -> APIRouter:
         parameters = body.model_dump()
         prepared = prepare_txt2img(app, body)
         job = app.submit_txt2img(prepared.request, prepared.save, _owner(request), prepared.output_overrides)
+        await wait_for(job)
+        if job.state is JobState.FAILED:
+            return failure_response(job)
+        return response_body(job.result, prepared, app, parameters, {"job_id": job.id})
+
+    @r.post("/img2img")
+    async def img2img(body: Img2ImgBody, request: Request) -> Any:
+        parameters = img2img_parameters(body)
+        prepared = prepare_img2img(app, body)
+        job = app.submit_img2img(prepared.request, prepared.save, _owner(request), prepared.output_overrides)
         await wait_for(job)
         if job.state is JobState.FAILED:
             return failure_response(job)
@@ -161,6 +171,15 @@ def build_router(app: App) -> APIRouter:
         return await _run_in_queue(app, lambda job: app.models.reload())
 
     return r
+
+
+def img2img_parameters(body: Img2ImgBody) -> dict[str, Any]:
+    """The echoed request, without the (large) images unless ``include_init_images`` asks for them, as A1111."""
+    params = body.model_dump()
+    if not body.include_init_images:
+        params["init_images"] = None
+        params["mask"] = None
+    return params
 
 
 async def _run_in_queue(app: App, fn) -> Any:

@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 
 from modules.app import App
 from modules.jobs import Job, JobState
-from webui.api.convert import Prepared, prepare_txt2img, response_body
-from webui.api.schemas import Txt2ImgBody
+from webui.api.convert import Prepared, prepare_img2img, prepare_txt2img, response_body
+from webui.api.schemas import Img2ImgBody, Txt2ImgBody
 
 
 def _user(request: Request) -> str | None:
@@ -51,7 +51,7 @@ def job_detail(app: App, job: Job, with_preview: bool = True) -> dict[str, Any]:
     out["error"] = job.error
     out["warnings"] = list(job.control.warnings)
     out["result"] = None
-    if job.state.finished and job.result is not None and job.kind == "txt2img":
+    if job.state.finished and job.result is not None and job.kind in ("txt2img", "img2img"):
         prepared: Prepared = job.options.api_prepared
         out["result"] = response_body(job.result, prepared, app, job.options.api_parameters, {"job_id": job.id})
     return out
@@ -70,11 +70,23 @@ def build_router(app: App) -> APIRouter:
         return JSONResponse(job_summary(app, job), status_code=202,
                             headers={"Location": f"/sdapi/v2/jobs/{job.id}"})
 
+    @r.post("/img2img", status_code=202)
+    def submit_img2img(body: Img2ImgBody, request: Request) -> JSONResponse:
+        from webui.api.v1 import img2img_parameters
+
+        parameters = img2img_parameters(body)
+        prepared = prepare_img2img(app, body)
+        job = app.submit_img2img(prepared.request, prepared.save, _user(request), prepared.output_overrides)
+        job.options.api_prepared = prepared
+        job.options.api_parameters = parameters
+        return JSONResponse(job_summary(app, job), status_code=202,
+                            headers={"Location": f"/sdapi/v2/jobs/{job.id}"})
+
     @r.get("/jobs")
     def list_jobs(request: Request) -> list[dict[str, Any]]:
         user = _user(request)
         return [job_summary(app, j) for j in app.queue.jobs()
-                if j.kind == "txt2img" and (user is None or j.owner in (None, user))]
+                if j.kind in ("txt2img", "img2img") and (user is None or j.owner in (None, user))]
 
     @r.get("/jobs/{job_id}")
     def get_job(job_id: str, request: Request, preview: bool = True) -> dict[str, Any]:

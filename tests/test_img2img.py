@@ -193,3 +193,32 @@ def test_denoising_zero_returns_the_input(engine):
     src = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     out = engine.img2img(Img2ImgRequest(prompt="x", init_images=(src,), denoising_strength=0.0, **SMALL))
     assert out.result.images[0].size == (64, 64)
+
+
+def test_batch_from_folder_with_masks_png_info_and_non_images(engine, tmp_path):
+    from modules.batch import list_inputs, run_batch
+    from modules.images import encode_image
+
+    inp, masks, out = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
+    inp.mkdir()
+    masks.mkdir()
+    a = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    info = "an owl\nNegative prompt: blur\nSteps: 2, Sampler: DDIM, CFG scale: 5, Seed: 42, Size: 64x64"
+    (inp / "a.png").write_bytes(encode_image(a, "png", info))
+    a.save(inp / "b.jpg")
+    (inp / "notes.txt").write_text("not an image")
+    (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (10, 10, 30, 30))
+    mask.save(masks / "b.png")
+    base = Img2ImgRequest(prompt="painting of", steps=2, width=64, height=64, seed=7, mask_blur_x=0, mask_blur_y=0)
+    report = run_batch(engine, base, list_inputs(inp), out, mask_dir=masks,
+                       png_info_fields=("Prompt", "Seed", "Sampler", "Steps"))
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    assert {name for name, _ in report.skipped} == {"notes.txt", "broken.png"}
+    assert "not an image" in report.summary()
+    a_info = parse_infotext(report.infotexts[0])
+    assert a_info["Prompt"] == "painting of an owl" and a_info["Seed"] == 42 and a_info["Sampler"] == "DDIM"
+    assert "Masked content" in report.infotexts[1] and "Masked content" not in report.infotexts[0]
+    again = run_batch(engine, base, list_inputs(inp), out)
+    assert sorted(p.name for p in again.saved) == ["a-1.png", "b-1.png"]  # never overwritten

@@ -125,13 +125,13 @@ def _gallery_count(drv) -> int:
     return len(drv.find_elements("css selector", "#txt2img_gallery img"))
 
 
-def test_txt2img_and_settings_in_browser(driver, server):
+def test_txt2img_and_settings_in_browser(server, driver):
     url, data_dir = server
     drv = driver
     drv.get(url)
     _wait(drv, lambda d: d.find_elements("css selector", "#txt2img_prompt textarea"), 30, "the txt2img tab")
     tabs = [b.text.strip() for b in drv.find_elements("css selector", "button[role=tab]")]
-    assert tabs[:2] == ["txt2img", "Settings"]
+    assert tabs[0] == "txt2img" and "Settings" in tabs
     _wait(drv, lambda d: "Loaded" in _css(d, "#sd_model_status").text, 30, "the model to load")
     assert "tiny" in _css(drv, "#sd_model_checkpoint_dropdown input").get_attribute("value")
 

@@ -123,6 +123,8 @@ def create_server(app: App, config: ServerConfig, on_started: Callable[[], None]
     api.include_router(v1.build_router(app))
     api.include_router(v2.build_router(app))
     # feature routers (one line each)
+    api.include_router(__import__("webui.api.pnginfo", fromlist=["build_router"]).build_router(app))
+    api.include_router(__import__("webui.api.merge", fromlist=["build_router"]).build_router(app))
 
     @api.get("/internal/ping", include_in_schema=False)
     def ping() -> dict[str, Any]:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,8 @@ def _map_args(value: Any, fn: Callable[[LazyTensor], Any]) -> Any:
 class LazyTensor:
     """A tensor not read yet: a key of a source, or torch operations on such keys recorded for later.
 
-    Shapes and dtypes of derived values are worked out on the ``meta`` device, so they are exact without any data.
+    Shapes of reshaped or transposed values are computed directly; other torch functions (``torch.cat``) are run on
+    the ``meta`` device, so shapes and dtypes are exact without any data.
     """
 
     def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, build: Callable[[], torch.Tensor],
@@ -135,19 +137,24 @@ class LazyTensor:
     def materialize(self) -> torch.Tensor:
         return self._build()
 
-    def _derive(self, op: Callable[[torch.Tensor], torch.Tensor]) -> LazyTensor:
-        meta = op(self.meta())
-        return LazyTensor(tuple(meta.shape), meta.dtype, lambda: op(self.materialize()))
+    def _derive(self, shape: tuple[int, ...], op: Callable[[torch.Tensor], torch.Tensor]) -> LazyTensor:
+        return LazyTensor(shape, self.dtype, lambda: op(self.materialize()))
 
     def reshape(self, *shape: Any) -> LazyTensor:
-        return self._derive(lambda t: t.reshape(*shape))
+        dims = [int(d) for d in (shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)]
+        if -1 in dims:
+            known = math.prod(d for d in dims if d != -1)
+            dims[dims.index(-1)] = math.prod(self.shape) // max(known, 1)
+        if math.prod(dims) != math.prod(self.shape):
+            raise ValueError(f"cannot reshape {list(self.shape)} to {dims}")
+        return self._derive(tuple(dims), lambda t: t.reshape(*shape))
 
     @property
     def T(self) -> LazyTensor:  # noqa: N802 - mirrors torch.Tensor.T
-        return self._derive(lambda t: t.T)
+        return self._derive(tuple(reversed(self.shape)), lambda t: t.T)
 
     def contiguous(self) -> LazyTensor:
-        return self._derive(lambda t: t.contiguous())
+        return self._derive(self.shape, lambda t: t.contiguous())
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> LazyTensor:

@@ -129,17 +129,35 @@ def read_exif(data: bytes, out: Container) -> None:
 
 _XMP_FIELDS = (("UserComment", "exif:UserComment"), ("description", "dc:description"),
                ("CreatorTool", "xmp:CreatorTool"), ("parameters", "sd:parameters"))
+_MAX_XMP = 1 << 20
+
+
+def _element(xmp: str, tag: str) -> str | None:
+    """The content of the first ``<tag ...>...</tag>`` (linear-time search, no regex backtracking)."""
+    start = xmp.find(f"<{tag}")
+    while start >= 0:
+        after = xmp[start + len(tag) + 1: start + len(tag) + 2]
+        close = xmp.find(">", start)
+        if close < 0:
+            return None
+        if after in (">", " ", "\t", "\n", "\r", "/"):
+            if xmp[close - 1] == "/":
+                return ""
+            end = xmp.find(f"</{tag}>", close)
+            return xmp[close + 1: end] if end >= 0 else None
+        start = xmp.find(f"<{tag}", start + 1)
+    return None
 
 
 def xmp_fields(xmp: str) -> dict[str, str]:
     """A few XMP properties as text (element or attribute form), without an XML parser (no entity expansion)."""
+    xmp = xmp[:_MAX_XMP]
     out: dict[str, str] = {}
     for name, tag in _XMP_FIELDS:
-        match = re.search(rf"<{tag}\b[^>]*>(.*?)</{tag}>", xmp, re.S)
-        if match:
-            inner = match.group(1)
-            items = re.findall(r"<rdf:li\b[^>]*>(.*?)</rdf:li>", inner, re.S)
-            value = items[0] if items else re.sub(r"<[^>]+>", "", inner)
+        inner = _element(xmp, tag)
+        if inner is not None:
+            item = _element(inner, "rdf:li")
+            value = item if item is not None else re.sub(r"<[^<>]{0,1000}>", "", inner)
         else:
             attr = re.search(rf'\b{tag}="([^"]*)"', xmp)
             value = attr.group(1) if attr else ""

@@ -13,7 +13,7 @@ MAX_TOTAL_CHARS = 8 << 20
 # Compressed chunks (zTXt, iTXt, stealth gzip) are inflated at most to this many bytes.
 MAX_INFLATED_BYTES = MAX_ITEM_CHARS * 4
 # Hidden ("stealth") metadata needs the pixels: images above this many pixels are not decoded for it.
-MAX_STEALTH_PIXELS = 4096 * 4096 * 2
+MAX_STEALTH_PIXELS = 4096 * 4096
 MAX_STEALTH_BYTES = 1 << 20
 
 
@@ -35,6 +35,7 @@ class ImageMetadata:
     infotext: str = ""
     items: dict[str, str] = field(default_factory=dict)
     source: str | None = None
+    verbatim: bool = False  # ``infotext`` is the source item's own text (A1111 format), not a translation
     format: str | None = None
     width: int | None = None
     height: int | None = None
@@ -42,8 +43,9 @@ class ImageMetadata:
     warnings: list[str] = field(default_factory=list)
 
     def other_items(self) -> dict[str, str]:
-        """The raw items except the one the generation text came from (A1111's ``items`` of ``/png-info``)."""
-        return {k: v for k, v in self.items.items() if k != self.source}
+        """The raw items but the A1111-format text ``infotext`` was read from (A1111's ``items`` of ``/png-info``);
+        other tools' JSON stays, ``infotext`` being only a translation of it."""
+        return {k: v for k, v in self.items.items() if k != self.source or not self.verbatim}
 
 
 @dataclass

@@ -25,27 +25,34 @@ _SIGNATURES = MappingProxyType({"alpha": (b"stealth_pnginfo", b"stealth_pngcomp"
 _HEADER_BITS = 15 * 8 + 32
 
 
-def _bits(plane: np.ndarray, count: int) -> np.ndarray:
-    """The first ``count`` low bits of ``plane`` (H, W, C) in column-major pixel order, channel order inside."""
-    height = plane.shape[0]
-    per_column = height * plane.shape[2]
-    cols = min(plane.shape[1], math.ceil(count / per_column))
-    return (plane[:, :cols, :] & 1).transpose(1, 0, 2).reshape(-1)[:count]
+def _plane(image: Image.Image, mode: str, columns: int) -> np.ndarray:
+    """The first ``columns`` columns of the alpha (H, W, 1) or RGB (H, W, 3) channels as 8-bit values."""
+    part = image.crop((0, 0, min(columns, image.width), image.height))
+    if mode == "alpha":
+        return np.asarray(part.convert("RGBA").getchannel("A"))[:, :, None]
+    return np.asarray(part.convert("RGB"))
 
 
-def _read_mode(plane: np.ndarray, mode: str) -> tuple[str | None, str | None]:
+def _bits(image: Image.Image, mode: str, count: int) -> np.ndarray:
+    """The first ``count`` low bits in column-major pixel order (channel order inside a pixel)."""
+    per_column = image.height * (1 if mode == "alpha" else 3)
+    plane = _plane(image, mode, math.ceil(count / per_column))
+    return (plane & 1).transpose(1, 0, 2).reshape(-1)[:count]
+
+
+def _read_mode(image: Image.Image, mode: str) -> tuple[str | None, str | None]:
     """(payload text, problem) for one mode; (None, None) when its signature is absent."""
-    total = plane.shape[0] * plane.shape[1] * plane.shape[2]
+    total = image.width * image.height * (1 if mode == "alpha" else 3)
     if total < _HEADER_BITS:
         return None, None
-    header = np.packbits(_bits(plane, _HEADER_BITS)).tobytes()
+    header = np.packbits(_bits(image, mode, _HEADER_BITS)).tobytes()
     signature, length_bytes = header[:15], header[15:19]
     if signature not in _SIGNATURES[mode]:
         return None, None
     length = int.from_bytes(length_bytes, "big")
     if length > total - _HEADER_BITS or length > MAX_STEALTH_BYTES * 8:
         return None, f"hidden {mode} data: length {length} bits does not fit; ignored"
-    payload = np.packbits(_bits(plane, _HEADER_BITS + length)[_HEADER_BITS:]).tobytes()
+    payload = np.packbits(_bits(image, mode, _HEADER_BITS + length)[_HEADER_BITS:]).tobytes()
     if signature.endswith(b"comp"):
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
@@ -70,15 +77,11 @@ def read_stealth(data: bytes, width: int | None, height: int | None) -> tuple[st
             image.load()
     except Exception:  # noqa: BLE001 - damaged pixel data: nothing hidden can be read
         return None, ["pixel data could not be decoded: hidden (stealth) metadata not checked"]
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or \
+        (image.mode == "P" and "transparency" in image.info)
     notes: list[str] = []
-    modes = []
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = np.asarray(image.convert("RGBA"))
-        modes = [("alpha", rgba[:, :, 3:4]), ("rgb", rgba[:, :, :3])]
-    elif image.mode in ("RGB", "I;16", "I", "L", "P"):
-        modes = [("rgb", np.asarray(image.convert("RGB")))]
-    for mode, plane in modes:
-        text, problem = _read_mode(plane, mode)
+    for mode in (("alpha", "rgb") if has_alpha else ("rgb",)):
+        text, problem = _read_mode(image, mode)
         if problem:
             notes.append(problem)
         if text is not None:

@@ -21,13 +21,26 @@ def build_ui(app: App) -> gr.Blocks:
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
         gr.HTML(style_tag(), elem_id="webui_style", padding=False, container=False, js_on_load=None)
         quick = build_quicksettings(app)
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 txt2img = build_txt2img_tab(app, counter)
             # A1111's order: txt2img, img2img, Extras, PNG Info, Checkpoint Merger, Train, then Settings.
             # img2img tab slot
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                from webui.ui.img2img import build_img2img_tab, connect_send_to
+
+                img2img = build_img2img_tab(app, counter)
+                connect_send_to(txt2img, img2img, tabs)
             # PNG Info tab slot
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                from webui.ui.pnginfo import build_pnginfo_tab
+
+                pnginfo = build_pnginfo_tab(app, txt2img, tabs, quick.checkpoint)
             # Checkpoint Merger tab slot
+            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
+                from webui.ui.merger import build_merger_tab
+
+                build_merger_tab(app, quick.checkpoint)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings = build_settings_tab(app)
 
@@ -39,10 +52,14 @@ def build_ui(app: App) -> gr.Blocks:
             if current is not None and current not in titles:
                 titles = [current, *titles]
             return [gr.update(choices=titles, value=current), gr.update(choices=style_names(app)),
+                    app.settings["CLIP_stop_at_last_layers"], gr.update(choices=style_names(app)),
                     app.settings["CLIP_stop_at_last_layers"], *settings.handlers.component_values()]
 
         demo.load(on_load, outputs=[quick.checkpoint, txt2img.fields["styles"], txt2img.fields["clip_skip"],
-                                    *settings.outputs()], show_progress="hidden", api_visibility="private")
+                                    img2img.fields["styles"], img2img.fields["clip_skip"], *settings.outputs()],
+                  show_progress="hidden", api_visibility="private")
     demo.webui_css = CSS  # type: ignore[attr-defined]
     demo.webui_parts = {"quicksettings": quick, "txt2img": txt2img, "settings": settings}  # type: ignore[attr-defined]
+    demo.webui_parts["pnginfo"] = pnginfo  # type: ignore[attr-defined]
+    demo.webui_parts["img2img"] = img2img  # type: ignore[attr-defined]
     return demo

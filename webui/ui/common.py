@@ -25,7 +25,8 @@ CSS = """
 #sd_model_checkpoint_dropdown { min-width: 24em; max-width: 36em; }
 #sd_model_status { align-self: center; font-size: 0.9em; opacity: 0.85; }
 .sd-token-counter { text-align: right; font-size: 0.8em; opacity: 0.7; padding-right: 0.8em; }
-#txt2img_token_counter, #txt2img_negative_token_counter { margin-top: calc(-1 * var(--layout-gap, 16px) - 1.6em);
+#txt2img_token_counter, #txt2img_negative_token_counter, #img2img_token_counter, #img2img_negative_token_counter {
+    margin-top: calc(-1 * var(--layout-gap, 16px) - 1.6em);
     margin-bottom: 0.4em; z-index: 5; pointer-events: none; }
 .sd-progress { position: relative; height: 1.5em; border-radius: 4px; background: rgba(127,127,127,0.25);
                overflow: hidden; margin: 0.3em 0; }
@@ -39,7 +40,7 @@ CSS = """
 .sd-info { font-size: 0.85em; opacity: 0.85; }
 .sd-infotext { font-size: 0.9em; word-break: break-word; padding: 0.3em 0; }
 .sd-infotext .sd-time { opacity: 0.7; font-size: 0.9em; margin-top: 0.3em; }
-#txt2img_generate { min-height: 4.5em; font-size: 1.2em; }
+#txt2img_generate, #img2img_generate { min-height: 4.5em; font-size: 1.2em; }
 """
 
 

@@ -163,6 +163,9 @@ def _output_column(ui: Txt2ImgUI) -> None:
                                 elem_id="txt2img_preview", height=256)
         p["gallery"] = gr.Gallery(label="Output", show_label=False, columns=4, height=560, format="png",
                                   object_fit="contain", preview=True, interactive=False, elem_id="txt2img_gallery")
+        with gr.Row(elem_id="txt2img_send_row"):  # wired by img2img.connect_send_to once that tab exists
+            p["send_to_img2img"] = gr.Button("Send to img2img", elem_id="txt2img_send_to_img2img", size="sm")
+            p["send_to_inpaint"] = gr.Button("Send to inpaint", elem_id="txt2img_send_to_inpaint", size="sm")
         p["infotext"] = gr.HTML("", elem_id="html_info_txt2img", elem_classes=["infotext"])
         p["log"] = gr.HTML("", elem_id="html_log_txt2img")
         p["job_id"] = gr.State(None)

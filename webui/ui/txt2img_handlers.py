@@ -18,6 +18,7 @@ from modules.app import App
 from modules.errors import ValidationError, WebUIError
 from modules.infotext_fields import fields_from_infotext
 from modules.jobs import Job, JobState
+from modules.metadata import text_to_infotext
 from modules.requests import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS, SAME_SAMPLER, GenerationRequest
 from modules.styles import apply_styles, load_styles
 from webui.ui.common import error_html, format_eta, infotext_html, progress_html, user_message, warning_html
@@ -246,8 +247,13 @@ class Txt2ImgHandlers:
             job.control.skip()
 
     # -- ↙️ read generation parameters
-    def read_parameters(self, text: str, results: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
-        """(field values to set, message HTML) from the infotext in the prompt box, or the last image's."""
+    def read_parameters(self, text: str, results: dict[str, Any] | None = None, model_note: bool = True
+                        ) -> tuple[dict[str, Any], str]:
+        """(field values to set, message HTML) from the infotext in the prompt box, or the last image's.
+
+        Other tools' pasted metadata (ComfyUI/SwarmUI/InvokeAI/Fooocus JSON, InvokeAI ``Dream``) is converted first;
+        ``model_note=False`` leaves out the note about the checkpoint (for callers that switch it themselves)."""
+        text = text_to_infotext(text or "")
         if not (text or "").strip():
             i = image_index(results, (results or {}).get("selected", 0))
             if i is None:
@@ -262,7 +268,7 @@ class Txt2ImgHandlers:
             if key in overrides and str(overrides[key]) != str(self.app.settings[key]):
                 notes.append(f"{label} {overrides[key]} is a setting (Settings tab); current: {self.app.settings[key]}")
         model = overrides.get("_model_name") or overrides.get("sd_model_checkpoint")
-        if model:
+        if model and model_note:
             notes.append(f"Model: {model} (choose it in the checkpoint list to switch)")
         return out, warning_html(notes)
 

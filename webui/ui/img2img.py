@@ -1,0 +1,423 @@
+"""The img2img tab, laid out as A1111's: prompts and buttons on top; the mode sub-tabs (img2img, Sketch, Inpaint,
+Inpaint sketch, Inpaint upload, Batch) and the parameters left; gallery and infotext right."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from modules import samplers
+from modules.app import App
+from modules.batch import PNG_INFO_FIELDS
+from modules.generation.image_prep import MASKED_CONTENT, RESIZE_MODES
+from webui.ui import common
+from webui.ui.common import PASTE, RANDOM, REUSE, TokenCounter, tool_button
+from webui.ui.img2img_handlers import (
+    BATCH_SOURCES,
+    FIELDS,
+    INPAINT_AREAS,
+    MASK_MODES,
+    PASTE_FIELDS,
+    SCALE_TABS,
+    SEND_FIELDS,
+    Img2ImgHandlers,
+    default_values,
+    send_to,
+)
+from webui.ui.img2img_inputs import (
+    IMAGE_FIELDS,
+    INPAINT_MODES,
+    MODE_TAB_IDS,
+    MODES,
+    UnreadableImage,
+    mode_index,
+    remember_size,
+    scale_html,
+    size_for_mode,
+)
+from webui.ui.txt2img import FAST, Txt2ImgUI, style_names
+from webui.ui.txt2img_handlers import reuse_seed, select_image
+
+SKETCH_COLORS = ["#000000", "#ffffff", "#e03131", "#f08c00", "#ffd43b", "#2f9e44", "#1971c2", "#9c36b5"]
+IMAGE_HEIGHT = 420
+PRIVATE = {"api_visibility": "private"}
+# the image fields each mode reads (the others stay in the browser when it generates)
+MODE_INPUTS = (("init_img",), ("sketch",), ("init_img_with_mask",), ("inpaint_color_sketch",),
+               ("init_img_inpaint", "init_mask_inpaint"), ("batch_files",))
+_MODE_ELEM_IDS = ("img2img_img2img_tab", "img2img_img2img_sketch_tab", "img2img_inpaint_tab",
+                  "img2img_inpaint_sketch_tab", "img2img_inpaint_upload_tab", "img2img_batch_tab")
+
+
+def tolerant(component: Any) -> Any:
+    """Make an undecodable upload reach the handler as :class:`UnreadableImage` (a message in the tab) instead of
+    a gradio error toast. Done on the instance: subclassing a gradio component makes gradio write a ``.pyi`` file
+    next to this module at import time."""
+    original = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return original(payload)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure becomes a message for the user
+            return UnreadableImage(type(exc).__name__)
+
+    component.preprocess = preprocess
+    return component
+
+
+def _image(label: str, elem_id: str) -> gr.Image:
+    return tolerant(gr.Image(label=label, elem_id=elem_id, type="pil", image_mode="RGBA", format="png",
+                             sources=["upload", "clipboard"], height=IMAGE_HEIGHT))
+
+
+@dataclass
+class Img2ImgUI:
+    """The tab's components (form fields by name, in :data:`FIELDS` order) and its handlers."""
+
+    handlers: Img2ImgHandlers
+    fields: dict[str, Any] = field(default_factory=dict)
+    parts: dict[str, Any] = field(default_factory=dict)
+
+    def inputs(self) -> list[Any]:
+        return [self.fields[name] for name in FIELDS]
+
+
+def _editor(label: str, elem_id: str, brush: gr.Brush) -> gr.ImageEditor:
+    return tolerant(gr.ImageEditor(label=label, elem_id=elem_id, type="pil", image_mode="RGBA", format="png",
+                                   sources=("upload", "clipboard"), brush=brush, layers=False, height=IMAGE_HEIGHT,
+                                   transforms=("crop",)))
+
+
+def _prompt_row(ui: Img2ImgUI, app: App) -> None:
+    f, p = ui.fields, ui.parts
+    with gr.Row(elem_id="img2img_toprow", equal_height=False):
+        with gr.Column(scale=6, elem_id="img2img_prompt_container"):
+            f["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=20, elem_id="img2img_prompt",
+                                     placeholder="Prompt (read generation parameters: paste an infotext and press "
+                                                 f"{PASTE})")
+            p["token_counter"] = gr.HTML(common.token_html(0, 75), elem_id="img2img_token_counter")
+            f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, max_lines=20,
+                                              elem_id="img2img_neg_prompt", placeholder="Negative prompt")
+            p["neg_token_counter"] = gr.HTML(common.token_html(0, 75), elem_id="img2img_negative_token_counter")
+        with gr.Column(scale=2, min_width=220, elem_id="img2img_actions_column"):
+            p["generate"] = gr.Button("Generate", variant="primary", elem_id="img2img_generate")
+            with gr.Row(elem_id="img2img_interrupt_skip"):
+                p["interrupt"] = gr.Button("Interrupt", variant="stop", elem_id="img2img_interrupt", size="sm")
+                p["skip"] = gr.Button("Skip", elem_id="img2img_skip", size="sm")
+            with gr.Row(elem_id="img2img_tools"):
+                p["paste"] = tool_button(PASTE, "img2img_paste")
+                p["clear"] = tool_button(common.CLEAR, "img2img_clear_prompt")
+                p["styles_refresh"] = tool_button(common.REFRESH, "img2img_styles_refresh")
+            f["styles"] = gr.Dropdown(label="Styles", choices=style_names(app), value=[], multiselect=True,
+                                      elem_id="img2img_styles")
+
+
+def _mode_tabs(ui: Img2ImgUI, d: dict[str, Any]) -> None:
+    f, p = ui.fields, ui.parts
+    f["mode"] = gr.State(d["mode"])
+    tabs: list[gr.Tab] = []
+    with gr.Tabs(elem_id="mode_img2img", selected=MODE_TAB_IDS[0]) as p["mode_tabs"]:
+        with gr.Tab(MODES[0], id=MODE_TAB_IDS[0], elem_id=_MODE_ELEM_IDS[0]) as tab:
+            f["init_img"] = _image("Image for img2img", "img2img_image")
+        tabs.append(tab)
+        with gr.Tab(MODES[1], id=MODE_TAB_IDS[1], elem_id=_MODE_ELEM_IDS[1]) as tab:
+            f["sketch"] = _editor("Image for img2img", "img2img_sketch",
+                                  gr.Brush(colors=SKETCH_COLORS, default_color="#000000", color_mode="defaults"))
+        tabs.append(tab)
+        with gr.Tab(MODES[2], id=MODE_TAB_IDS[2], elem_id=_MODE_ELEM_IDS[2]) as tab:
+            f["init_img_with_mask"] = _editor("Image for inpainting with mask", "img2maskimg",
+                                              gr.Brush(colors=["#ffffff"], default_color="#ffffff",
+                                                       color_mode="fixed"))
+        tabs.append(tab)
+        with gr.Tab(MODES[3], id=MODE_TAB_IDS[3], elem_id=_MODE_ELEM_IDS[3]) as tab:
+            f["inpaint_color_sketch"] = _editor("Color sketch inpainting", "inpaint_sketch",
+                                                gr.Brush(colors=SKETCH_COLORS, default_color="#e03131",
+                                                         color_mode="defaults"))
+        tabs.append(tab)
+        with gr.Tab(MODES[4], id=MODE_TAB_IDS[4], elem_id=_MODE_ELEM_IDS[4]) as tab:
+            f["init_img_inpaint"] = _image("Image for img2img", "img_inpaint_base")
+            f["init_mask_inpaint"] = _image("Mask", "img_inpaint_mask")
+        tabs.append(tab)
+        with gr.Tab(MODES[5], id=MODE_TAB_IDS[5], elem_id=_MODE_ELEM_IDS[5]) as tab:
+            _batch_tab(ui, d)
+        tabs.append(tab)
+    p["mode_tab_items"] = tabs
+
+
+def _batch_tab(ui: Img2ImgUI, d: dict[str, Any]) -> None:
+    f, p = ui.fields, ui.parts
+    f["batch_source"] = gr.State(d["batch_source"])
+    with gr.Tabs(elem_id="img2img_batch_source") as p["batch_source_tabs"]:
+        with gr.Tab(BATCH_SOURCES[0], id="batch_upload", elem_id="img2img_batch_upload_tab") as p["batch_upload_tab"]:
+            f["batch_files"] = gr.Files(label="Files", file_types=["image"], elem_id="img2img_batch_upload")
+            gr.HTML('<p class="sd-info">Each file is processed on its own; the results are written to the img2img '
+                    'output folder.</p>')
+        with gr.Tab(BATCH_SOURCES[1], id="batch_from_dir", elem_id="img2img_batch_from_dir_tab") as p["batch_dir_tab"]:
+            gr.HTML('<p class="sd-info">Process images in a directory on the same machine where the server is '
+                    'running.<br>Use an empty output directory to save pictures to the img2img output folder.'
+                    '<br>Add an inpaint batch mask directory to enable inpaint batch processing (masks are matched '
+                    'to images by file name).</p>')
+            f["batch_input_dir"] = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
+            f["batch_output_dir"] = gr.Textbox(label="Output directory", elem_id="img2img_batch_output_dir")
+            f["batch_inpaint_mask_dir"] = gr.Textbox(
+                label="Inpaint batch mask directory (required for inpaint batch processing only)",
+                elem_id="img2img_batch_inpaint_mask_dir")
+    with gr.Accordion("PNG info", open=False, elem_id="img2img_batch_png_info"):
+        f["batch_use_png_info"] = gr.Checkbox(label="Append png info to prompts", value=d["batch_use_png_info"],
+                                              elem_id="img2img_batch_use_png_info")
+        f["batch_png_info_props"] = gr.CheckboxGroup(list(PNG_INFO_FIELDS), value=d["batch_png_info_props"],
+                                                     label="Parameters to take from png info",
+                                                     info="Prompts from png info will be appended to prompts set "
+                                                          "in ui.", elem_id="img2img_batch_png_info_props")
+
+
+def _parameters(ui: Img2ImgUI, d: dict[str, Any]) -> None:
+    f, p = ui.fields, ui.parts
+    f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=d["resize_mode"], label="Resize mode",
+                                elem_id="img2img_resize_mode")
+    with gr.Row(elem_id="img2img_sampler_row"):
+        f["sampler_name"] = gr.Dropdown(label="Sampling method", choices=samplers.sampler_names(),
+                                        value=d["sampler_name"], elem_id="img2img_sampling")
+        f["scheduler"] = gr.Dropdown(label="Schedule type", choices=samplers.schedule_labels(),
+                                     value=d["scheduler"], elem_id="img2img_scheduler")
+    f["steps"] = gr.Slider(1, 150, value=d["steps"], step=1, label="Sampling steps", elem_id="img2img_steps")
+    f["scale_tab"] = gr.State(d["scale_tab"])
+    with gr.Row(elem_id="img2img_dimensions_row"):
+        with gr.Column(scale=4, min_width=240):
+            with gr.Tabs(elem_id="img2img_tabs_resize") as p["scale_tabs"]:
+                with gr.Tab(SCALE_TABS[0], id="resize_to", elem_id="img2img_tab_resize_to") as p["resize_to_tab"]:
+                    with gr.Row():
+                        with gr.Column(scale=4):
+                            f["width"] = gr.Slider(64, 2048, value=d["width"], step=8, label="Width",
+                                                   elem_id="img2img_width")
+                            f["height"] = gr.Slider(64, 2048, value=d["height"], step=8, label="Height",
+                                                    elem_id="img2img_height")
+                        p["swap"] = tool_button("\u21c5", "img2img_res_switch_btn")
+                with gr.Tab(SCALE_TABS[1], id="resize_by", elem_id="img2img_tab_resize_by") as p["resize_by_tab"]:
+                    f["scale_by"] = gr.Slider(0.05, 4.0, value=d["scale_by"], step=0.05, label="Scale",
+                                              elem_id="img2img_scale")
+                    p["scale_html"] = gr.HTML(scale_html(None, d["scale_by"]),
+                                              elem_id="img2img_scale_resolution_preview")
+        with gr.Column(scale=2, min_width=140):
+            f["n_iter"] = gr.Slider(1, 100, value=d["n_iter"], step=1, label="Batch count",
+                                    elem_id="img2img_batch_count")
+            f["batch_size"] = gr.Slider(1, 8, value=d["batch_size"], step=1, label="Batch size",
+                                        elem_id="img2img_batch_size")
+    with gr.Row(elem_id="img2img_cfg_row"):
+        f["cfg_scale"] = gr.Slider(1.0, 30.0, value=d["cfg_scale"], step=0.5, label="CFG Scale",
+                                   elem_id="img2img_cfg_scale")
+        f["image_cfg_scale"] = gr.Slider(0.0, 3.0, value=d["image_cfg_scale"], step=0.05,
+                                         label="Image CFG Scale (instruct-pix2pix models only)",
+                                         elem_id="img2img_image_cfg_scale")
+    with gr.Row():
+        f["denoising_strength"] = gr.Slider(0.0, 1.0, value=d["denoising_strength"], step=0.01,
+                                            label="Denoising strength", elem_id="img2img_denoising_strength")
+        f["initial_noise_multiplier"] = gr.Slider(0.5, 1.5, value=d["initial_noise_multiplier"], step=0.01,
+                                                  label="Noise multiplier",
+                                                  elem_id="img2img_initial_noise_multiplier")
+    _seed_rows(ui, d)
+    with gr.Group(visible=False, elem_id="inpaint_controls") as p["inpaint_controls"]:
+        with gr.Row():
+            f["mask_blur"] = gr.Slider(0, 64, value=d["mask_blur"], step=1, label="Mask blur",
+                                       elem_id="img2img_mask_blur")
+            f["mask_alpha"] = gr.Slider(0, 100, value=d["mask_alpha"], step=1, label="Mask transparency",
+                                        visible=False, elem_id="img2img_mask_alpha")
+        f["inpainting_mask_invert"] = gr.Radio(list(MASK_MODES), value=d["inpainting_mask_invert"],
+                                               label="Mask mode", elem_id="img2img_mask_mode")
+        f["inpainting_fill"] = gr.Radio(list(MASKED_CONTENT), value=d["inpainting_fill"], label="Masked content",
+                                        elem_id="img2img_inpainting_fill")
+        with gr.Row():
+            f["inpaint_full_res"] = gr.Radio(list(INPAINT_AREAS), value=d["inpaint_full_res"], label="Inpaint area",
+                                             elem_id="img2img_inpaint_full_res")
+            f["inpaint_full_res_padding"] = gr.Slider(0, 256, value=d["inpaint_full_res_padding"], step=4,
+                                                      label="Only masked padding, pixels",
+                                                      elem_id="img2img_inpaint_full_res_padding")
+
+
+def _seed_rows(ui: Img2ImgUI, d: dict[str, Any]) -> None:
+    f, p = ui.fields, ui.parts
+    with gr.Row(elem_id="img2img_seed_row"):
+        f["seed"] = gr.Number(label="Seed", value=d["seed"], precision=0, elem_id="img2img_seed", scale=4)
+        p["random_seed"] = tool_button(RANDOM, "img2img_random_seed")
+        p["reuse_seed"] = tool_button(REUSE, "img2img_reuse_seed")
+        f["seed_extra"] = gr.Checkbox(label="Extra", value=d["seed_extra"], elem_id="img2img_subseed_show",
+                                      scale=1, min_width=80)
+    with gr.Column(visible=False, elem_id="img2img_seed_extras") as p["seed_extras"]:
+        with gr.Row():
+            f["subseed"] = gr.Number(label="Variation seed", value=d["subseed"], precision=0,
+                                     elem_id="img2img_subseed", scale=4)
+            p["random_subseed"] = tool_button(RANDOM, "img2img_random_subseed")
+            p["reuse_subseed"] = tool_button(REUSE, "img2img_reuse_subseed")
+            f["subseed_strength"] = gr.Slider(0.0, 1.0, value=d["subseed_strength"], step=0.01,
+                                              label="Variation strength", elem_id="img2img_subseed_strength",
+                                              scale=4)
+        with gr.Row():
+            f["seed_resize_from_w"] = gr.Slider(0, 2048, value=d["seed_resize_from_w"], step=8,
+                                                label="Resize seed from width", elem_id="img2img_seed_resize_from_w")
+            f["seed_resize_from_h"] = gr.Slider(0, 2048, value=d["seed_resize_from_h"], step=8,
+                                                label="Resize seed from height",
+                                                elem_id="img2img_seed_resize_from_h")
+    with gr.Row(elem_id="img2img_extra_options"):
+        f["clip_skip"] = gr.Slider(1, 12, value=d["clip_skip"], step=1, label="Clip skip",
+                                   elem_id="img2img_clip_skip")
+        f["tiling"] = gr.Checkbox(label="Tiling", value=d["tiling"], elem_id="img2img_tiling")
+
+
+def _output_column(ui: Img2ImgUI) -> None:
+    p = ui.parts
+    with gr.Column(scale=1, elem_id="img2img_results"):
+        p["progress"] = gr.HTML("", elem_id="img2img_progress")
+        p["preview"] = gr.Image(label="Preview", type="pil", interactive=False, visible=False, show_label=False,
+                                elem_id="img2img_preview", height=256)
+        p["gallery"] = gr.Gallery(label="Output", show_label=False, columns=4, height=560, format="png",
+                                  object_fit="contain", preview=True, interactive=False, elem_id="img2img_gallery")
+        p["infotext"] = gr.HTML("", elem_id="html_info_img2img", elem_classes=["infotext"])
+        p["log"] = gr.HTML("", elem_id="html_log_img2img")
+        p["job_id"] = gr.State(None)
+        p["results"] = gr.State(None)
+
+
+def build_img2img_tab(app: App, counter: TokenCounter) -> Img2ImgUI:
+    """Create the tab's components inside the current ``gr.Tab`` and wire its events."""
+    ui = Img2ImgUI(Img2ImgHandlers(app))
+    d = default_values(app)
+    _prompt_row(ui, app)
+    with gr.Row(elem_id="img2img_main_row", equal_height=False):
+        with gr.Column(scale=1, elem_id="img2img_settings"):
+            _mode_tabs(ui, d)
+            _parameters(ui, d)
+        _output_column(ui)
+    _wire(ui, app, counter)
+    return ui
+
+
+def _wire(ui: Img2ImgUI, app: App, counter: TokenCounter) -> None:
+    f, p, h = ui.fields, ui.parts, ui.handlers
+    outputs = [p["gallery"], p["infotext"], p["progress"], p["preview"], p["log"], p["job_id"], p["results"]]
+    _wire_generate(ui, outputs)
+    p["interrupt"].click(h.interrupt, inputs=[p["job_id"]], outputs=None, queue=False, show_progress="hidden",
+                         **PRIVATE)
+    p["skip"].click(h.skip, inputs=[p["job_id"]], outputs=None, queue=False, show_progress="hidden", **PRIVATE)
+    for box, html, positive in ((f["prompt"], p["token_counter"], True),
+                                (f["negative_prompt"], p["neg_token_counter"], False)):
+        box.change(lambda text, steps, pos=positive: counter.html(text, steps, pos), inputs=[box, f["steps"]],
+                   outputs=[html], trigger_mode="always_last", concurrency_limit=None, show_progress="hidden",
+                   **PRIVATE)
+
+    paste_outputs = [f[name] for name in PASTE_FIELDS] + [p["log"]]
+
+    def paste(text: str, results: dict[str, Any] | None) -> list[Any]:
+        values, message = h.read_parameters(text, results)
+        return [values.get(name, gr.skip()) for name in PASTE_FIELDS] + [message]
+
+    p["paste"].click(paste, inputs=[f["prompt"], p["results"]], outputs=paste_outputs, **PRIVATE, **FAST)
+    p["clear"].click(lambda: ("", ""), outputs=[f["prompt"], f["negative_prompt"]], **PRIVATE, **FAST)
+    p["styles_refresh"].click(lambda: gr.update(choices=style_names(app)), outputs=[f["styles"]], **PRIVATE, **FAST)
+    p["random_seed"].click(lambda: -1, outputs=[f["seed"]], **PRIVATE, **FAST)
+    p["random_subseed"].click(lambda: -1, outputs=[f["subseed"]], **PRIVATE, **FAST)
+    p["reuse_seed"].click(lambda r: reuse_seed(r, "seeds"), inputs=[p["results"]], outputs=[f["seed"]],
+                          **PRIVATE, **FAST)
+    p["reuse_subseed"].click(lambda r: reuse_seed(r, "subseeds"), inputs=[p["results"]], outputs=[f["subseed"]],
+                             **PRIVATE, **FAST)
+    f["seed_extra"].change(lambda on: gr.update(visible=bool(on)), inputs=[f["seed_extra"]],
+                           outputs=[p["seed_extras"]], **PRIVATE, **FAST)
+    p["swap"].click(lambda w, h_: (h_, w), inputs=[f["width"], f["height"]], outputs=[f["width"], f["height"]],
+                    **PRIVATE, **FAST)
+
+    def on_select(results: dict[str, Any] | None, evt: gr.SelectData) -> tuple[str, Any]:
+        return select_image(results, evt.index if isinstance(evt.index, int) else 0)
+
+    p["gallery"].select(on_select, inputs=[p["results"]], outputs=[p["infotext"], p["results"]], **PRIVATE, **FAST)
+    _wire_tabs(ui)
+
+
+def _wire_generate(ui: Img2ImgUI, outputs: list[Any]) -> None:
+    """Generate runs in two steps so that only the current mode's images travel: the click bumps that mode's
+    counter, and the counter's change event sends the form with that mode's images only (an ImageEditor with
+    content takes seconds to export, and the other modes' images are not needed)."""
+    f, p, h = ui.fields, ui.parts, ui.handlers
+    counters = [gr.State(0) for _ in MODES]
+
+    def bump(mode: Any, *values: int) -> list[Any]:
+        index = mode_index(mode)
+        return [v + 1 if i == index else gr.skip() for i, v in enumerate(values)]
+
+    start = dict(fn=bump, inputs=[f["mode"], *counters], outputs=counters, show_progress="hidden",
+                 concurrency_limit=None, **PRIVATE)  # queued: a state's change event follows only queued updates
+    p["generate"].click(**start)
+    f["prompt"].submit(**start)
+    images = {name for names in MODE_INPUTS for name in names}
+    common = [name for name in FIELDS if name not in images]
+    for counter, own in zip(counters, MODE_INPUTS):
+        names = common + list(own)
+
+        def run(*args: Any, names: list[str] = names) -> Any:
+            yield from h.generate_values(dict(zip(names, args)))
+
+        counter.change(run, inputs=[f[name] for name in names], outputs=outputs, show_progress="hidden",
+                       concurrency_limit=None, concurrency_id="img2img_generate", **PRIVATE)
+
+
+def _wire_tabs(ui: Img2ImgUI) -> None:
+    """Sub-tab selection: the mode, the inpaint controls' visibility, the "Resize by" line, the batch source."""
+    f, p = ui.fields, ui.parts
+    p["resize_to_tab"].select(lambda: SCALE_TABS[0], outputs=[f["scale_tab"]], **PRIVATE, **FAST)
+    p["resize_by_tab"].select(lambda: SCALE_TABS[1], outputs=[f["scale_tab"]], **PRIVATE, **FAST)
+    p["batch_upload_tab"].select(lambda: BATCH_SOURCES[0], outputs=[f["batch_source"]], **PRIVATE, **FAST)
+    p["batch_dir_tab"].select(lambda: BATCH_SOURCES[1], outputs=[f["batch_source"]], **PRIVATE, **FAST)
+
+    p["sizes"] = gr.State({})  # image field -> [w, h] of its image, for the "Resize by" line
+    common = dict(trigger_mode="always_last", **PRIVATE, **FAST)
+
+    def show(sizes: dict[str, Any], mode: Any, scale: Any) -> str:
+        return scale_html(size_for_mode(sizes, mode), scale)
+
+    for key in IMAGE_FIELDS:
+        def remember(value: Any, sizes: dict[str, Any], mode: Any, scale: Any, key: str = key) -> tuple[Any, str]:
+            sizes = remember_size(sizes, key, value)
+            return sizes, show(sizes, mode, scale)
+
+        def forget(sizes: dict[str, Any], mode: Any, scale: Any, key: str = key) -> tuple[Any, str]:
+            return remember(None, sizes, mode, scale, key)
+
+        state = [p["sizes"], f["mode"], f["scale_by"]]
+        outputs = [p["sizes"], p["scale_html"]]
+        if isinstance(f[key], gr.ImageEditor):  # an editor's change fires at every stroke: only on upload/clear
+            f[key].upload(remember, inputs=[f[key], *state], outputs=outputs, **common)
+            f[key].clear(forget, inputs=state, outputs=outputs, **common)
+        else:
+            f[key].change(remember, inputs=[f[key], *state], outputs=outputs, **common)
+    preview = dict(fn=show, inputs=[p["sizes"], f["mode"], f["scale_by"]], outputs=[p["scale_html"]], **common)
+    f["scale_by"].change(**preview)
+    p["resize_by_tab"].select(**preview)
+    for i, tab in enumerate(p["mode_tab_items"]):
+        tab.select(lambda i=i: mode_updates(i), outputs=[f["mode"], p["inpaint_controls"], f["mask_alpha"]],
+                   **PRIVATE, **FAST).then(**preview)
+
+
+def mode_updates(index: int) -> tuple[str, Any, Any]:
+    """(mode, inpaint controls, mask transparency) for the selected mode sub-tab (A1111's visibility rules)."""
+    return MODES[index], gr.update(visible=index in INPAINT_MODES), gr.update(visible=index == 3)
+
+
+def connect_send_to(t2i: Txt2ImgUI, i2i: Img2ImgUI, main_tabs: gr.Tabs) -> None:
+    """Wire txt2img's "Send to img2img" / "Send to inpaint" buttons: the image, the parameters, the tab switch."""
+    f, p = i2i.fields, i2i.parts
+    sources = [t2i.fields[name] for name in SEND_FIELDS]
+    for button, mode, target in (("send_to_img2img", 0, "init_img"), ("send_to_inpaint", 2, "init_img_with_mask")):
+        outputs = [main_tabs, p["mode_tabs"], f["mode"], p["inpaint_controls"], f["mask_alpha"], f[target],
+                   p["scale_tabs"], f["scale_tab"], *[f[name] for name in SEND_FIELDS], p["sizes"], t2i.parts["log"]]
+
+        def send(gallery: Any, results: Any, sizes: dict[str, Any], *values: Any, mode: int = mode,
+                 target: str = target, n: int = len(outputs)) -> list[Any]:
+            image, fields, message = send_to(gallery, results, dict(zip(SEND_FIELDS, values)))
+            if image is None:
+                return [gr.skip()] * (n - 1) + [message]
+            value = image if mode == 0 else {"background": image, "layers": [], "composite": image}
+            return [gr.Tabs(selected="img2img"), gr.Tabs(selected=MODE_TAB_IDS[mode]), *mode_updates(mode), value,
+                    gr.Tabs(selected="resize_to"), SCALE_TABS[0],
+                    *[fields.get(name, gr.skip()) for name in SEND_FIELDS], remember_size(sizes, target, image), ""]
+
+        t2i.parts[button].click(send, inputs=[t2i.parts["gallery"], t2i.parts["results"], p["sizes"], *sources],
+                                outputs=outputs, show_progress="hidden", **PRIVATE)

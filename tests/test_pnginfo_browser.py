@@ -178,5 +178,15 @@ def test_drop_image_and_send_to_txt2img(server, driver, tmp_path):
     _wait(drv, lambda d: "other" in _value(d, "#sd_model_checkpoint_dropdown input"), 20, "the checkpoint switch")
     config = json.loads((data_dir / "config.json").read_text())
     assert config["sd_model_checkpoint"].startswith("other.safetensors")
+
+    _tab(drv, "PNG Info")  # the same image and parameters into img2img, then into the Inpaint sub-tab
+    _css(drv, "#pnginfo_send_img2img").click()
+    _wait(drv, lambda d: _css(d, "#img2img_prompt textarea").is_displayed(), 10, "the img2img tab")
+    _wait(drv, lambda d: _value(d, "#img2img_prompt textarea") == "a <b>lighthouse</b>, storm", 10, "the prompt")
+    _wait(drv, lambda d: d.find_elements("css selector", "#img2img_image img"), 10, "the sent image")
+    assert _value(drv, "#img2img_seed input") == "4242"
+    _tab(drv, "PNG Info")
+    _css(drv, "#pnginfo_send_inpaint").click()
+    _wait(drv, lambda d: _css(d, "#img2maskimg").is_displayed(), 10, "the Inpaint sub-tab")
     server_log = (data_dir / "server.log").read_text(errors="replace")
     assert "Traceback" not in server_log, server_log[-3000:]

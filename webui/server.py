@@ -104,7 +104,7 @@ def install_error_handlers(api: FastAPI) -> None:
 
 def create_server(app: App, config: ServerConfig, on_started: Callable[[], None] | None = None) -> FastAPI:
     """The ASGI app; the application's worker starts with the server and stops with it."""
-    from webui.api import v1, v2
+    from webui.api import merge, pnginfo, v1, v2
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -122,9 +122,8 @@ def create_server(app: App, config: ServerConfig, on_started: Callable[[], None]
     api.add_middleware(ApiGuard, config=config)
     api.include_router(v1.build_router(app))
     api.include_router(v2.build_router(app))
-    # feature routers (one line each)
-    api.include_router(__import__("webui.api.pnginfo", fromlist=["build_router"]).build_router(app))
-    api.include_router(__import__("webui.api.merge", fromlist=["build_router"]).build_router(app))
+    api.include_router(pnginfo.build_router(app))
+    api.include_router(merge.build_router(app))
 
     @api.get("/internal/ping", include_in_schema=False)
     def ping() -> dict[str, Any]:

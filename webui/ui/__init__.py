@@ -1,4 +1,4 @@
-"""The Gradio UI: A1111's quicksettings bar and tabs (txt2img, Settings; more tabs slot in between)."""
+"""The Gradio UI: A1111's quicksettings bar and tabs (txt2img, img2img, PNG Info, Checkpoint Merger, Settings)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ import gradio as gr
 from modules.app import App
 from webui.ui.common import CSS, TokenCounter, style_tag
 from webui.ui.quicksettings import build_quicksettings, checkpoint_titles
+from webui.ui.img2img import build_img2img_tab, connect_send_to
+from webui.ui.merger import build_merger_tab
+from webui.ui.pnginfo import build_pnginfo_tab
+from webui.ui.send_to import connect_pnginfo_send
 from webui.ui.settings_tab import build_settings_tab
 from webui.ui.txt2img import build_txt2img_tab, style_names
 
@@ -25,21 +29,13 @@ def build_ui(app: App) -> gr.Blocks:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 txt2img = build_txt2img_tab(app, counter)
             # A1111's order: txt2img, img2img, Extras, PNG Info, Checkpoint Merger, Train, then Settings.
-            # img2img tab slot
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
-                from webui.ui.img2img import build_img2img_tab, connect_send_to
-
                 img2img = build_img2img_tab(app, counter)
                 connect_send_to(txt2img, img2img, tabs)
-            # PNG Info tab slot
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
-                from webui.ui.pnginfo import build_pnginfo_tab
-
                 pnginfo = build_pnginfo_tab(app, txt2img, tabs, quick.checkpoint)
-            # Checkpoint Merger tab slot
+                connect_pnginfo_send(pnginfo, img2img, tabs)
             with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
-                from webui.ui.merger import build_merger_tab
-
                 build_merger_tab(app, quick.checkpoint)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings = build_settings_tab(app)
@@ -59,7 +55,6 @@ def build_ui(app: App) -> gr.Blocks:
                                     img2img.fields["styles"], img2img.fields["clip_skip"], *settings.outputs()],
                   show_progress="hidden", api_visibility="private")
     demo.webui_css = CSS  # type: ignore[attr-defined]
-    demo.webui_parts = {"quicksettings": quick, "txt2img": txt2img, "settings": settings}  # type: ignore[attr-defined]
-    demo.webui_parts["pnginfo"] = pnginfo  # type: ignore[attr-defined]
-    demo.webui_parts["img2img"] = img2img  # type: ignore[attr-defined]
+    demo.webui_parts = {"quicksettings": quick, "txt2img": txt2img, "img2img": img2img,  # type: ignore[attr-defined]
+                        "pnginfo": pnginfo, "settings": settings}
     return demo

@@ -167,11 +167,13 @@ def build_pnginfo_tab(app: App, txt2img: Txt2ImgUI, tabs: gr.Tabs, checkpoint: g
             p["parameters"] = gr.HTML("", elem_id="pnginfo_parameters")
             with gr.Row():
                 p["send_txt2img"] = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
+                p["send_img2img"] = gr.Button("Send to img2img", elem_id="pnginfo_send_img2img")
+                p["send_inpaint"] = gr.Button("Send to inpaint", elem_id="pnginfo_send_inpaint")
             p["log"] = gr.HTML("", elem_id="pnginfo_log")
             with gr.Accordion("Raw text items", open=True, elem_id="pnginfo_items_accordion"):
                 p["items"] = gr.HTML("", elem_id="pnginfo_items")
             p["infotext"] = gr.State("")
-            p["path"] = gr.State(None)  # the file read last: for "Send to img2img/inpaint" once they are wired
+            p["path"] = gr.State(None)  # the file read last: what "Send to img2img/inpaint" carries
     quiet = {"show_progress": "hidden", "api_visibility": "private"}
 
     def on_file(path: str | None) -> list[Any]:

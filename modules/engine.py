@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,27 +61,21 @@ class Engine:
                 out: OutputOptions | None = None, preview_every: int = 0) -> JobOutput:
         """Validate, run and (when ``out`` is given) save a txt2img job."""
         validate(req, self.limits)
-        control = control or JobControl()
-        control.update(phase="loading model")
-        parts = self.models.get(req.checkpoint)
-        self.models.apply_vae(parts, req.vae)
-        result = txt2img(parts, req, control, preview_every)
-        job = JobOutput(result)
-        if len(result.images) > 1 or (out is not None and not out.grid_only_if_multiple):
-            job.grid = image_utils.image_grid(result.images)
-        if out is not None:
-            save_outputs(job, out)
-        return job
+        return self._run(txt2img, req, control, out, preview_every)
 
     def img2img(self, req: Img2ImgRequest, control: JobControl | None = None,
                 out: OutputOptions | None = None, preview_every: int = 0) -> JobOutput:
         """Validate, run and (when ``out`` is given) save an img2img or inpainting job."""
         validate_img2img(req, self.limits)
+        return self._run(img2img, req, control, out, preview_every)
+
+    def _run(self, generate: Callable[..., GenerationResult], req: GenerationRequest, control: JobControl | None,
+             out: OutputOptions | None, preview_every: int) -> JobOutput:
         control = control or JobControl()
         control.update(phase="loading model")
         parts = self.models.get(req.checkpoint)
         self.models.apply_vae(parts, req.vae)
-        result = img2img(parts, req, control, preview_every)
+        result = generate(parts, req, control, preview_every)
         job = JobOutput(result)
         if len(result.images) > 1 or (out is not None and not out.grid_only_if_multiple):
             job.grid = image_utils.image_grid(result.images)

@@ -24,14 +24,7 @@ from modules.jobs import Job, JobState
 from modules.requests import GenerationRequest, Img2ImgRequest, validate_img2img
 from webui.ui.common import error_html, infotext_html, user_message, warning_html
 from webui.ui.img2img_inputs import BATCH, gallery_image, mode_index, mode_inputs, scaled_size
-from webui.ui.txt2img_handlers import (
-    POLL_SECONDS,
-    GenerateUpdate,
-    Txt2ImgHandlers,
-    build_request,
-    image_index,
-    progress_view,
-)
+from webui.ui.txt2img_handlers import GenerateUpdate, Txt2ImgHandlers, build_request, image_index
 from webui.ui.txt2img_handlers import default_values as txt2img_defaults
 
 log = logging.getLogger(__name__)
@@ -255,15 +248,7 @@ class Img2ImgHandlers(Txt2ImgHandlers):
             log.exception("img2img submission failed")
             yield GenerateUpdate(skip, skip, "", hidden, error_html(user_message(exc)), None, skip)
             return
-        yield GenerateUpdate(skip, skip, progress_view(self.app, job), skip, "", job.id, skip)
-        shown_preview = 0
-        while not job.wait(POLL_SECONDS):
-            p = job.control.progress
-            preview: Any = skip
-            if p.preview is not None and p.preview_id != shown_preview:
-                shown_preview = p.preview_id
-                preview = gr.update(value=p.preview, visible=True)
-            yield GenerateUpdate(skip, skip, progress_view(self.app, job), preview, skip, job.id, skip)
+        yield from self.poll(job)
         took = time.monotonic() - started
         yield self.finish(job, took) if plan is None else self.finish_batch(job, plan, took)
 

@@ -205,6 +205,12 @@ class Txt2ImgHandlers:
             log.exception("txt2img submission failed")
             yield GenerateUpdate(skip, skip, "", hidden, error_html(user_message(exc)), None, skip)
             return
+        yield from self.poll(job)
+        yield self.finish(job, time.monotonic() - started)
+
+    def poll(self, job: Job) -> Iterator[GenerateUpdate]:
+        """Progress updates (bar, and the live preview when it changed) until ``job`` has finished."""
+        skip = gr.skip()
         yield GenerateUpdate(skip, skip, progress_view(self.app, job), skip, "", job.id, skip)
         shown_preview = 0
         while not job.wait(POLL_SECONDS):
@@ -214,7 +220,6 @@ class Txt2ImgHandlers:
                 shown_preview = p.preview_id
                 preview = gr.update(value=p.preview, visible=True)
             yield GenerateUpdate(skip, skip, progress_view(self.app, job), preview, skip, job.id, skip)
-        yield self.finish(job, time.monotonic() - started)
 
     def finish(self, job: Job, took: float) -> GenerateUpdate:
         """The final update: gallery (grid first), infotext of the first image, warnings or the error."""

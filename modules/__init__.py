@@ -1,0 +1,1 @@
+"""The engine and its services (no web framework here)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
@@ -173,3 +174,18 @@ def live_server(data_dir, model_store):
     yield start
     for server in servers:
         server.stop()
+
+
+@contextlib.contextmanager
+def running_app(data_dir: Path, model_store, names: tuple[str, ...] = ("tiny",)):
+    """An App over ``data_dir`` with tiny SD 1.x models installed under ``names``, its worker running."""
+    from modules.app import App, StartOptions
+
+    for name in names:
+        install_model(data_dir, model_store("sd1", "safetensors"), name)
+    app = App(StartOptions(data_dir=data_dir, device="cpu", skip_load_model=True))
+    app.start()
+    try:
+        yield app
+    finally:
+        app.stop()

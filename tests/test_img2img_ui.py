@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.conftest import TESTDATA, install_model
+from tests.conftest import TESTDATA, running_app
 
 PHOTOS = TESTDATA / "photos"
 needs_photos = pytest.mark.skipif(not PHOTOS.is_dir(), reason="../shared/testdata/photos is not present")
@@ -16,14 +16,8 @@ needs_photos = pytest.mark.skipif(not PHOTOS.is_dir(), reason="../shared/testdat
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, model_store):
-    from modules.app import App, StartOptions
-
-    data = tmp_path_factory.mktemp("img2img-ui-data")
-    install_model(data, model_store("sd1", "safetensors"), "tiny")
-    app = App(StartOptions(data_dir=data, device="cpu", skip_load_model=True))
-    app.start()
-    yield app
-    app.stop()
+    with running_app(tmp_path_factory.mktemp("img2img-ui-data"), model_store, ("tiny",)) as app:
+        yield app
 
 
 @pytest.fixture

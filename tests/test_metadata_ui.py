@@ -8,21 +8,14 @@ import pytest
 from PIL import Image
 
 from modules.images import encode_image
-from tests.conftest import install_model
+from tests.conftest import running_app
 from tests.test_metadata import INFOTEXT, png, text_chunk
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, model_store):
-    from modules.app import App, StartOptions
-
-    data = tmp_path_factory.mktemp("pnginfo-ui")
-    install_model(data, model_store("sd1", "safetensors"), "tiny")
-    install_model(data, model_store("sd1", "safetensors"), "other")
-    app = App(StartOptions(data_dir=data, device="cpu", skip_load_model=True))
-    app.start()
-    yield app
-    app.stop()
+    with running_app(tmp_path_factory.mktemp("pnginfo-ui"), model_store, ("tiny", "other")) as app:
+        yield app
 
 
 @pytest.fixture

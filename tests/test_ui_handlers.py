@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import install_model
+from tests.conftest import running_app
 
 A1111_INFOTEXT = (
     "masterpiece, a cat (sitting:1.2)\n"
@@ -21,14 +21,8 @@ A1111_INFOTEXT = (
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, model_store):
-    from modules.app import App, StartOptions
-
-    data = tmp_path_factory.mktemp("ui-data")
-    install_model(data, model_store("sd1", "safetensors"), "tiny")
-    app = App(StartOptions(data_dir=data, device="cpu", skip_load_model=True))
-    app.start()
-    yield app
-    app.stop()
+    with running_app(tmp_path_factory.mktemp("ui-data"), model_store, ("tiny",)) as app:
+        yield app
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""txt2img, img2img and inpainting as short named steps."""

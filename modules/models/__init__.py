@@ -1,0 +1,1 @@
+"""Model discovery, family detection, loading and the one owner of device memory."""

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modules.engine import Engine, JobOutput, OutputOptions
-from modules.errors import ModelLoadError
+from modules.engine import Engine
+from modules.errors import ValidationError
 from modules.hashing import HashCache
+from modules.job_handlers import builtin_handlers
+from modules.job_types import DeviceConfigJob, Img2ImgJob, JobResult, JobSpec, LoadModelJob, Txt2ImgJob
 from modules.jobs import Job, JobQueue
 from modules.models.manager import DeviceConfig, ModelManager, default_device
 from modules.models.registry import CheckpointRegistry
 from modules.paths import Paths
+from modules.output_options import OutputOptions
+from modules.param_io import setting_values
 from modules.requests import GenerationRequest, Img2ImgRequest, Limits
 from modules.settings import Settings, build_options
 
@@ -57,19 +62,17 @@ class StartOptions:
 
 
 @dataclass
-class JobOptions:
-    output: OutputOptions | None
-    preview_every: int = 0
-    api_prepared: Any = None  # set by the jobs API to render the result in the v1 shape
-    api_parameters: Any = None
-
-
-@dataclass
 class ModelStatus:
     state: str = "idle"  # idle, loading, loaded, failed
     title: str | None = None
     message: str | None = None
     since: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class SettingsChange:
+    changed: list[str]
+    jobs: list[Job]
 
 
 class App:
@@ -87,6 +90,7 @@ class App:
         self.models = ModelManager(self.registry, device_config, self.settings["sd_checkpoints_limit"],
                                    vae_dir=self.paths.vae_dir)
         self.engine = Engine(self.models)
+        self.handlers = builtin_handlers()
         self.queue = JobQueue(self._run_job, max_size=self.settings["queue_max_size"])
         self.model_status = ModelStatus()
         self.launch_flags: dict[str, Any] = {}
@@ -98,7 +102,7 @@ class App:
         if not self.options.skip_load_model:
             wanted = self.options.ckpt or self.settings["sd_model_checkpoint"] or None
             if wanted or self.registry.list():
-                self.queue.submit("load_model", wanted)
+                self.queue.submit(LoadModelJob(wanted))
 
     def stop(self) -> None:
         self.queue.stop()
@@ -117,11 +121,8 @@ class App:
         return Limits(max_size=s["max_image_size"], max_steps=s["max_steps"], max_batch_size=s["max_batch_size"],
                       max_n_iter=s["max_batch_count"])
 
-    def output_options(self, kind: str = "txt2img", save: bool = True,
-                       overrides: dict[str, Any] | None = None) -> OutputOptions | None:
-        """The settings' output options, with per-job ``overrides`` (already validated) on top."""
-        if not save:
-            return None
+    def output_options(self, kind: str = "txt2img", overrides: Mapping[str, Any] | None = None) -> OutputOptions:
+        """The settings' output options for ``kind``, with per-job ``overrides`` (already validated) on top."""
         s = {**self.settings.snapshot(), **(overrides or {})}
         return OutputOptions(
             samples_dir=self._data_path(s[f"outdir_{kind}_samples"]), grids_dir=self._data_path(s[f"outdir_{kind}_grids"]),
@@ -134,96 +135,106 @@ class App:
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.paths.data_dir / path
 
-    def request_defaults(self) -> dict[str, Any]:
-        """Request fields whose defaults come from the settings (A1111 keeps them there)."""
-        s = self.settings
-        return {"clip_skip": s["CLIP_stop_at_last_layers"], "randn_source": s["randn_source"],
-                "eta_noise_seed_delta": s["eta_noise_seed_delta"], "vae": s["sd_vae"]}
+    def request_defaults(self, kind: str = "txt2img") -> dict[str, object]:
+        """Request fields whose defaults come from the settings (A1111 keeps them there), from the table."""
+        return setting_values(self.settings.get, kind)
 
     def preview_every(self) -> int:
         return self.settings["show_progress_every_n_steps"] if self.settings["live_previews_enable"] else 0
 
     # -- jobs
-    def submit_txt2img(self, req: GenerationRequest, save: bool = True, owner: str | None = None,
-                       output_overrides: dict[str, Any] | None = None) -> Job:
-        """Validate (raising before anything is queued) and queue a txt2img job."""
-        from modules.requests import validate
+    def submit(self, spec: JobSpec, owner: str | None = None, tag: object = None) -> Job:
+        """Check ``spec`` (raising :class:`ValidationError` before anything is queued) and queue it."""
+        self.handlers.check(self, spec)
+        return self.queue.submit(spec, owner, tag)
 
-        validate(req, self.limits())
-        self.engine.limits = self.limits()
+    def generation_job(self, req: GenerationRequest, save: bool = True,
+                       output_overrides: Mapping[str, Any] | None = None, return_grid: bool | None = None
+                       ) -> Txt2ImgJob | Img2ImgJob:
+        """The spec of a txt2img or img2img request: its checkpoint, output options and grid taken from the
+        settings now, so that nothing changes once it is queued."""
         if req.checkpoint is None:
             req = req.replace(checkpoint=self.settings["sd_model_checkpoint"] or None)
-        out = self.output_options("txt2img", save, output_overrides)
-        return self.queue.submit("txt2img", req, JobOptions(out, self.preview_every()), owner)
+        grid = self.settings["return_grid"] if return_grid is None else return_grid
+        if isinstance(req, Img2ImgRequest):
+            out = self.output_options("img2img", output_overrides) if save else None
+            return Img2ImgJob(req, out, self.preview_every(), grid)
+        out = self.output_options("txt2img", output_overrides) if save else None
+        return Txt2ImgJob(req, out, self.preview_every(), grid)
+
+    def submit_txt2img(self, req: GenerationRequest, save: bool = True, owner: str | None = None,
+                       output_overrides: Mapping[str, Any] | None = None) -> Job:
+        return self.submit(self.generation_job(req, save, output_overrides), owner)
 
     def submit_img2img(self, req: Img2ImgRequest, save: bool = True, owner: str | None = None,
-                       output_overrides: dict[str, Any] | None = None) -> Job:
-        """Validate (raising before anything is queued) and queue an img2img or inpainting job."""
-        from modules.requests import validate_img2img
+                       output_overrides: Mapping[str, Any] | None = None) -> Job:
+        return self.submit(self.generation_job(req, save, output_overrides), owner)
 
-        validate_img2img(req, self.limits())
-        self.engine.limits = self.limits()
-        if req.checkpoint is None:
-            req = req.replace(checkpoint=self.settings["sd_model_checkpoint"] or None)
-        out = self.output_options("img2img", save, output_overrides)
-        return self.queue.submit("img2img", req, JobOptions(out, self.preview_every()), owner)
+    def _run_job(self, job: Job) -> JobResult:
+        return self.handlers.run(self, job.spec, job.control)
 
-    def _run_job(self, job: Job) -> Any:
-        if job.kind == "load_model":
-            return self._load_model(job.payload)
-        if job.kind == "txt2img":
-            opts: JobOptions = job.options
-            out: JobOutput = self.engine.txt2img(job.payload, job.control, opts.output, opts.preview_every)
-            if job.payload.checkpoint is None:  # the default model was used: make the setting name it
-                self._remember_model()
-            return out
-        if job.kind == "img2img":
-            opts = job.options
-            out = self.engine.img2img(job.payload, job.control, opts.output, opts.preview_every)
-            if job.payload.checkpoint is None:
-                self._remember_model()
-            return out
-        if job.kind == "callable":
-            return job.payload(job)
-        raise ValueError(f"unknown job kind {job.kind}")
-
-    def _load_model(self, name: str | None) -> str:
+    # -- the resident model
+    def load_model(self, name: str | None) -> str | None:
+        """Make ``name`` (or the first checkpoint) the resident model; its title. Runs in the worker."""
         self.model_status = ModelStatus("loading", name)
         try:
             parts = self.models.get(name)
         except BaseException as exc:
             self.model_status = ModelStatus("failed", name, str(exc))
             raise
-        self._remember_model()
+        self.remember_model()
         title = parts.info.title if parts.info else name
         self.model_status = ModelStatus("loaded", title)
         return title
 
-    def _remember_model(self) -> None:
-        """Keep ``sd_model_checkpoint`` naming the resident model, as A1111 does."""
+    def remember_model(self, update_setting: bool = True) -> None:
+        """Show the resident model's status; with ``update_setting``, keep ``sd_model_checkpoint`` naming it, as
+        A1111 does (not after a job that asked for another checkpoint for itself)."""
         cur = self.models.current
         if cur is not None and cur.info is not None:
             self.model_status = ModelStatus("loaded", cur.info.title)
-            if self.settings["sd_model_checkpoint"] != cur.info.title:
+            if update_setting and self.settings["sd_model_checkpoint"] != cur.info.title:
                 try:
                     self.settings.update({"sd_model_checkpoint": cur.info.title})
                 except Exception:  # saving the setting is a convenience; never fail a job for it
                     log.warning("could not save sd_model_checkpoint", exc_info=True)
 
-    def _setting_changed(self, key: str, value: Any) -> None:
-        if key == "sd_model_checkpoint":
+    def model_unloaded(self) -> None:
+        self.model_status = ModelStatus("unloaded", None)
+
+    # -- settings
+    def update_settings(self, changes: Mapping[str, Any], save: bool = True) -> SettingsChange:
+        """Validate and apply ``changes`` together; the keys that changed and the jobs they need (a model switch,
+        a reload), already queued.
+
+        A checkpoint that does not exist is refused before anything changes.
+        """
+        wanted = changes.get("sd_model_checkpoint")
+        if wanted:
+            info = self.registry.find(str(wanted))
+            if info is None:
+                raise ValidationError(f"sd_model_checkpoint: checkpoint not found: {wanted!r}",
+                                      field="sd_model_checkpoint")
+            changes = {**changes, "sd_model_checkpoint": info.title}
+        changed = self.settings.update(dict(changes), save)
+        jobs: list[Job] = []
+        if "sd_model_checkpoint" in changed and self.settings["sd_model_checkpoint"]:
             cur = self.models.current
-            if value and not (cur is not None and cur.info is not None and value in cur.info.aliases()):
-                if self.registry.find(value) is None:
-                    raise ModelLoadError(f"checkpoint not found: {value!r}")
-                self.queue.submit("load_model", value)
-        elif key == "sd_checkpoints_limit":
+            title = self.settings["sd_model_checkpoint"]
+            if not (cur is not None and cur.info is not None and title in cur.info.aliases()):
+                jobs.append(self.queue.submit(LoadModelJob(title)))
+        if {"cross_attention_optimization", "precision"} & set(changed) and self.models.current is not None:
+            jobs.append(self.queue.submit(DeviceConfigJob(self.settings["precision"],
+                                                          self.settings["cross_attention_optimization"])))
+        return SettingsChange(changed, jobs)
+
+    def _setting_changed(self, key: str, value: Any) -> None:
+        """Changes that take effect without a job (the model switches and reloads go through the queue)."""
+        if key == "sd_checkpoints_limit":
             self.models.set_cache_limit(value)
         elif key == "queue_max_size":
             self.queue.max_size = value
-        elif key in ("cross_attention_optimization", "precision"):
+        elif key in ("cross_attention_optimization", "precision") and self.models.current is None:
             cfg = self.models.config
             self.models.config = DeviceConfig(cfg.device, self.settings["precision"],
                                               self.settings["cross_attention_optimization"])
-            if self.models.current is not None:
-                self.queue.submit("callable", lambda job: self.models.reload())

@@ -4,39 +4,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from modules import images as image_utils
+from modules.engine import Engine
 from modules.errors import ValidationError, WebUIError
 from modules.fileio import write_new_file
 from modules.generation.control import JobControl
-from modules.infotext import parse_infotext
-from modules.requests import Img2ImgRequest
+from modules.job_types import BatchResult, Img2ImgBatchJob, OutputImage
+from modules.param_io import read_infotext, request_from_values
+from modules.params import PARAMS
+from modules.requests import Img2ImgRequest, validate_img2img
 
 log = logging.getLogger(__name__)
 PNG_INFO_FIELDS = ("Prompt", "Negative prompt", "Seed", "CFG scale", "Sampler", "Steps", "Model hash")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
-@dataclass
-class BatchReport:
-    saved: list[Path] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, why)
-    images: list[Image.Image] = field(default_factory=list)
-    infotexts: list[str] = field(default_factory=list)
-    interrupted: bool = False
-
-    def summary(self) -> str:
-        parts = [f"{len(self.saved)} image(s) written"]
-        if self.skipped:
-            parts.append("skipped: " + "; ".join(f"{name} ({why})" for name, why in self.skipped))
-        if self.interrupted:
-            parts.append("interrupted")
-        return ", ".join(parts)
 
 
 def _open(path: Path) -> Image.Image:
@@ -55,73 +39,85 @@ def _find_mask(mask_dir: Path | None, name: str) -> Path | None:
     return None
 
 
-def with_png_info(req: Img2ImgRequest, image: Image.Image, fields: Iterable[str]) -> Img2ImgRequest:
-    """A1111's "Append png info to prompts": the chosen values of the image's own infotext added to the request."""
-    fields = set(fields)
+def with_png_info(req: Img2ImgRequest, image: Image.Image, keys: Iterable[str]) -> Img2ImgRequest:
+    """A1111's "Append png info to prompts": the chosen infotext keys of the image's own infotext, prompts appended
+    to the request's, other values replacing its own."""
+    wanted = set(keys)
     text = image_utils.read_parameters(image)
-    if not fields or not text:
+    if not wanted or not text:
         return req
-    params = {k: v for k, v in parse_infotext(text).items() if k in fields}
-    changes: dict[str, Any] = {}
-    if params.get("Prompt"):
-        changes["prompt"] = f"{req.prompt} {params['Prompt']}".strip()
-    if params.get("Negative prompt"):
-        changes["negative_prompt"] = f"{req.negative_prompt} {params['Negative prompt']}".strip()
-    for key, name in (("Seed", "seed"), ("CFG scale", "cfg_scale"), ("Sampler", "sampler_name"), ("Steps", "steps")):
-        if key in params:
-            changes[name] = params[key]
-    if "Model hash" in params:
-        changes["checkpoint"] = str(params["Model hash"])
-    return req.replace(**changes)
+    values, _ = read_infotext(text, "img2img")
+    field_of = {p.key: p.field for p in PARAMS if p.key is not None}
+    changes: dict[str, object] = {}
+    for key in wanted:
+        name = field_of.get(key)
+        if name is None or name not in values:
+            continue
+        if name in ("prompt", "negative_prompt"):
+            if values[name]:
+                changes[name] = f"{getattr(req, name)} {values[name]}".strip()
+        else:
+            changes[name] = values[name]
+    return request_from_values(Img2ImgRequest, changes, req)
 
 
-def _save(folder: Path, name: str, image: Image.Image, infotext: str | None) -> Path:
+def _output(folder: Path, name: str, image: Image.Image, infotext: str, seed: object) -> OutputImage:
+    """Write ``<name>.png`` (``<name>-1.png``... when taken) and describe it."""
     stem = Path(name).stem
     data = image_utils.encode_image(image, "png", infotext)
-    return write_new_file(folder, lambda n: f"{stem}.png" if n == 0 else f"{stem}-{n}.png", 0,
+    path = write_new_file(folder, lambda n: f"{stem}.png" if n == 0 else f"{stem}-{n}.png", 0,
                           lambda f: f.write(data))
+    return OutputImage(data, infotext, seed if isinstance(seed, int) else -1, path=path)
 
 
-def run_batch(engine: Any, base: Img2ImgRequest, inputs: list[Path], output_dir: Path,
-              mask_dir: Path | None = None, png_info_fields: Iterable[str] = (),
-              control: JobControl | None = None) -> BatchReport:
-    """Run ``base`` on each input image, writing ``<name>.png`` files to ``output_dir`` (never overwriting)."""
+def _request_for(base: Img2ImgRequest, path: Path, mask_dir: Path | None, fields: tuple[str, ...],
+                 scale_by: float | None) -> Img2ImgRequest:
+    """The request for one input: its image, its mask, its PNG info, its size ("Resize by")."""
+    image = _open(path)
+    req = base.replace(init_images=(image,))
+    if scale_by is not None:
+        width, height = int(image.width * scale_by), int(image.height * scale_by)
+        req = req.replace(width=width - width % 8, height=height - height % 8)
+    mask_path = _find_mask(mask_dir, path.name)
+    if mask_path is not None:
+        try:
+            req = req.replace(mask=_open(mask_path))
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise _Skip(f"mask {mask_path.name} unreadable: {type(exc).__name__}") from None
+    return with_png_info(req, image, fields)
+
+
+class _Skip(Exception):
+    """This input is skipped, for the reason given."""
+
+
+def run_batch(engine: Engine, job: Img2ImgBatchJob, control: JobControl | None = None) -> BatchResult:
+    """Run ``job.base`` on each input image, writing ``<name>.png`` files to ``job.output_dir`` (never
+    overwriting). An input that cannot be read or whose request is invalid is skipped with the reason."""
     control = control or JobControl()
-    report = BatchReport()
-    fields = tuple(png_info_fields)
-    for i, path in enumerate(inputs):
+    written: list[OutputImage] = []
+    skipped: list[tuple[str, str]] = []
+    interrupted = False
+    for i, path in enumerate(job.inputs):
         if control.interrupted:
-            report.interrupted = True
+            interrupted = True
             break
-        control.update(job_no=i, job_count=len(inputs), phase=f"batch {i + 1}/{len(inputs)}")
+        control.update(job_no=i, job_count=len(job.inputs), phase=f"batch {i + 1}/{len(job.inputs)}")
         try:
-            image = _open(path)
+            req = _request_for(job.base, path, job.mask_dir, job.png_info_fields, job.scale_by)
+            validate_img2img(req, job.limits)
+            out = engine.img2img(req, control, grid=False)
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            report.skipped.append((path.name, f"not an image: {type(exc).__name__}"))
+            skipped.append((path.name, f"not an image: {type(exc).__name__}"))
             continue
-        req = base.replace(init_images=(image,))
-        mask_path = _find_mask(mask_dir, path.name)
-        if mask_path is not None:
-            try:
-                req = req.replace(mask=_open(mask_path))
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
-                report.skipped.append((path.name, f"mask {mask_path.name} unreadable: {type(exc).__name__}"))
-                continue
-        req = with_png_info(req, image, fields)
-        try:
-            job = engine.img2img(req, control)
-        except ValidationError as exc:
-            report.skipped.append((path.name, str(exc)))
+        except (_Skip, WebUIError) as exc:
+            skipped.append((path.name, str(exc)))
             continue
-        except WebUIError as exc:
-            report.skipped.append((path.name, str(exc)))
-            continue
-        for image_out, info in zip(job.result.images, job.result.infotexts):
-            report.saved.append(_save(output_dir, path.name, image_out, info))
-            report.images.append(image_out)
-            report.infotexts.append(info)
+        for image_out, info, seed in zip(out.result.images, out.result.infotexts, out.result.all_seeds,
+                                         strict=False):
+            written.append(_output(job.output_dir, path.name, image_out, info, seed))
         control.clear_skip()
-    return report
+    return BatchResult(tuple(written), tuple(skipped), job.output_dir, interrupted or control.interrupted)
 
 
 def list_inputs(folder: Path) -> list[Path]:

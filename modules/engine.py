@@ -1,4 +1,7 @@
-"""The engine facade every front door drives: pick the model, generate, save the outputs."""
+"""The engine facade: pick the model (and the job's VAE), generate, save each image as soon as it is done.
+
+Requests reach the engine validated (at the edge: the UI, the API, the CLI); the engine does not validate again.
+"""
 
 from __future__ import annotations
 
@@ -7,84 +10,71 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from modules import images as image_utils
 from modules import outputs
+from modules.generation.batches import ImageListener
 from modules.generation.control import JobControl
-from modules.generation.result import GenerationResult
 from modules.generation.img2img import img2img
+from modules.generation.result import GenerationResult
 from modules.generation.txt2img import txt2img
+from modules.models.loader import ModelParts
 from modules.models.manager import ModelManager
-from modules.requests import GenerationRequest, Img2ImgRequest, Limits, validate, validate_img2img
+from modules.output_options import OutputOptions
+from modules.requests import GenerationRequest, Img2ImgRequest
 
+__all__ = ["Engine", "JobOutput", "OutputOptions"]
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    """Where and how a job's images are saved (a snapshot of the settings taken when the job is submitted)."""
-
-    samples_dir: Path = Path("outputs/txt2img-images")
-    grids_dir: Path = Path("outputs/txt2img-grids")
-    save_samples: bool = True
-    save_grid: bool = True
-    samples_format: str = "png"
-    grid_format: str = "png"
-    filename_pattern: str = "[seed]"
-    save_to_dirs: bool = True
-    enable_pnginfo: bool = True
-    grid_only_if_multiple: bool = True
-    jpeg_quality: int = 80
-
-    @classmethod
-    def under(cls, root: Path, kind: str = "txt2img", **changes) -> OutputOptions:
-        """A1111's default layout below ``root``: ``<kind>-images`` and ``<kind>-grids``."""
-        return cls(samples_dir=Path(root) / f"{kind}-images", grids_dir=Path(root) / f"{kind}-grids", **changes)
+Generate = Callable[[ModelParts, Any, JobControl, int, ImageListener | None], GenerationResult]
 
 
 @dataclass
 class JobOutput:
     result: GenerationResult
     grid: Image.Image | None = None
-    saved: list[Path] = field(default_factory=list)
+    paths: dict[int, Path] = field(default_factory=dict)  # image index -> the file it was saved to
     grid_path: Path | None = None
+
+    @property
+    def saved(self) -> list[Path]:
+        return [self.paths[i] for i in sorted(self.paths)]
 
 
 class Engine:
-    def __init__(self, models: ModelManager, limits: Limits | None = None) -> None:
+    def __init__(self, models: ModelManager) -> None:
         self.models = models
-        self.limits = limits or Limits()
 
-    def txt2img(self, req: GenerationRequest, control: JobControl | None = None,
-                out: OutputOptions | None = None, preview_every: int = 0) -> JobOutput:
-        """Validate, run and (when ``out`` is given) save a txt2img job."""
-        validate(req, self.limits)
-        return self._run(txt2img, req, control, out, preview_every)
+    def txt2img(self, req: GenerationRequest, control: JobControl | None = None, out: OutputOptions | None = None,
+                preview_every: int = 0, grid: bool = True) -> JobOutput:
+        """Run (and, when ``out`` is given, save) a validated txt2img request. ``grid``: make a grid of the
+        images when there are several (or always, when ``out`` says so)."""
+        return self._run(txt2img, req, control, out, preview_every, grid)
 
-    def img2img(self, req: Img2ImgRequest, control: JobControl | None = None,
-                out: OutputOptions | None = None, preview_every: int = 0) -> JobOutput:
-        """Validate, run and (when ``out`` is given) save an img2img or inpainting job."""
-        validate_img2img(req, self.limits)
-        return self._run(img2img, req, control, out, preview_every)
+    def img2img(self, req: Img2ImgRequest, control: JobControl | None = None, out: OutputOptions | None = None,
+                preview_every: int = 0, grid: bool = True) -> JobOutput:
+        """Run (and, when ``out`` is given, save) a validated img2img or inpainting request."""
+        return self._run(img2img, req, control, out, preview_every, grid)
 
-    def _run(self, generate: Callable[..., GenerationResult], req: GenerationRequest, control: JobControl | None,
-             out: OutputOptions | None, preview_every: int) -> JobOutput:
+    def _run(self, generate: Generate, req: GenerationRequest, control: JobControl | None,
+             out: OutputOptions | None, preview_every: int, grid: bool) -> JobOutput:
         control = control or JobControl()
         control.update(phase="loading model")
-        parts = self.models.get(req.checkpoint)
-        self.models.apply_vae(parts, req.vae)
-        result = generate(parts, req, control, preview_every)
-        job = JobOutput(result)
-        if len(result.images) > 1 or (out is not None and not out.grid_only_if_multiple):
-            job.grid = image_utils.image_grid(result.images)
-        if out is not None:
-            save_outputs(job, out)
+        parts = self.models.with_vae(self.models.get(req.checkpoint), req.vae)
+        paths: dict[int, Path] = {}
+        listener = _saver(out, paths, control) if out is not None and out.save_samples else None
+        job = JobOutput(generate(parts, req, control, preview_every, listener), paths=paths)
+        count = len(job.result.images)
+        if grid and count and (count > 1 or (out is not None and not out.grid_only_if_multiple)):
+            job.grid = image_utils.image_grid(job.result.images)
+            if out is not None and out.save_grid:
+                job.grid_path = _save_grid(job, out, control)
         return job
 
 
-def _values(result: GenerationResult, index: int) -> dict:
+def _values(result: GenerationResult, index: int) -> dict[str, object]:
     req = result.request
     return {
         "seed": result.all_seeds[index], "seeds": result.all_seeds, "steps": req.steps, "cfg_scale": req.cfg_scale,
@@ -96,20 +86,38 @@ def _values(result: GenerationResult, index: int) -> dict:
     }
 
 
-def save_outputs(job: JobOutput, out: OutputOptions) -> None:
-    """Save samples to ``samples_dir/<date>/`` and the grid to ``grids_dir/<date>/`` (no date folder if off)."""
+def _folder(root: Path, out: OutputOptions) -> Path:
+    return root / _dt.date.today().isoformat() if out.save_to_dirs else root
+
+
+def save_sample(result: GenerationResult, index: int, out: OutputOptions) -> Path:
+    info = result.infotexts[index] if out.enable_pnginfo else None
+    return outputs.save_image(result.images[index], _folder(out.samples_dir, out), out.samples_format, info,
+                              pattern=out.filename_pattern or "[seed]", values=_values(result, index),
+                              quality=out.jpeg_quality)
+
+
+def _saver(out: OutputOptions, paths: dict[int, Path], control: JobControl) -> ImageListener:
+    """Save each image as it is made, so an interrupted or killed job keeps what it finished."""
+    def on_image(result: GenerationResult, index: int) -> None:
+        try:
+            paths[index] = save_sample(result, index, out)
+        except OSError as exc:
+            log.warning("could not save an image: %s", exc)
+            control.warn(f"an image could not be saved ({exc.strerror or exc}); it is still in the result")
+
+    return on_image
+
+
+def _save_grid(job: JobOutput, out: OutputOptions, control: JobControl) -> Path | None:
+    assert job.grid is not None
     result = job.result
-    today = _dt.date.today().isoformat()
-    if out.save_samples:
-        folder = out.samples_dir / today if out.save_to_dirs else out.samples_dir
-        for i, image in enumerate(result.images):
-            info = result.infotexts[i] if out.enable_pnginfo else None
-            job.saved.append(outputs.save_image(image, folder, out.samples_format, info,
-                                                pattern=out.filename_pattern or "[seed]",
-                                                values=_values(result, i), quality=out.jpeg_quality))
-    if job.grid is not None and out.save_grid:
-        folder = out.grids_dir / today if out.save_to_dirs else out.grids_dir
-        info = result.infotexts[0] if out.enable_pnginfo and result.infotexts else None
-        job.grid_path = outputs.save_image(job.grid, folder, out.grid_format, info, pattern="",
-                                           values=_values(result, 0), basename="grid", digits=4,
-                                           quality=out.jpeg_quality)
+    info = result.infotexts[0] if out.enable_pnginfo and result.infotexts else None
+    try:
+        return outputs.save_image(job.grid, _folder(out.grids_dir, out), out.grid_format, info, pattern="",
+                                  values=_values(result, 0), basename="grid", digits=4, quality=out.jpeg_quality)
+    except OSError as exc:
+        log.warning("could not save the grid: %s", exc)
+        control.warn(f"the grid could not be saved ({exc.strerror or exc})")
+        return None
+

@@ -41,7 +41,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_new_file(folder: Path, name_for: Callable[[int], str], start: int,
-                   writer: Callable[[IO[bytes]], None], attempts: int = 10000) -> Path:
+                   writer: Callable[[IO[bytes]], object], attempts: int = 10000) -> Path:
     """Write a file under the first free name ``name_for(n)``, n >= start; never overwrites an existing file.
 
     The content is written to a temporary file first and then hard-linked to its final name, which fails instead of

@@ -62,7 +62,9 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def _exif_user_comment(text: str) -> bytes:
-    return piexif.dump({"Exif": {piexif.ExifIFD.UserComment: piexif.helper.UserComment.dump(text, encoding="unicode")}})
+    comment = piexif.helper.UserComment.dump(text, encoding="unicode")
+    exif: bytes = piexif.dump({"Exif": {piexif.ExifIFD.UserComment: comment}})
+    return exif
 
 
 def encode_image(image: Image.Image, fmt: str, infotext: str | None, quality: int = 95,

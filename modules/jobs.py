@@ -15,10 +15,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
 from modules.errors import Interrupted, WebUIError
 from modules.generation.control import JobControl
+from modules.job_types import JobResult, JobSpec
 
 log = logging.getLogger(__name__)
 _CALLBACK_LOCK = threading.Lock()
@@ -40,23 +40,29 @@ class QueueFull(WebUIError):
     """The queue holds its maximum number of waiting jobs."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
-    kind: str
-    payload: Any
-    options: Any = None  # what the runner needs beside the payload (output options, preview period, ...)
+    """A queued spec and its state. ``spec``, ``owner`` and ``tag`` (what the submitter wants to keep beside the job,
+    e.g. how the API renders the result) are fixed at submission."""
+
+    spec: JobSpec
     owner: str | None = None
+    tag: object = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     state: JobState = JobState.QUEUED
     control: JobControl = field(default_factory=JobControl)
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
-    result: Any = None
+    result: JobResult | None = None
     error: str | None = None
     cancel_requested: bool = False
     done: threading.Event = field(default_factory=threading.Event)
     _callbacks: list[Callable[[Job], None]] = field(default_factory=list, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.done.wait(timeout)
@@ -104,7 +110,7 @@ def free_memory() -> None:
 
 
 class JobQueue:
-    def __init__(self, runner: Callable[[Job], Any], max_size: int = 64, keep_finished: int = 200) -> None:
+    def __init__(self, runner: Callable[[Job], JobResult], max_size: int = 64, keep_finished: int = 200) -> None:
         self._runner = runner
         self.max_size = max_size
         self._keep = keep_finished
@@ -116,8 +122,8 @@ class JobQueue:
         self._stopping = False
 
     # -- submitting and looking up
-    def submit(self, kind: str, payload: Any, options: Any = None, owner: str | None = None) -> Job:
-        job = Job(kind, payload, options, owner)
+    def submit(self, spec: JobSpec, owner: str | None = None, tag: object = None) -> Job:
+        job = Job(spec, owner, tag)
         with self._lock:
             if len(self._waiting) >= self.max_size:
                 raise QueueFull(f"the queue is full ({self.max_size} jobs waiting); try again later")
@@ -204,6 +210,7 @@ class JobQueue:
                 job.state = JobState.RUNNING
                 job.started = time.time()
                 self._current = job
+                self._lock.notify_all()
             self._run(job)
 
     def _run(self, job: Job) -> None:
@@ -212,8 +219,7 @@ class JobQueue:
             job.result = self._runner(job)
             if job.cancel_requested:
                 state = JobState.CANCELLED
-        except Interrupted as exc:
-            job.result = getattr(exc, "partial", None)
+        except Interrupted:
             state = JobState.CANCELLED
         except BaseException as exc:  # noqa: BLE001 - a job's failure must never stop the worker
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -240,6 +246,17 @@ class JobQueue:
         finished = [j for j in self._jobs.values() if j.state.finished]
         for job in finished[: max(0, len(finished) - self._keep)]:
             del self._jobs[job.id]
+
+    def wait_running(self, timeout: float = 30) -> Job | None:
+        """The running job, waiting (on the queue's own notifications) until one runs; ``None`` on time-out."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._current is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._lock.wait(left)
+            return self._current
 
     def wait_idle(self, timeout: float = 30) -> bool:
         deadline = time.monotonic() + timeout

@@ -246,7 +246,7 @@ def build_filename(seq: int, decoration: str, ext: str, basename: str = "", digi
     number = f"{seq:0{digits}d}"
     stem = f"{basename}-{number}" if basename else number
     deco = decoration.translate(_TRANSLATE)
-    room = MAX_FILENAME_BYTES - len(f"{stem}-.{ext}".encode("utf-8"))
+    room = MAX_FILENAME_BYTES - len(f"{stem}-.{ext}".encode())
     deco = _truncate_utf8(deco, room).rstrip(" .")
     return f"{stem}-{deco}.{ext}" if deco else f"{stem}.{ext}"
 

@@ -7,7 +7,7 @@ edge, with short messages naming the field.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from modules import samplers
@@ -83,7 +83,6 @@ class GenerationRequest:
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
     hr_checkpoint_name: str | None = None
-    extra: tuple[tuple[str, Any], ...] = field(default=())
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return dataclasses.replace(self, **changes)

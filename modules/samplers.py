@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modules.errors import ValidationError
+
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
 
 
 @dataclass(frozen=True)
@@ -26,10 +29,13 @@ class SamplerSpec:
     seeded_tree: bool = False  # Brownian-tree noise, seeded through the scheduler config
 
     @property
-    def scheduler_cls(self) -> type:
+    def scheduler_cls(self) -> type[SchedulerMixin]:
         import diffusers
 
-        return getattr(diffusers, self.cls_name)
+        cls = getattr(diffusers, self.cls_name)
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+            raise TypeError(f"diffusers.{self.cls_name} is not a scheduler")
+        return cls
 
 
 _DPM = "DPMSolverMultistepScheduler"
@@ -77,15 +83,18 @@ SCHEDULES: tuple[ScheduleSpec, ...] = (
 )
 
 
-@functools.lru_cache(maxsize=None)
-def _init_params(cls: type) -> frozenset[str]:
-    return frozenset(inspect.signature(cls.__init__).parameters)
+@functools.cache
+def _params(fn: Callable[..., Any]) -> frozenset[str]:
+    return frozenset(inspect.signature(fn).parameters)
 
 
-@functools.lru_cache(maxsize=None)
-def step_params(cls: type) -> frozenset[str]:
+def _init_params(cls: type[Any]) -> frozenset[str]:
+    return _params(cls.__init__)
+
+
+def step_params(cls: type[Any]) -> frozenset[str]:
     """The keyword arguments ``cls.step`` accepts."""
-    return frozenset(inspect.signature(cls.step).parameters)
+    return _params(cls.step)
 
 
 def _key(text: str) -> str:

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -105,9 +106,8 @@ def main() -> int:
             proc.terminate()
             proc.wait(30)
         app = App(StartOptions(data_dir=data, device="cpu"))
-        req = GenerationRequest(prompt=body["prompt"], negative_prompt=body["negative_prompt"], steps=args.steps,
-                                width=args.size, height=args.size, seed=1, sampler_name="Euler",
-                                **app.request_defaults())
+        fields: dict[str, Any] = {**app.request_defaults(), **body}
+        req = GenerationRequest(**fields)
         t_direct = median_time(lambda: app.engine.txt2img(req), args.repeats)
         print(f"txt2img {args.size}x{args.size}, {args.steps} steps, tiny SD 1.x on cpu, median of {args.repeats}")
         print(f"HTTP /sdapi/v1/txt2img {t_http:8.3f} s")

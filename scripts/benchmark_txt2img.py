@@ -46,7 +46,8 @@ def build_model(root: Path, family: str, size: str) -> Path:
             read("scheduler/scheduler_config.json")),
     }
     if FAMILIES[family].is_xl:
-        parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**clean(read("text_encoder_2/config.json"))))
+        te2_config = CLIPTextConfig(**clean(read("text_encoder_2/config.json")))
+        parts["text_encoder_2"] = CLIPTextModelWithProjection(te2_config)
         parts["tokenizer_2"] = build_clip_tokenizer("!")
     target = root / "bench"
     _pipeline_class(family)(**_pipeline_kwargs(family, parts)).save_pretrained(target)
@@ -76,8 +77,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=9)
     args = ap.parse_args()
 
-    import torch
     import diffusers
+    import torch
 
     from modules.app import build_engine
     from modules.paths import Paths

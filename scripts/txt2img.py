@@ -1,4 +1,7 @@
-"""CompVis-compatible text-to-image command line: ``python scripts/txt2img.py --prompt "..." --ckpt model.safetensors``."""
+"""CompVis-compatible text-to-image command line.
+
+    python scripts/txt2img.py --prompt "..." --ckpt model.safetensors
+"""
 
 import sys
 from pathlib import Path

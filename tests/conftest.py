@@ -189,3 +189,40 @@ def running_app(data_dir: Path, model_store, names: tuple[str, ...] = ("tiny",))
         yield app
     finally:
         app.stop()
+
+
+def wait_for_progress(job, predicate, timeout: float = 60.0):
+    """Block until a progress event of ``job`` satisfies ``predicate`` (or the job ends); the matching event.
+
+    Waits on the job's event stream, not by polling."""
+    import threading
+
+    hit = threading.Event()
+    found = []
+
+    def listener(event) -> None:
+        if predicate(event):
+            found.append(event)
+            hit.set()
+
+    unsubscribe = job.control.subscribe(listener)
+    try:
+        if predicate(job.control.progress):
+            return job.control.progress
+        job.add_done_callback(lambda _job: hit.set())
+        if not hit.wait(timeout):
+            raise AssertionError(f"no matching progress within {timeout} s")
+        if not found:
+            raise AssertionError(f"the job ended ({job.state.value}) before a matching progress event")
+        return found[0]
+    finally:
+        unsubscribe()
+
+
+def running_job(app, timeout: float = 60.0, min_job_no: int = 0):
+    """The job the worker is running, once it samples batch ``min_job_no`` (waits on the queue and the job's
+    progress events, no polling)."""
+    job = app.queue.wait_running(timeout)
+    assert job is not None, "no job started"
+    wait_for_progress(job, lambda p: p.sampling_step > 0 and p.job_no >= min_job_no, timeout)
+    return job

@@ -6,13 +6,13 @@ import base64
 import io
 import json
 import threading
-import time
 
 import httpx
 import pytest
 from PIL import Image
 
 from modules.images import read_parameters
+from tests.conftest import running_job, wait_for_progress
 
 SMALL = {"width": 64, "height": 64, "steps": 3}
 
@@ -203,25 +203,28 @@ def test_options_switch_model_unload_reload(live_server):
         assert api.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == other  # a job never changes settings
 
 
+def _job(api, job_id: str):
+    job = api.server.app.queue.get(job_id)
+    assert job is not None
+    return job
+
+
 def test_async_jobs_end_to_end(api):
     r = api.post("/sdapi/v2/txt2img", json={"prompt": "x", "seed": 9, "n_iter": 2, **SMALL})
     assert r.status_code == 202
     job_id = r.json()["id"]
     assert r.headers["location"] == f"/sdapi/v2/jobs/{job_id}"
-    seen = set()
-    for _ in range(600):
-        detail = api.get(f"/sdapi/v2/jobs/{job_id}").json()
-        seen.add(detail["state"])
-        if detail["state"] in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(0.05)
+    assert _job(api, job_id).wait(120)
+    detail = api.get(f"/sdapi/v2/jobs/{job_id}").json()
     assert detail["state"] == "succeeded", detail
     assert detail["progress"]["fraction"] == 1.0
     result = detail["result"]
-    assert set(result) == {"images", "parameters", "info"} and len(result["images"]) == 3
+    # save_images is off: A1111 makes no grid, so a batch of 2 gives exactly its 2 images
+    assert set(result) == {"images", "parameters", "info"} and len(result["images"]) == 2
     assert json.loads(result["info"])["all_seeds"] == [9, 10]
     listed = api.get("/sdapi/v2/jobs").json()
-    assert any(j["id"] == job_id and j["state"] == "succeeded" for j in listed)
+    assert any(j["id"] == job_id and j["state"] == "succeeded" and j["kind"] == "txt2img" for j in listed)
+    assert any(j["kind"] == "load-model" for j in listed)  # every kind is listed, the start-up load included
     assert api.get("/sdapi/v2/jobs/nope").status_code == 404
 
 
@@ -231,18 +234,12 @@ def test_async_cancel_queued_and_running(api):
     second = api.post("/sdapi/v2/txt2img", json=slow).json()
     assert second["position"] >= 1
     assert api.delete(f"/sdapi/v2/jobs/{second['id']}").json()["state"] == "cancelled"
-    for _ in range(200):
-        detail = api.get(f"/sdapi/v2/jobs/{first}").json()
-        if detail["state"] == "running" and detail["progress"]["step"] > 0:
-            break
-        time.sleep(0.05)
-    assert detail["progress"]["steps"] == 150 and detail["eta"] is not None
+    wait_for_progress(_job(api, first), lambda p: p.sampling_step > 0)
+    detail = api.get(f"/sdapi/v2/jobs/{first}").json()
+    assert detail["state"] == "running" and detail["progress"]["steps"] == 150 and detail["eta"] is not None
     api.delete(f"/sdapi/v2/jobs/{first}")
-    for _ in range(200):
-        detail = api.get(f"/sdapi/v2/jobs/{first}").json()
-        if detail["state"] != "running":
-            break
-        time.sleep(0.05)
+    assert _job(api, first).wait(60)
+    detail = api.get(f"/sdapi/v2/jobs/{first}").json()
     assert detail["state"] == "cancelled" and len(detail["result"]["images"]) >= 1
 
 
@@ -255,27 +252,49 @@ def test_interrupt_and_skip_mid_job(api):
 
     t = threading.Thread(target=call)
     t.start()
-    _wait_running(api)
+    app = api.server.app
+    job = running_job(app)
     api.post("/sdapi/v1/skip")
-    time.sleep(0.3)
-    _wait_running(api, min_job_no=1)
+    wait_for_progress(job, lambda p: p.job_no >= 1 and p.sampling_step > 0)
     api.post("/sdapi/v1/interrupt")
     t.join(120)
     r = results["r"]
     assert r.status_code == 200
     info = json.loads(r.json()["info"])
-    assert len(r.json()["images"]) == 3  # grid + the skipped batch's image + the interrupted batch's image
+    assert len(r.json()["images"]) == 2  # the skipped batch's image + the interrupted batch's image, no grid
     assert info["all_seeds"][:2] == [info["seed"], info["seed"] + 1]
     assert api.post("/sdapi/v1/txt2img", json={"prompt": "after", **SMALL}).status_code == 200
 
 
-def _wait_running(api, min_job_no: int = 0) -> None:
-    for _ in range(400):
-        state = api.get("/sdapi/v1/progress").json()["state"]
-        if state["sampling_step"] > 0 and state["job_no"] >= min_job_no:
-            return
-        time.sleep(0.02)
-    raise AssertionError("the job never started")
+def test_grid_only_when_a1111_returns_one(api):
+    """A1111's API makes a grid only with save_images; then it comes first and index_of_first_image is 1."""
+    batch = {"prompt": "x", "batch_size": 2, **SMALL}
+    plain = api.post("/sdapi/v1/txt2img", json=batch).json()
+    assert len(plain["images"]) == 2 and json.loads(plain["info"])["index_of_first_image"] == 0
+    saved = api.post("/sdapi/v1/txt2img", json={**batch, "save_images": True}).json()
+    info = json.loads(saved["info"])
+    assert len(saved["images"]) == 3 and info["index_of_first_image"] == 1 and len(info["infotexts"]) == 3
+    assert _image(saved["images"][0]).size == (128, 64)
+    off = api.post("/sdapi/v1/txt2img", json={**batch, "save_images": True,
+                                               "override_settings": {"return_grid": False}}).json()
+    assert len(off["images"]) == 2
+
+
+def test_options_waits_for_the_model_switch_and_ping_tells_the_truth(api):
+    assert api.get("/internal/ping").json()["model"] == "loaded"
+    assert api.post("/sdapi/v1/unload-checkpoint").status_code == 200
+    assert api.get("/internal/ping").json()["model"] == "unloaded"
+    title = api.get("/sdapi/v1/sd-models").json()[0]["title"]
+    assert api.post("/sdapi/v1/options", json={"sd_model_checkpoint": title}).status_code == 200
+    assert api.get("/internal/ping").json()["model"] == "loaded"  # the load job was awaited, not guessed
+    assert api.post("/sdapi/v1/options", json={"sd_model_checkpoint": "missing.safetensors"}).status_code == 422
+
+
+def test_memory_reports_the_process_like_a1111(api):
+    ram = api.get("/sdapi/v1/memory").json()["ram"]
+    with open("/proc/self/statm", encoding="ascii") as f:  # the server runs in this test process
+        rss = int(f.read().split()[1]) * __import__("os").sysconf("SC_PAGE_SIZE")
+    assert 0.5 * rss < ram["used"] < 2 * rss and ram["free"] == ram["total"] - ram["used"]
 
 
 def test_four_concurrent_clients_all_served(api):
@@ -311,7 +330,7 @@ def test_full_queue_answers_503(live_server):
     with httpx.Client(base_url=server.url, timeout=60) as api:
         slow = {"prompt": "x", "width": 64, "height": 64, "steps": 150, "n_iter": 50}
         ids = [api.post("/sdapi/v2/txt2img", json=slow).json()["id"]]
-        _wait_running(api)
+        running_job(server.app)
         ids.append(api.post("/sdapi/v2/txt2img", json=slow).json()["id"])
         r = api.post("/sdapi/v2/txt2img", json=slow)
         assert r.status_code == 503 and "full" in r.json()["detail"]

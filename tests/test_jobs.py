@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
+from typing import ClassVar
 import time
 
 import pytest
@@ -13,6 +15,14 @@ from modules.jobs import JobQueue, JobState, QueueFull
 from modules.requests import GenerationRequest
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
+
+
+@dataclass(frozen=True)
+class Echo:
+    """A job spec for the queue's own tests."""
+
+    kind: ClassVar[str] = "echo"
+    value: object = None
 
 
 def make_queue(runner, **kwargs) -> JobQueue:
@@ -30,13 +40,13 @@ def test_fifo_and_one_job_at_a_time():
             active[0] += 1
             peak[0] = max(peak[0], active[0])
         time.sleep(0.02)
-        order.append(job.payload)
+        order.append(job.spec.value)
         with lock:
             active[0] -= 1
-        return job.payload * 2
+        return job.spec.value * 2
 
     q = make_queue(runner)
-    jobs = [q.submit("t", i) for i in range(10)]
+    jobs = [q.submit(Echo(i)) for i in range(10)]
     assert all(j.wait(10) for j in jobs)
     assert order == list(range(10)) and peak[0] == 1
     assert [j.result for j in jobs] == [i * 2 for i in range(10)]
@@ -47,13 +57,12 @@ def test_fifo_and_one_job_at_a_time():
 def test_bounded_queue_and_positions():
     release = threading.Event()
     q = make_queue(lambda job: release.wait(10), max_size=2)
-    first = q.submit("t", 0)
-    while q.current is None:
-        time.sleep(0.01)
-    a, b = q.submit("t", 1), q.submit("t", 2)
+    first = q.submit(Echo(0))
+    assert q.wait_running(10) is first
+    a, b = q.submit(Echo(1)), q.submit(Echo(2))
     assert (q.position(first), q.position(a), q.position(b)) == (0, 1, 2)
     with pytest.raises(QueueFull, match="full"):
-        q.submit("t", 3)
+        q.submit(Echo(3))
     assert q.cancel(a.id).state is JobState.CANCELLED and q.position(b) == 1
     release.set()
     assert b.wait(10) and b.state is JobState.SUCCEEDED
@@ -65,16 +74,16 @@ def test_failure_is_reported_and_next_job_runs(monkeypatch):
     monkeypatch.setattr("modules.jobs.free_memory", lambda: freed.append(True))
 
     def runner(job):
-        if job.payload == "oom":
+        if job.spec.value == "oom":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        if job.payload == "crash":
+        if job.spec.value == "crash":
             raise ZeroDivisionError("division by zero")
-        if job.payload == "ours":
+        if job.spec.value == "ours":
             raise GenerationError("the UNet produced NaNs; try the --no-half option")
         return "fine"
 
     q = make_queue(runner)
-    jobs = {name: q.submit("t", name) for name in ("oom", "ok1", "crash", "ours", "ok2")}
+    jobs = {name: q.submit(Echo(name)) for name in ("oom", "ok1", "crash", "ours", "ok2")}
     for job in jobs.values():
         job.wait(10)
     assert jobs["oom"].state is JobState.FAILED and "out of memory" in jobs["oom"].error
@@ -90,12 +99,13 @@ def test_cancel_running_job_interrupts_it():
 
     def runner(job):
         started.set()
+        stopped = threading.Event()
         while not job.control.should_stop():
-            time.sleep(0.01)
+            stopped.wait(0.01)  # a job's work loop checks for a stop request between steps
         return "partial"
 
     q = make_queue(runner)
-    job = q.submit("t", None)
+    job = q.submit(Echo(None))
     started.wait(10)
     q.cancel(job.id)
     assert job.wait(10) and job.state is JobState.CANCELLED and job.result == "partial"
@@ -104,7 +114,7 @@ def test_cancel_running_job_interrupts_it():
 
 def test_done_callbacks_fire_once_even_when_late():
     q = make_queue(lambda job: 1)
-    job = q.submit("t", None)
+    job = q.submit(Echo(None))
     job.wait(10)
     seen = []
     job.add_done_callback(lambda j: seen.append(j.id))

@@ -63,7 +63,7 @@ def _free_port() -> int:
 def test_listen_without_auth_exits_with_a_message(tmp_path):
     r = subprocess.run([sys.executable, "-m", "webui", "--listen", "--data-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                       env=dict(os.environ, PYTHONPATH=os.getcwd()))
+                       env=dict(os.environ, PYTHONPATH=os.getcwd(), COMMANDLINE_ARGS=""))
     assert r.returncode != 0
     assert "--api-auth" in r.stderr and "Traceback" not in r.stderr
 
@@ -73,7 +73,9 @@ def test_real_launch_answers_before_model_loads_and_hides_passwords(tmp_path, mo
 
     install_model(tmp_path, model_store("sd1", "safetensors"), "tiny")
     port = _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.getcwd())
+    # a user's A1111 COMMANDLINE_ARGS: flags without effect here, an extension's flag, a port the command line beats
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.getcwd(),
+               COMMANDLINE_ARGS="--medvram --theme dark --port 1 --controlnet-dir '/my models' --skip-torch-cuda-test")
     proc = subprocess.Popen([sys.executable, "-m", "webui", "--nowebui", "--port", str(port), "--data-dir",
                              str(tmp_path), "--api-auth", "admin:hunter2-pass"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
@@ -93,7 +95,12 @@ def test_real_launch_answers_before_model_loads_and_hides_passwords(tmp_path, mo
         assert r.status_code == 200
         flags = httpx.get(f"http://127.0.0.1:{port}/sdapi/v1/cmd-flags", auth=("admin", "hunter2-pass")).json()
         assert flags["nowebui"] is True and "hunter2" not in str(flags)
+        assert flags["medvram"] is True and flags["theme"] == "dark" and flags["port"] == port
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert "started in" in out and "hunter2" not in out
+    warnings = [line for line in out.splitlines() if "launch flags" in line or "launch arguments" in line]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        "ignored launch flags (no effect here): --medvram, --theme; "
+        "unknown launch arguments ignored: --controlnet-dir (and 1 other word)")

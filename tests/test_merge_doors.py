@@ -128,7 +128,9 @@ def test_api_merge_runs_as_a_job_and_lists_the_result(api, data_dir):
     assert body["path"] == str(path) and path.is_file()
     assert body["title"] == f"0.5(a) + 0.5(b).safetensors [{body['hash']}]" and body["sha256"].startswith(body["hash"])
     job = api.server.app.queue.get(body["job_id"])
-    assert job.kind == "callable" and job.state.value == "succeeded"
+    assert job.kind == "merge" and job.state.value == "succeeded"
+    listed = api.get(f"/sdapi/v2/jobs/{body['job_id']}").json()  # merges are jobs like any other
+    assert listed["kind"] == "merge" and listed["result"]["title"] == body["title"]
     titles = [m["title"] for m in api.get("/sdapi/v1/sd-models").json()]
     assert body["title"] in titles
     with safe_open(str(path), "pt") as f:

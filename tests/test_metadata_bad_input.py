@@ -19,7 +19,7 @@ from modules.metadata.model import MAX_ITEM_CHARS
 from tests.test_metadata import INFOTEXT, chunk, exif_user_comment, jpeg, png, stealth_png, text_chunk
 
 
-@pytest.mark.parametrize("data", [b"", b"hello world", b"GIF89a", b"\x00" * 100, "<svg/>".encode(),
+@pytest.mark.parametrize("data", [b"", b"hello world", b"GIF89a", b"\x00" * 100, b"<svg/>",
                                   b"%PDF-1.4 not an image", b"RIFF\x00\x00\x00\x00WAVE"])
 def test_not_an_image(data):
     with pytest.raises(ValidationError, match="^image: not an image") as info:

@@ -189,7 +189,7 @@ def test_easy_diffusion(style):
             "title": ("Prompt", "Negative Prompt", "Steps", "Sampler", "Guidance Scale", "Seed", "Width", "Height",
                       "Stable Diffusion model")}[style]
     values = ("a hill", "fog", "25", "euler_a", "7.5", "42", "512", "768", "sd-v1-5.safetensors")
-    p = _png(**dict(zip(keys, values))).parameters
+    p = _png(**dict(zip(keys, values, strict=True))).parameters
     assert (p["Prompt"], p["Negative prompt"], p["Steps"], p["Sampler"], p["CFG scale"], p["Seed"]) == \
         ("a hill", "fog", 25, "Euler a", 7.5, 42)
     assert (p["Size-1"], p["Size-2"], p["Model"]) == (512, 768, "sd-v1-5")

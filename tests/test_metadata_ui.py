@@ -38,7 +38,9 @@ def test_read_file_shows_table_items_and_tool(handlers, tmp_path):
     assert view.infotext == text and view.preview and "A1111" in view.tool and "PNG, 8x8" in view.tool
     assert "&lt;b&gt;a red fox&lt;/b&gt;" in view.parameters and "<b>a red fox" not in view.parameters
     assert "<th>Hires upscaler</th><td>Latent</td>" in view.parameters
-    assert "&lt;script&gt;" in view.items and "parameters" not in view.items and view.log == ""
+    assert "&lt;script&gt;" in view.items and view.log == ""
+    # the text the parameters came from stays among the raw items, to copy as written
+    assert "<th>parameters</th>" in view.items and "&lt;b&gt;a red fox&lt;/b&gt;" in view.items
 
 
 def test_read_file_messages(handlers, tmp_path, monkeypatch):
@@ -106,3 +108,19 @@ def test_product_jpeg_through_the_tab(handlers, tmp_path):
     data = encode_image(Image.new("RGB", (32, 32), "blue"), "jpg", INFOTEXT)
     view = handlers.read_file(_file(tmp_path, data, "x.jpg"))
     assert view.infotext == INFOTEXT and "JPEG, 32x32" in view.tool
+
+
+def test_civitai_hires_size_and_ruined_fooocus_through_the_tab(handlers, tmp_path):
+    from tests.test_metadata_savers import CIVITAI, RUINED
+
+    text = CIVITAI.format(size="1248x1824", hires="Hires upscale: 1.5, Hires resize: 1248x1824, ")
+    view = handlers.read_file(_file(tmp_path, png(before=[text_chunk("parameters", text)])))
+    assert "hires-fixed" in view.log and "<th>Size</th><td>832x1216</td>" in view.parameters
+    assert "Size: 1248x1824" in view.items  # the raw text, as written
+    values, _, _ = handlers.send_to_txt2img(view.infotext)
+    assert (values["width"], values["height"], values["hr_resize_x"], values["hr_resize_y"]) == (832, 1216, 1248, 1824)
+    view = handlers.read_file(_file(tmp_path, png(before=[text_chunk("parameters", json.dumps(RUINED))]), "r.png"))
+    assert "Ruined Fooocus" in view.tool and "<th>parameters</th>" in view.items
+    values, _, _ = handlers.send_to_txt2img(view.infotext)
+    assert (values["seed"], values["steps"], values["width"], values["sampler_name"]) == \
+        (3864674281, 30, 1152, "DPM++ 2M SDE")

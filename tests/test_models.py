@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FAMILIES, install_model
 from safetensors.torch import load_file, save_file
 
 from modules.errors import ModelLoadError, UnsafeCheckpointError
@@ -18,8 +19,6 @@ from modules.models import families
 from modules.models.checkpoint_file import CheckpointFile, load_pickle_checkpoint
 from modules.models.loader import load_model
 from modules.models.registry import CheckpointInfo, CheckpointRegistry
-
-from conftest import FAMILIES, install_model
 
 
 def _info(path: Path) -> CheckpointInfo:

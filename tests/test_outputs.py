@@ -10,8 +10,7 @@ from PIL import Image
 
 from modules import fileio, outputs
 from modules.images import read_parameters
-from modules.outputs import (FilenameGenerator, dated_folder, next_sequence_number, sanitize_filename_part,
-                             save_image)
+from modules.outputs import FilenameGenerator, dated_folder, next_sequence_number, sanitize_filename_part, save_image
 
 INFO = "cat\nSteps: 20, Sampler: Euler, Seed: 123"
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from modules.metadata import read_metadata
-from tests.test_metadata import INFOTEXT, IMAGES, jpeg, png, text_chunk
+from tests.test_metadata import IMAGES, INFOTEXT, jpeg, png, text_chunk
 
 
 def b64(data: bytes) -> str:
@@ -39,7 +39,9 @@ def test_png_info_shapes(api):
         r = _info(api, image)
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["info"] == INFOTEXT and body["items"] == {"Software": "Tool"} and body["tool"] == "A1111"
+        assert body["info"] == INFOTEXT and body["tool"] == "A1111"
+        assert body["items"] == {"Software": "Tool"}  # A1111's shape: the text is in "info"
+        assert body["raw_items"] == {"parameters": INFOTEXT, "Software": "Tool"}  # every item as written
         assert body["parameters"]["Steps"] == 25 and body["parameters"]["Size-1"] == 512
     comfy = {"3": {"class_type": "KSampler", "inputs": {"seed": 5, "steps": 6, "cfg": 3, "sampler_name": "dpmpp_2m",
                                                          "scheduler": "karras", "positive": ["6", 0],
@@ -55,9 +57,27 @@ def test_png_info_shapes(api):
 def test_png_info_without_metadata_and_jpeg(api):
     body = _info(api, b64(jpeg())).json()
     assert body["info"] == "" and body["parameters"] == {} and body["items"] == {} and body["tool"] is None
+    assert body["raw_items"] == {}
     if IMAGES.is_dir():
         raw = (IMAGES / "automatic1111/automatic1111_cropped.jpg").read_bytes()
         assert _info(api, b64(raw)).json()["parameters"]["Seed"] == 235284042
+
+
+def test_png_info_new_formats_keep_raw_items(api):
+    from tests.test_metadata_savers import GRAPH, IMAGE_SAVER, RUINED, WORKFLOW
+
+    exif = Image.Exif()
+    exif[0x9286] = json.dumps({"prompt": GRAPH, "workflow": WORKFLOW})
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "WEBP", exif=exif.tobytes())
+    body = _info(api, b64(buf.getvalue())).json()
+    assert body["tool"] == "ComfyUI" and body["parameters"]["Seed"] == 123456 and "UserComment" in body["items"]
+    text = IMAGE_SAVER.format(sampler="DPM++ 2M Karras")
+    body = _info(api, b64(png(before=[text_chunk("parameters", text), text_chunk("prompt", json.dumps(GRAPH))]))).json()
+    assert body["tool"] == "ComfyUI" and body["raw_items"]["parameters"] == text and "prompt" in body["items"]
+    body = _info(api, b64(png(before=[text_chunk("parameters", json.dumps(RUINED))]))).json()
+    assert body["tool"] == "Ruined Fooocus" and body["parameters"]["Steps"] == 30
+    assert json.loads(body["raw_items"]["parameters"]) == RUINED
 
 
 BAD = [("", "no image"), (None, "no image"), ("not base64 at all!!", "base64"),

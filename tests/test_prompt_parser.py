@@ -192,7 +192,11 @@ def test_extract_extra_networks() -> None:
     prompt = "1girl, <hypernet:agm:1.1> <extrasupernet:master:12:13:14> <hypernet:ray>"
     text, networks = extract_extra_networks(prompt)
     assert text == "1girl,   "
-    assert networks == [("hypernet", ["agm", "1.1"]), ("extrasupernet", ["master", "12", "13", "14"]), ("hypernet", ["ray"])]
+    assert networks == [
+        ("hypernet", ["agm", "1.1"]),
+        ("extrasupernet", ["master", "12", "13", "14"]),
+        ("hypernet", ["ray"]),
+    ]
 
 
 def test_extract_extra_networks_ignores_non_tags() -> None:

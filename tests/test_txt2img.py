@@ -13,7 +13,7 @@ from modules.generation.control import JobControl
 from modules.images import read_parameters
 from modules.requests import GenerationRequest
 
-from conftest import FAMILIES, install_model
+from conftest import FAMILIES, install_model, running_app
 
 SMALL = {"width": 64, "height": 64, "steps": 3}
 
@@ -290,7 +290,7 @@ def test_interrupt_and_skip(sd1_engine):
         if progress.job_no == 1 and progress.sampling_step == 2:
             control.interrupt()
 
-    control.on_progress = on_progress
+    control.subscribe(on_progress)
     result = sd1_engine.txt2img(GenerationRequest(prompt="x", seed=1, n_iter=4, **SMALL), control).result
     assert len(result.images) == 2 and result.interrupted
 
@@ -301,11 +301,12 @@ def test_interrupt_and_skip(sd1_engine):
     ({"scheduler": "nope"}, "scheduler"), ({"enable_hr": True, "hr_upscaler": "ESRGAN_9x"}, "hr_upscaler"),
     ({"enable_hr": True, "denoising_strength": 2}, "denoising_strength"), ({"seed": -5}, "seed"),
 ])
-def test_bad_requests_are_rejected_before_any_work(sd1_engine, changes, field):
-    with pytest.raises(ValidationError) as err:
-        sd1_engine.txt2img(GenerationRequest(prompt="x", **changes))
-    assert err.value.field == field
-    assert sd1_engine.models.load_count == 0
+def test_bad_requests_are_rejected_before_any_work(data_dir, model_store, changes, field):
+    with running_app(data_dir, model_store) as app:
+        with pytest.raises(ValidationError) as err:
+            app.submit_txt2img(GenerationRequest(prompt="x", **changes))
+        assert err.value.field == field
+        assert app.queue.jobs() == [] and app.models.load_count == 0
 
 
 def test_external_vae_is_used_and_recorded(data_dir, model_store, engine_factory):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 
-from tests.conftest import running_app
+from tests.conftest import running_app, wait_for_progress
 
 A1111_INFOTEXT = (
     "masterpiece, a cat (sitting:1.2)\n"
@@ -147,9 +146,7 @@ def test_skip_skips_a_batch_but_the_job_goes_on(app, handlers):
     skipped = threading.Event()
 
     def skip_when_running() -> None:
-        deadline = time.monotonic() + 30
-        while job.state.value == "queued" and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_progress(job, lambda p: p.sampling_step > 0)
         handlers.skip(first.job_id)
         skipped.set()
 
@@ -270,7 +267,7 @@ def test_settings_apply_persists_and_reports(settings_app):
     from webui.ui.settings_tab import SettingsHandlers
 
     h = SettingsHandlers(settings_app)
-    values = dict(zip(h.keys, h.component_values()))
+    values = dict(zip(h.keys, h.component_values(), strict=True))
     values = {k: (v["value"] if isinstance(v, dict) else v) for k, v in values.items()}
     values.update(CLIP_stop_at_last_layers=2.0, samples_format="jpg")  # sliders send floats
     message = h.apply(*[values[k] for k in h.keys])
@@ -334,6 +331,59 @@ def test_build_ui_has_a1111_layout_and_ids(app):
     values = load.fn()
     assert len(values) == len(load.outputs)
     assert values[2] == app.settings["CLIP_stop_at_last_layers"]
+
+
+SHARED_IDS = ("{}_toprow", "{}_prompt", "{}_neg_prompt", "{}_token_counter", "{}_negative_token_counter",
+              "{}_generate", "{}_interrupt", "{}_skip", "{}_clear_prompt", "{}_styles_refresh", "{}_styles",
+              "{}_sampler_row", "{}_sampling", "{}_scheduler", "{}_steps", "{}_width", "{}_height",
+              "{}_res_switch_btn", "{}_batch_count", "{}_batch_size", "{}_cfg_scale", "{}_seed_row", "{}_seed",
+              "{}_random_seed", "{}_reuse_seed", "{}_subseed_show", "{}_seed_extras", "{}_subseed",
+              "{}_random_subseed", "{}_reuse_subseed", "{}_subseed_strength", "{}_seed_resize_from_w",
+              "{}_seed_resize_from_h", "{}_extra_options", "{}_clip_skip", "{}_tiling", "{}_results", "{}_progress",
+              "{}_preview", "{}_gallery", "html_info_{}", "html_log_{}")
+
+
+def test_both_tabs_get_the_shared_rows_with_a1111_ids(app):
+    from webui.ui import build_ui
+
+    demo = build_ui(app)
+    blocks = [b for b in demo.blocks.values() if getattr(b, "elem_id", None)]
+    by_id = {b.elem_id: b for b in blocks}
+    for tab in ("txt2img", "img2img"):
+        for pattern in SHARED_IDS:
+            assert pattern.format(tab) in by_id, pattern.format(tab)
+    assert {"paste", "img2img_paste"} <= set(by_id) and "txt2img_paste" not in by_id  # A1111's two names
+    assert "txtimg_hr_finalres" in by_id
+    for pattern in ("{}_width", "{}_seed_resize_from_h", "{}_clip_skip"):
+        one, other = by_id[pattern.format("txt2img")], by_id[pattern.format("img2img")]
+        assert (one.label, one.minimum, one.maximum, one.step) == (other.label, other.minimum, other.maximum,
+                                                                   other.step)
+    assert [b.elem_id for b in blocks].count("txt2img_prompt") == 1
+
+
+def test_typing_into_a_slider_box_does_not_fail_the_events_that_redraw_a_line(app):
+    """A slider's number box sends each keystroke ("6" on the way to "64"): the events that only redraw a line
+    take it as it is, where gradio's bounds check would log a traceback; Generate still checks the final value."""
+    import asyncio
+
+    from webui.ui import build_ui
+
+    demo = build_ui(app)
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+
+    def listener(elem_id: str, event: str):
+        return next(fn for fn in demo.fns.values() if (by_id[elem_id]._id, event) in fn.targets)
+
+    def call(fn, *values):
+        return asyncio.run(demo.process_api(block_fn=fn, inputs=list(values)))["data"]
+
+    for elem_id in ("txt2img_width", "txt2img_height"):
+        assert "from <b>6x64</b>" in call(listener(elem_id, "change"), 6, 64, 2.0, 0, 0)[0]
+    assert "resize" in call(listener("img2img_scale", "change"), None, None, 0)[0]
+    for tab in ("txt2img", "img2img"):
+        assert "/75" in call(listener(f"{tab}_prompt", "change"), "a cat", 0)[0]
+    generate = listener("txt2img_generate", "click")
+    assert generate.preprocess
 
 
 def test_settings_tab_shows_the_config_load_message(data_dir):

@@ -16,7 +16,8 @@ from modules import outputs
 from modules.errors import WebUIError
 from modules.fileio import write_new_file
 from modules.generation.control import JobControl
-from modules.requests import GenerationRequest
+from modules.param_io import cli_values, request_from_values
+from modules.requests import GenerationRequest, validate
 
 DEFAULT_CKPT = "models/ldm/stable-diffusion-v1/model.ckpt"
 DEFAULT_CONFIG = "configs/stable-diffusion/v1-inference.yaml"
@@ -121,10 +122,11 @@ def run(opt: argparse.Namespace) -> int:
             position = 0  # --fixed_code: every batch starts from the same noise, as the original's start_code
             for prompt, count in _batches(chunk):
                 seed = opt.seed + (position if opt.fixed_code else index)
-                req = GenerationRequest(prompt=prompt, seed=seed, sampler_name=sampler, scheduler="Automatic",
-                                        batch_size=count, steps=opt.ddim_steps, cfg_scale=opt.scale, width=opt.W,
-                                        height=opt.H, eta=opt.ddim_eta, randn_source="CPU")
-                job = engine.txt2img(req, JobControl())
+                values = {**cli_values(vars(opt)), "prompt": prompt, "seed": seed, "batch_size": count,
+                          "sampler_name": sampler, "scheduler": "Automatic", "randn_source": "CPU"}
+                req = request_from_values(GenerationRequest, values)
+                validate(req)
+                job = engine.txt2img(req, JobControl(), grid=False)
                 for image, info in zip(job.result.images, job.result.infotexts):
                     first_info = first_info or info
                     all_images.append(image)

@@ -1,54 +1,137 @@
-"""Start UI and API in one process: ``python -m webui`` (same flags as A1111 where they apply)."""
+"""Start UI and API in one process: ``python -m webui`` (every A1111 v1.10 flag is accepted)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
 import sys
 import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from modules.errors import WebUIError
-from webui.launch_options import LaunchError, add_server_flags, precision_from_flags, server_config
+from webui.launch_options import (
+    LaunchError,
+    LaunchParser,
+    ServerConfig,
+    add_launch_flags,
+    attention_from_flags,
+    device_from_flags,
+    ignored_flags,
+    precision_from_flags,
+    server_config,
+)
+
+if TYPE_CHECKING:
+    from modules.app import StartOptions
 
 log = logging.getLogger("webui")
+_SHORT_SWITCHES = ("-f", "-h")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="webui", description="Stable Diffusion web UI and A1111-compatible API. "
-                                "Other commands: 'webui txt2img --help' (the CompVis command line).")
-    add_server_flags(p)
+    p = LaunchParser(prog="webui", allow_abbrev=False, usage="%(prog)s [flags]",
+                     description="Stable Diffusion web UI and A1111-compatible API. Flags may also come from the "
+                     "COMMANDLINE_ARGS environment variable (the command line wins). Other commands: "
+                     "'webui txt2img --help' (the CompVis command line), 'webui merge --help'.")
+    add_launch_flags(p)
     return p
+
+
+def _set_aside(words: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Words argparse would refuse although no known flag is meant (``-foo`` reads as ``-f oo``): set aside."""
+    keep: list[str] = []
+    aside: list[str] = []
+    for word in words:
+        bundled = len(word) > 2 and not word.startswith("--") and word[:2] in _SHORT_SWITCHES
+        (aside if bundled else keep).append(word)
+    return keep, aside
+
+
+def parse_launch_args(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[argparse.Namespace, list[str]]:
+    """``COMMANDLINE_ARGS`` then the command line, which wins; returns the flags and the words not understood.
+
+    Unknown words are returned, not refused (an extension's flag, a newer A1111's); a bad value for a known flag
+    raises :class:`LaunchError` with a one-line message.
+    """
+    parser = build_parser()
+    try:
+        env_words = shlex.split(environ.get("COMMANDLINE_ARGS", ""))
+    except ValueError as exc:
+        raise LaunchError(f"COMMANDLINE_ARGS: {exc}") from None
+    env_words, unknown = _set_aside(env_words)
+    try:
+        args, extra = parser.parse_known_args(env_words)
+    except LaunchError as exc:
+        raise LaunchError(f"COMMANDLINE_ARGS: {exc}") from None
+    cli_words, aside = _set_aside(argv)
+    args, cli_extra = parser.parse_known_args(cli_words, namespace=args)
+    return args, [*unknown, *extra, *aside, *cli_extra]
+
+
+def warning_line(args: argparse.Namespace, unknown: Sequence[str]) -> str | None:
+    """One line naming the flags without effect here and the unknown flags (their values are never shown)."""
+    parts = []
+    ignored = ignored_flags(args)
+    if ignored:
+        parts.append("ignored launch flags (no effect here): " + ", ".join(ignored))
+    names = list(dict.fromkeys(w.split("=", 1)[0] for w in unknown if w.startswith("-") and w != "-"))
+    others = len([w for w in unknown if not w.startswith("-") or w == "-"])
+    if names or others:
+        tail = f" (and {others} other word{'s' if others > 1 else ''})" if others else ""
+        parts.append("unknown launch arguments ignored: " + (", ".join(names) or "none") + tail)
+    return "; ".join(parts) or None
+
+
+def _log_level(name: str | None) -> int:
+    level = logging.getLevelName((name or "INFO").strip().upper())
+    return level if isinstance(level, int) else logging.INFO
 
 
 def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
     try:
+        args, unknown = parse_launch_args(sys.argv[1:] if argv is None else argv, os.environ)
         config = server_config(args)
     except LaunchError as exc:
         print(f"webui: error: {exc}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=_log_level(args.loglevel or os.environ.get("SD_WEBUI_LOG_LEVEL")),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    line = warning_line(args, unknown)
+    if line:
+        log.warning(line)
     if config.exposed and not config.auth_enabled:
         log.warning("listening on %s WITHOUT authentication (--insecure): anyone who can reach this port can "
                     "use it", config.host)
+    return _serve(args, config, t0)
 
+
+def start_options(args: argparse.Namespace, exposed: bool) -> StartOptions:
+    """What the flags decide about the application."""
+    from modules.app import StartOptions
+
+    return StartOptions(data_dir=args.data_dir, models_dir=args.models_dir, ckpt_dirs=tuple(args.ckpt_dir),
+                        ckpt=args.ckpt, device=device_from_flags(args), precision=precision_from_flags(args),
+                        skip_load_model=args.skip_load_model_at_start or args.ui_debug_mode, exposed=exposed)
+
+
+def _serve(args: argparse.Namespace, config: ServerConfig, t0: float) -> int:
     import uvicorn
 
-    from modules.app import App, StartOptions
+    from modules.app import App
     from webui.server import create_server
 
-    device = "cpu" if args.use_cpu is not None else None
-    options = StartOptions(data_dir=args.data_dir, models_dir=args.models_dir, ckpt_dirs=tuple(args.ckpt_dir),
-                           ckpt=args.ckpt, device=device, precision=precision_from_flags(args),
-                           skip_load_model=args.skip_load_model_at_start, exposed=config.exposed)
     try:
-        app = App(options)
+        app = App(start_options(args, config.exposed))
     except WebUIError as exc:
         print(f"webui: error: {exc}", file=sys.stderr)
         return 2
-    if args.xformers or args.opt_sdp_attention:
-        app.settings.update({"cross_attention_optimization": "xformers" if args.xformers else "sdp"}, save=False)
+    attention = attention_from_flags(args)
+    if attention:
+        app.settings.update({"cross_attention_optimization": attention}, save=False)
     app.launch_flags = config.flags
     if app.settings.load_message:
         log.warning(app.settings.load_message)
@@ -59,5 +142,6 @@ def main(argv: list[str] | None = None) -> int:
               f"started in {time.monotonic() - t0:.1f}s", flush=True)
 
     server = create_server(app, config, on_started=started)
-    uvicorn.run(server, host=config.host, port=config.port, log_level="warning", timeout_keep_alive=30)
+    uvicorn.run(server, host=config.host, port=config.port, log_level="warning",
+                timeout_keep_alive=args.timeout_keep_alive)
     return 0

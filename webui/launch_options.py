@@ -1,46 +1,230 @@
-"""A1111's launch flags (where they apply), safe-exposure rules, and credentials that never leak."""
+"""A1111's launch flags (every one of v1.10's is accepted), safe-exposure rules, and credentials that never leak."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from modules.errors import WebUIError
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 REDACTED = "<redacted>"
-_SECRET_FLAGS = ("api_auth", "gradio_auth")
+_SECRET_FLAGS = ("api_auth", "gradio_auth", "ngrok", "ngrok_options", "tls_keyfile")
+
+# One row per flag: (names, kind, default, help). Several names are split by "|" (the first gives the key).
+# kind: "on" a switch, "off" a switch that stores False, "str", "int", "json", "list" (may repeat, values add up),
+# "cpu" (zero or more lower-cased words), "choice:a,b,c".
+FlagRow = tuple[str, str, Any, str]
+
+# Flags with an effect here.
+HONOURED: tuple[FlagRow, ...] = (
+    ("--port", "int", None, "port to listen on (7860; 7861 with --nowebui)"),
+    ("--listen", "on", None, "listen on all interfaces (0.0.0.0); needs auth"),
+    ("--server-name", "str", None, "address or hostname to listen on"),
+    ("--data-dir", "str", None, "folder for config.json, outputs, caches"),
+    ("--models-dir", "str", None, "folder holding Stable-diffusion/, VAE/, ..."),
+    ("--ckpt-dir", "list", None, "extra folder of checkpoints (may repeat)"),
+    ("--ckpt", "str", None, "checkpoint to load at start (path or name)"),
+    ("--nowebui", "on", None, "serve the API only"),
+    ("--api", "on", None, "accepted for compatibility: the API is always on"),
+    ("--api-auth", "str", None, 'API credentials "user:pass[,user2:pass2]"'),
+    ("--gradio-auth", "str", None, 'UI credentials "user:pass[,user2:pass2]"'),
+    ("--gradio-auth-path", "str", None, "file with credentials, one user:pass a line"),
+    ("--insecure", "on", None, "allow listening on the network without auth"),
+    ("--skip-load-model-at-start", "on", None, "do not load a model at start-up"),
+    ("--ui-debug-mode", "on", None, "start without loading a model (as --skip-load-model-at-start)"),
+    ("--no-half", "on", None, "run the model in float32"),
+    ("--precision", "choice:full,half,autocast,bf16", None,
+     "full = float32, half/autocast = float16 on CUDA, bf16 = bfloat16"),
+    ("--use-cpu", "cpu", None, "run on the CPU: bare, 'all' or 'sd' (other module names change nothing here)"),
+    ("--xformers", "on", None, "use xformers attention"),
+    ("--force-enable-xformers", "on", None, "use xformers attention (as --xformers)"),
+    ("--opt-sdp-attention", "on", None, "use PyTorch SDPA attention"),
+    ("--loglevel", "str", None, "log level: CRITICAL, ERROR, WARNING, INFO or DEBUG"),
+    ("--timeout-keep-alive", "int", 30, "seconds an idle HTTP connection stays open"),
+)
+
+# A1111 flags whose request is already the behaviour here: A1111's own no-ops, and checks or downloads that
+# this program never makes. Accepted without a warning.
+ALREADY: tuple[FlagRow, ...] = (
+    ("-f", "on", None, "A1111: allow running as root (never refused here)"),
+    ("--skip-python-version-check", "on", None, "no Python version check is made here"),
+    ("--skip-torch-cuda-test", "on", None, "no CUDA test is made at start here"),
+    ("--skip-prepare-environment", "on", None, "nothing is installed at start here"),
+    ("--skip-install", "on", None, "nothing is installed at start here"),
+    ("--skip-version-check", "on", None, "no torch/xformers version check is made here"),
+    ("--do-not-download-clip", "on", None, "nothing is downloaded at start here"),
+    ("--no-download-sd-model", "on", None, "nothing is downloaded at start here"),
+    ("--max-batch-count", "int", 16, "no effect (in A1111 too)"),
+    ("--always-batch-cond-uncond", "on", None, "no effect (in A1111 too)"),
+    ("--unload-gfpgan", "on", None, "no effect (in A1111 too)"),
+    ("--deepdanbooru", "on", None, "no effect (in A1111 too)"),
+    ("--show-negative-prompt", "on", None, "no effect (in A1111 too)"),
+    ("--gradio-img2img-tool", "str", None, "no effect (in A1111 too)"),
+    ("--gradio-inpaint-tool", "str", None, "no effect (in A1111 too)"),
+    ("--enable-console-prompts", "on", None, "no effect (in A1111 too)"),
+    ("--add-stop-route", "on", None, "no effect (in A1111 too)"),
+    ("--ngrok-region", "str", "", "no effect (in A1111 too)"),
+    ("--gradio-queue", "on", True, "no effect (in A1111 too)"),
+)
+
+# A1111 flags accepted without an effect here (yet); one warning line at start names those given.
+IGNORED: tuple[FlagRow, ...] = (
+    ("--update-all-extensions", "on", None, "update every extension at start"),
+    ("--reinstall-xformers", "on", None, "reinstall xformers at start"),
+    ("--reinstall-torch", "on", None, "reinstall torch at start"),
+    ("--update-check", "on", None, "check for a newer version at start"),
+    ("--test-server", "on", None, "configure the server for A1111's tests"),
+    ("--log-startup", "on", None, "detailed start-up timings"),
+    ("--dump-sysinfo", "on", None, "write a system-information file and quit"),
+    ("--config", "str", None, "model config (.yaml) for --ckpt"),
+    ("--vae-dir", "str", None, "folder of VAE files"),
+    ("--vae-path", "str", None, "VAE to use, overriding the settings"),
+    ("--embeddings-dir", "str", None, "folder of textual-inversion embeddings"),
+    ("--textual-inversion-templates-dir", "str", None, "folder of textual-inversion templates"),
+    ("--hypernetwork-dir", "str", None, "folder of hypernetworks"),
+    ("--localizations-dir", "str", None, "folder of UI translations"),
+    ("--lora-dir", "str", None, "folder of LoRA networks"),
+    ("--lyco-dir-backcompat|--lyco-dir", "str", None, "folder of LyCORIS networks"),
+    ("--gfpgan-dir", "str", None, "GFPGAN source folder"),
+    ("--gfpgan-model", "str", None, "GFPGAN model file"),
+    ("--codeformer-models-path", "str", None, "folder of CodeFormer models"),
+    ("--gfpgan-models-path", "str", None, "folder of GFPGAN models"),
+    ("--esrgan-models-path", "str", None, "folder of ESRGAN models"),
+    ("--bsrgan-models-path", "str", None, "folder of BSRGAN models"),
+    ("--realesrgan-models-path", "str", None, "folder of RealESRGAN models"),
+    ("--dat-models-path", "str", None, "folder of DAT models"),
+    ("--scunet-models-path", "str", None, "folder of ScuNET models"),
+    ("--swinir-models-path", "str", None, "folder of SwinIR models"),
+    ("--ldsr-models-path", "str", None, "folder of LDSR models"),
+    ("--clip-models-path", "str", None, "folder of CLIP interrogator models"),
+    ("--styles-file", "list", None, "styles file or wildcard (may repeat)"),
+    ("--ui-config-file", "str", None, "UI defaults file (ui-config.json)"),
+    ("--ui-settings-file", "str", None, "settings file (config.json)"),
+    ("--no-half-vae", "on", None, "run the VAE in float32"),
+    ("--upcast-sampling", "on", None, "sample in float32 with a float16 model"),
+    ("--medvram", "on", None, "keep only the running part of the model on the GPU"),
+    ("--medvram-sdxl", "on", None, "--medvram for SDXL models only"),
+    ("--lowvram", "on", None, "move the model to the GPU piece by piece"),
+    ("--lowram", "on", None, "load checkpoint weights straight to VRAM"),
+    ("--disable-model-loading-ram-optimization", "on", None, "load models without the RAM-saving path"),
+    ("--xformers-flash-attention", "on", None, "xformers with Flash Attention"),
+    ("--opt-split-attention", "on", None, "prefer Doggettx's split attention"),
+    ("--opt-sub-quad-attention", "on", None, "prefer sub-quadratic attention"),
+    ("--sub-quad-q-chunk-size", "int", 1024, "sub-quadratic attention: query chunk size"),
+    ("--sub-quad-kv-chunk-size", "int", None, "sub-quadratic attention: key/value chunk size"),
+    ("--sub-quad-chunk-threshold", "int", None, "sub-quadratic attention: VRAM percentage that starts chunking"),
+    ("--opt-split-attention-invokeai", "on", None, "prefer InvokeAI's split attention"),
+    ("--opt-split-attention-v1", "on", None, "prefer the older split attention"),
+    ("--opt-sdp-no-mem-attention", "on", None, "SDPA without memory-efficient kernels"),
+    ("--disable-opt-split-attention", "on", None, "prefer no attention optimisation"),
+    ("--opt-channelslast", "on", None, "channels-last memory format"),
+    ("--disable-nan-check", "on", None, "do not check results for NaNs"),
+    ("--use-ipex", "on", None, "use an Intel XPU"),
+    ("--device-id", "str", None, "CUDA device number"),
+    ("--no-progressbar-hiding", "on", None, "keep Gradio's progress bar"),
+    ("--allow-code", "on", None, "allow the custom-code script"),
+    ("--share", "on", None, "public Gradio share link"),
+    ("--ngrok", "str", None, "ngrok auth token"),
+    ("--ngrok-options", "json", None, "ngrok options as JSON"),
+    ("--enable-insecure-extension-access", "on", None, "extensions tab even when exposed"),
+    ("--hide-ui-dir-config", "on", None, "hide folder settings in the UI"),
+    ("--freeze-settings", "on", None, "make every setting read-only"),
+    ("--freeze-settings-in-sections", "str", None, "read-only setting sections (comma-separated)"),
+    ("--freeze-specific-settings", "str", None, "read-only settings (comma-separated)"),
+    ("--gradio-debug", "on", None, "Gradio debug mode"),
+    ("--gradio-allowed-path", "list", None, "extra folder Gradio may serve (may repeat)"),
+    ("--autolaunch", "on", None, "open the UI in a browser at start"),
+    ("--theme", "str", None, "light or dark UI"),
+    ("--use-textbox-seed", "on", None, "seed as a text box"),
+    ("--disable-console-progressbars", "on", None, "no progress bars on the console"),
+    ("--disable-safe-unpickle", "on", None, "A1111: skip the pickle check (pickles are always checked here)"),
+    ("--api-log", "on", None, "log every API request"),
+    ("--administrator", "on", None, "administrator rights"),
+    ("--cors-allow-origins", "str", None, "allowed CORS origins (comma-separated)"),
+    ("--cors-allow-origins-regex", "str", None, "allowed CORS origins (a regular expression)"),
+    ("--tls-keyfile", "str", None, "TLS private key file"),
+    ("--tls-certfile", "str", None, "TLS certificate file"),
+    ("--disable-tls-verify", "off", None, "accept self-signed certificates"),
+    ("--no-gradio-queue", "on", None, "Gradio without its queue"),
+    ("--no-hashing", "on", None, "do not hash checkpoints"),
+    ("--subpath", "str", None, "serve under this URL path (reverse proxy)"),
+    ("--api-server-stop", "on", None, "stop/restart routes in the API"),
+    ("--disable-all-extensions", "on", None, "run no extension"),
+    ("--disable-extra-extensions", "on", None, "run only built-in extensions"),
+    ("--unix-filenames-sanitization", "on", None, "allow any character but '/' in file names"),
+    ("--filenames-max-length", "int", 128, "longest file name for saved images"),
+    ("--no-prompt-history", "on", None, "do not write params.txt"),
+)
 
 
 class LaunchError(WebUIError):
     """The server refuses to start as configured."""
 
 
-def add_server_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, default=None, help="port to listen on (7860; 7861 with --nowebui)")
-    p.add_argument("--listen", action="store_true", help="listen on all interfaces (0.0.0.0); needs auth")
-    p.add_argument("--server-name", type=str, default=None, help="address or hostname to listen on")
-    p.add_argument("--data-dir", type=str, default=None, help="folder for config.json, outputs, caches")
-    p.add_argument("--models-dir", type=str, default=None, help="folder holding Stable-diffusion/, VAE/, ...")
-    p.add_argument("--ckpt-dir", type=str, action="append", default=[], help="extra folder of checkpoints")
-    p.add_argument("--ckpt", type=str, default=None, help="checkpoint to load at start (path or name)")
-    p.add_argument("--nowebui", action="store_true", help="serve the API only")
-    p.add_argument("--api", action="store_true", help="accepted for compatibility: the API is always on")
-    p.add_argument("--api-auth", type=str, default=None, help='API credentials "user:pass[,user2:pass2]"')
-    p.add_argument("--gradio-auth", type=str, default=None, help='UI credentials "user:pass[,user2:pass2]"')
-    p.add_argument("--gradio-auth-path", type=str, default=None, help="file with credentials, one user:pass a line")
-    p.add_argument("--insecure", action="store_true", help="allow listening on the network without auth")
-    p.add_argument("--skip-load-model-at-start", action="store_true", help="do not load a model at start-up")
-    p.add_argument("--no-half", action="store_true", help="run the model in float32")
-    p.add_argument("--precision", choices=["full", "half", "autocast", "bf16"], default=None,
-                   help="full = float32, half/autocast = float16 on CUDA, bf16 = bfloat16")
-    p.add_argument("--use-cpu", nargs="*", default=None, help="run on the CPU (A1111: --use-cpu all)")
-    p.add_argument("--xformers", action="store_true", help="use xformers attention")
-    p.add_argument("--opt-sdp-attention", action="store_true", help="use PyTorch SDPA attention")
+class LaunchParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one-line :class:`LaunchError` s instead of usage text and an exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise LaunchError(message)
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not valid JSON") from None  # the value may hold a password: not shown
+
+
+def _argument_options(kind: str, default: Any, help_text: str) -> dict[str, Any]:
+    if kind == "on":
+        return {"action": "store_true", "default": bool(default), "help": help_text}
+    if kind == "off":
+        return {"action": "store_false", "default": None, "help": help_text}
+    if kind == "list":
+        return {"action": "append", "type": str, "default": [], "help": help_text}
+    if kind == "cpu":
+        return {"nargs": "*", "type": str.lower, "default": None, "help": help_text}
+    if kind.startswith("choice:"):
+        return {"choices": kind.partition(":")[2].split(","), "default": default, "help": help_text}
+    types = {"str": str, "int": int, "json": _json_value}
+    return {"type": types[kind], "default": default, "help": help_text}
+
+
+def add_launch_flags(p: argparse.ArgumentParser) -> None:
+    """Every A1111 v1.10 flag (and its built-in extensions'), plus this program's own."""
+    groups = ((HONOURED, None), (ALREADY, "A1111 flags whose request is already the behaviour here"),
+              (IGNORED, "A1111 flags accepted without effect here (a warning at start names them)"))
+    for rows, title in groups:
+        target: Any = p.add_argument_group(title) if title else p
+        for names, kind, default, help_text in rows:
+            target.add_argument(*names.split("|"), **_argument_options(kind, default, help_text))
+
+
+def flag_key(names: str) -> str:
+    """``--lyco-dir-backcompat|--lyco-dir`` -> ``lyco_dir_backcompat``: the key in the parsed flags."""
+    return names.split("|")[0].lstrip("-").replace("-", "_")
+
+
+def _given(kind: str, default: Any, value: Any) -> bool:
+    if kind == "on":
+        return value is True and not default
+    if kind == "off":
+        return value is False
+    if kind in ("list", "cpu"):
+        return value is not None and (kind == "cpu" or bool(value))
+    return value is not None and value != default
+
+
+def ignored_flags(args: argparse.Namespace) -> list[str]:
+    """The flags given that have no effect here, by their A1111 name."""
+    return [names.split("|")[0] for names, kind, default, _ in IGNORED
+            if _given(kind, default, getattr(args, flag_key(names), None))]
 
 
 def parse_credentials(text: str | None, flag: str) -> dict[str, str]:
@@ -109,10 +293,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         except OSError as exc:
             raise LaunchError(f"--gradio-auth-path: cannot read {args.gradio_auth_path}: {exc.strerror}") from None
     ui_users = parse_credentials(ui_text, "--gradio-auth")
-    flags = {k: v for k, v in vars(args).items() if k != "command"}
-    for key in _SECRET_FLAGS:
-        if flags.get(key):
-            flags[key] = REDACTED
+    flags = _redact({k: v for k, v in vars(args).items() if k != "command"})
     config = ServerConfig(host, port, bool(args.nowebui), api_users, ui_users, bool(args.insecure), flags)
     if config.exposed and not config.auth_enabled and not config.insecure:
         raise LaunchError(
@@ -128,9 +309,26 @@ def precision_from_flags(args: argparse.Namespace) -> str | None:
     return {"half": "fp16", "autocast": "auto", "bf16": "bf16"}.get(args.precision or "")
 
 
+def device_from_flags(args: argparse.Namespace) -> str | None:
+    """``--use-cpu`` bare, ``all`` or ``sd`` put the model on the CPU (A1111 names other modules too)."""
+    wanted = args.use_cpu
+    if wanted is None:
+        return None
+    return "cpu" if not wanted or "all" in wanted or "sd" in wanted else None
+
+
+def attention_from_flags(args: argparse.Namespace) -> str | None:
+    if args.xformers or args.force_enable_xformers:
+        return "xformers"
+    return "sdp" if args.opt_sdp_attention else None
+
+
 def redacted_flags(app: Any) -> dict[str, Any]:
     """``/sdapi/v1/cmd-flags``: the launch flags with every credential replaced."""
-    flags = dict(getattr(app, "launch_flags", {}) or {})
+    return _redact(dict(getattr(app, "launch_flags", {}) or {}))
+
+
+def _redact(flags: dict[str, Any]) -> dict[str, Any]:
     for key in _SECRET_FLAGS:
         if flags.get(key):
             flags[key] = REDACTED

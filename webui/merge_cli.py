@@ -14,8 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modules.errors import Interrupted, WebUIError
+
+if TYPE_CHECKING:
+    from modules.merge import ModelRef
 
 _METHODS = ("none", "weighted_sum", "add_difference")
 _CONFIG = {"any": 0, "B": 1, "C": 2, "none": 3}
@@ -43,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _model(arg: str):
+def _model(arg: str) -> ModelRef:
     from modules.merge import ModelRef
 
     path = Path(arg).expanduser()
@@ -124,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
         config_source=_CONFIG[args.config_source], vae=vae, vae_name=vae.name if vae else "None",
         discard_weights=args.discard, save_metadata=not args.no_metadata, overwrite=args.overwrite)
     progress = _Progress(not args.quiet and sys.stderr.isatty())
-    refs += [None] * (3 - len(refs))
-    with Merge(refs[0], refs[1], refs[2], options, output_dir=folder, output=output) as merge:
+    b = refs[1] if len(refs) > 1 else None
+    c = refs[2] if len(refs) > 2 else None
+    with Merge(refs[0], b, c, options, output_dir=folder, output=output) as merge:
         try:
             result = merge.run(progress)
         finally:

@@ -1,15 +1,21 @@
-"""A job's control surface: interrupt and skip requests in, progress and previews out."""
+"""A job's control surface: interrupt and skip requests in; progress out, as a stream of immutable snapshots.
+
+Each :meth:`JobControl.update` publishes a new :class:`Progress` event to every subscriber (a UI poll, the jobs API,
+later a worker on another machine relaying them); ``progress`` is always the latest one.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from PIL import Image
 
-@dataclass
+
+@dataclass(frozen=True)
 class Progress:
     job_no: int = 0  # index of the batch (n_iter) being worked on
     job_count: int = 1
@@ -17,8 +23,9 @@ class Progress:
     sampling_steps: int = 0
     phase: str = ""  # "sampling", "hires", "decoding", ...
     started: float = field(default_factory=time.monotonic)
-    preview: Any = None  # a PIL image of the current latents, refreshed every few steps
+    preview: Image.Image | None = None  # an approximation of the current latents, refreshed every few steps
     preview_id: int = 0
+    seq: int = 0  # the event's number in the job's stream
 
     @property
     def fraction(self) -> float:
@@ -42,9 +49,22 @@ class JobControl:
     def __init__(self, on_progress: Callable[[Progress], None] | None = None) -> None:
         self._interrupted = threading.Event()
         self._skipped = threading.Event()
+        self._lock = threading.Lock()
         self.progress = Progress()
-        self.on_progress = on_progress
+        self._subscribers: list[Callable[[Progress], None]] = [on_progress] if on_progress is not None else []
         self.warnings: list[str] = []
+
+    def subscribe(self, listener: Callable[[Progress], None]) -> Callable[[], None]:
+        """Call ``listener(event)`` for every progress event from now on; returns the function that unsubscribes."""
+        with self._lock:
+            self._subscribers.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._subscribers:
+                    self._subscribers.remove(listener)
+
+        return unsubscribe
 
     def interrupt(self) -> None:
         self._interrupted.set()
@@ -67,10 +87,12 @@ class JobControl:
         self._skipped.clear()
 
     def update(self, **changes: Any) -> None:
-        for key, value in changes.items():
-            setattr(self.progress, key, value)
-        if self.on_progress is not None:
-            self.on_progress(self.progress)
+        """Publish the next progress event: the latest one with ``changes``."""
+        with self._lock:
+            self.progress = event = replace(self.progress, seq=self.progress.seq + 1, **changes)
+            listeners = list(self._subscribers)
+        for listener in listeners:
+            listener(event)
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:

@@ -12,12 +12,12 @@ from modules.merge.merger import (
     CONFIG_SOURCES,
     FORMATS,
     Merge,
-    MergeError,
     MergeOptions,
     MergeResult,
     ModelRef,
     default_name,
 )
+from modules.merge.pipeline import MergeError
 from modules.merge.plan import METHODS, method_id
 
 __all__ = ["CONFIG_SOURCES", "FORMATS", "METHODS", "Merge", "MergeError", "MergeOptions", "MergeResult", "ModelRef",

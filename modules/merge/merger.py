@@ -126,6 +126,11 @@ def config_target(config: Path, output: Path) -> Path:
     return output.with_suffix(".yaml") if config.is_file() else output.with_suffix("")
 
 
+def _by_role(rows: dict[str, torch.Tensor]) -> Callable[[str, str], torch.Tensor]:
+    """A ``read(role, key)`` over rows already read for one key."""
+    return lambda role, _key: rows[role]
+
+
 def _parsed(value: str | None) -> Any:
     if not isinstance(value, str) or not value.startswith("{"):
         return None
@@ -266,7 +271,7 @@ class Merge:
             "is_instruct_pix2pix": self.plan.is_instruct_pix2pix,
         }
         models: dict[str, Any] = {}
-        for role, ref in zip(roles, refs):
+        for role, ref in zip(roles, refs, strict=True):
             src_meta = self.sources[role].metadata
             models[ref.sha256()] = {"name": ref.name, "legacy_hash": ref.legacy_hash(),
                                     "sd_merge_recipe": _parsed(src_meta.get("sd_merge_recipe"))}
@@ -312,8 +317,7 @@ class Merge:
                     for i, entry, rows, last in chunks:
                         if stop():
                             raise Interrupted("merge interrupted; nothing was written")
-                        out = compute(self.plan, entry, lambda role, key: rows[role], self.options.save_as_half,
-                                      scratch)
+                        out = compute(self.plan, entry, _by_role(rows), self.options.save_as_half, scratch)
                         background.write(entry.key, out)
                         del out, rows
                         if last:

@@ -12,7 +12,7 @@ import os
 import queue
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -22,7 +22,6 @@ from modules.errors import WebUIError
 from modules.merge.safetensors_io import StreamingWriter
 
 T = TypeVar("T")
-_DONE = object()
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -84,12 +83,16 @@ class _Failure:
         self.exc = exc
 
 
-def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+class _Done:
+    """The end of a prefetched stream."""
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Generator[T, None, None]:
     """Iterate ``items`` in a thread, at most ``depth`` items ahead; close the iterator to stop it early."""
-    q: queue.Queue[object] = queue.Queue(maxsize=depth)
+    q: queue.Queue[T | _Failure | _Done] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
-    def put(item: object) -> None:
+    def put(item: T | _Failure | _Done) -> None:
         while not stop.is_set():
             try:
                 q.put(item, timeout=0.1)
@@ -103,7 +106,7 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
                 if stop.is_set():
                     return
                 put(item)
-            put(_DONE)
+            put(_Done())
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             put(_Failure(exc))
 
@@ -112,11 +115,11 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     try:
         while True:
             item = q.get()
-            if item is _DONE:
+            if isinstance(item, _Done):
                 return
             if isinstance(item, _Failure):
                 raise item.exc
-            yield item  # type: ignore[misc]
+            yield item
     finally:
         stop.set()
         thread.join()

@@ -93,14 +93,14 @@ class Plan:
         return sum(nbytes(k.shape, k.dtype) for k in self.keys)
 
 
-def combine(method: str, m: float, a: torch.Tensor, b: torch.Tensor | None, c: torch.Tensor | None,
+def combine(method: str, m: float, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None,
             partial: bool = False, in_c: bool = True) -> torch.Tensor:
     """A1111's arithmetic, operation for operation: ``(1 - M) * A + M * B`` or ``A + M * (B - C)``."""
     if method == "weighted_sum":
         def f(x: torch.Tensor) -> torch.Tensor:
             return ((1 - m) * x) + (m * b)
     else:
-        diff = (b - c) if in_c else torch.zeros_like(b)
+        diff = (b - c) if in_c and c is not None else torch.zeros_like(b)
 
         def f(x: torch.Tensor) -> torch.Tensor:
             return x + (m * diff)
@@ -144,7 +144,7 @@ def combine_fast(method: str, m: float, a: torch.Tensor, b: torch.Tensor, c: tor
         torch.mul(a, 1 - m, out=s1)
         torch.mul(b, m, out=s2)
         return torch.add(s1, s2)
-    if in_c:
+    if in_c and c is not None:
         torch.sub(b, c, out=s2)
     else:
         s2.zero_()
@@ -186,6 +186,16 @@ def _merge_op(key: str, a: tuple[int, ...], b: tuple[int, ...]) -> tuple[str, st
     raise _shapes_mismatch(key, "B", a, b)
 
 
+def _c_dtype(key: str, b: TensorSource, c: TensorSource) -> torch.dtype | None:
+    """C's dtype for ``key`` when add_difference subtracts it (C has it, as floats), else None."""
+    if key not in c.shapes:
+        return None
+    if c.shapes[key] != b.shapes[key]:
+        raise ValidationError(f"mismatched shapes for {key}: B has {list(b.shapes[key])}, C has "
+                              f"{list(c.shapes[key])}", field="tertiary_model_name")
+    return c.dtypes[key] if c.dtypes[key].is_floating_point else None
+
+
 def build_plan(method: str, multiplier: float, a: TensorSource, b: TensorSource | None, c: TensorSource | None,
                vae: TensorSource | None = None, save_as_half: bool = False,
                discard: re.Pattern[str] | None = None) -> Plan:
@@ -206,15 +216,9 @@ def build_plan(method: str, multiplier: float, a: TensorSource, b: TensorSource 
         elif (b is not None and method != "none" and "model" in key and key in b.shapes
               and not key.endswith(SKIP_ON_MERGE) and a_dtype.is_floating_point and b.dtypes[key].is_floating_point):
             op, flag = _merge_op(key, shape, b.shapes[key])
-            in_c = method == "add_difference" and c is not None and key in c.shapes
-            if in_c:
-                if c.shapes[key] != b.shapes[key]:
-                    raise ValidationError(f"mismatched shapes for {key}: B has {list(b.shapes[key])}, C has "
-                                          f"{list(c.shapes[key])}", field="tertiary_model_name")
-                if not c.dtypes[key].is_floating_point:
-                    in_c = False
-            entry = KeyPlan(key, shape, result_dtype(a_dtype, b.dtypes[key], c.dtypes[key] if in_c else None,
-                                                     op == "merge4"), op, True, in_c)
+            c_dtype = _c_dtype(key, b, c) if method == "add_difference" and c is not None else None
+            entry = KeyPlan(key, shape, result_dtype(a_dtype, b.dtypes[key], c_dtype, op == "merge4"), op, True,
+                            c_dtype is not None)
             if flag == "inpainting":
                 plan.is_inpainting = True
             elif flag == "instruct-pix2pix":
@@ -239,9 +243,9 @@ def compute(plan: Plan, entry: KeyPlan, read: Callable[[str, str], torch.Tensor]
     else:
         a, b = read("A", entry.key), read("B", entry.key)
         c = read("C", entry.key) if entry.in_c else None
-        out = None
+        fast = None
         if scratch is not None and entry.op == "merge":
-            out = combine_fast(plan.method, plan.multiplier, a, b, c, entry.in_c, scratch)
-        if out is None:
-            out = combine(plan.method, plan.multiplier, a, b, c, entry.op == "merge4", entry.in_c)
+            fast = combine_fast(plan.method, plan.multiplier, a, b, c, entry.in_c, scratch)
+        out = fast if fast is not None else combine(plan.method, plan.multiplier, a, b, c, entry.op == "merge4",
+                                                    entry.in_c)
     return to_half(out, save_as_half)

@@ -100,7 +100,7 @@ class SafetensorsReader:
             shape = (stop - start, *shape[1:])
         out = torch.empty(end - begin, dtype=torch.uint8)
         if end > begin:
-            view = memoryview(out.numpy())
+            view = out.numpy().data
             done = 0
             while done < len(view):
                 got = os.preadv(self._fd, [view[done:]], self._data_start + begin + done)
@@ -158,7 +158,7 @@ class StreamingWriter:
         data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
         if data.nbytes > self._left:
             raise RuntimeError(f"too many bytes for tensor {key}")
-        self._put(memoryview(data))
+        self._put(data.data)
         self._left -= data.nbytes
         if self._left == 0:
             self._pos += 1

@@ -19,13 +19,15 @@ from modules.models.vae import list_vaes
 
 if TYPE_CHECKING:
     from modules.app import App
+    from modules.generation.control import JobControl
+    from modules.job_types import MergeResultSummary
     from modules.jobs import Job
 
 log = logging.getLogger(__name__)
 NO_VAE = "None"
 
 
-@dataclass
+@dataclass(frozen=True)
 class MergeRequest:
     """The form's fields, with A1111's names (``modules/extras.py::run_modelmerger``)."""
 
@@ -130,21 +132,23 @@ def validate(app: App, req: MergeRequest) -> Path:
         return merge.output
 
 
-def summary(app: App, result: MergeResult) -> dict[str, Any]:
+def summary(app: App, result: MergeResult) -> MergeResultSummary:
     """What the doors report: the new checkpoint's path, name, title and hashes (the list is refreshed)."""
+    from modules.job_types import MergeResultSummary
+
     app.registry.refresh()
     info = app.registry.from_path(result.path)
     sha = app.registry.ensure_hash(info)  # cached, so the new title carries its short hash at once
     if sha != result.sha256:
         log.warning("hash of %s changed after writing (%s != %s)", result.path, sha, result.sha256)
-    return {"path": str(result.path), "name": info.name, "title": info.title, "sha256": result.sha256,
-            "hash": result.sha256[:10], "config": str(result.config) if result.config else None,
-            "seconds": round(result.seconds, 2), "message": f"Checkpoint saved to {result.path}"}
+    return MergeResultSummary(
+        path=str(result.path), name=info.name, title=info.title, sha256=result.sha256, hash=result.sha256[:10],
+        config=str(result.config) if result.config else None, seconds=round(result.seconds, 2),
+        message=f"Checkpoint saved to {result.path}")
 
 
-def run_merge(app: App, req: MergeRequest, job: Job) -> dict[str, Any]:
-    """The job body: merge with progress on ``job.control`` and interrupt support; the summary."""
-    control = job.control
+def run_merge(app: App, req: MergeRequest, control: JobControl) -> MergeResultSummary:
+    """The job body: merge with progress on ``control`` and interrupt support; the summary."""
     control.update(job_no=0, job_count=1, sampling_step=0, sampling_steps=1, phase="opening models")
 
     def progress(done: int, total: int, text: str) -> None:
@@ -157,5 +161,6 @@ def run_merge(app: App, req: MergeRequest, job: Job) -> dict[str, Any]:
 
 def submit(app: App, req: MergeRequest, owner: str | None = None) -> Job:
     """Validate ``req`` (raising before anything is queued) and queue the merge."""
-    validate(app, req)
-    return app.queue.submit("callable", lambda job: run_merge(app, req, job), owner=owner)
+    from modules.job_types import MergeJob
+
+    return app.submit(MergeJob(req), owner=owner)

@@ -157,7 +157,8 @@ class LazyTensor:
         return self._derive(self.shape, lambda t: t.contiguous())
 
     @classmethod
-    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> LazyTensor:
+    def __torch_function__(cls, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> LazyTensor:
         kwargs = kwargs or {}
         meta = func(*_map_args(args, LazyTensor.meta), **_map_args(kwargs, LazyTensor.meta))
         return LazyTensor(tuple(meta.shape), meta.dtype,
@@ -226,9 +227,12 @@ def _component_files(folder: Path) -> list[Path]:
 
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"cannot read {path}: not a JSON object")
+    return data
 
 
 def open_diffusers_folder(folder: Path) -> MappedSource:

@@ -96,6 +96,8 @@ def tool_of(params: dict[str, object], hint: str | None = None) -> str:
     version = str(params.get("Version", ""))
     if hint:
         return hint
+    if version.startswith("ComfyUI"):
+        return "ComfyUI"  # A1111-style text written by a ComfyUI save node (Image Saver)
     if any(str(k).startswith("Civitai") for k in params):
         return "Civitai"
     if "SD.Next" in str(params.get("App", "")) or "SD.Next" in version:

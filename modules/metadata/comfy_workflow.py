@@ -43,6 +43,38 @@ WIDGETS = MappingProxyType({
     "LoadImage": ("image", "upload"),
     "PrimitiveNode": ("value", "control_after_generate"),
     "ConditioningSetArea": ("width", "height", "x", "y", "strength"),
+    # newer core nodes
+    "PrimitiveInt": ("value", "control_after_generate"),
+    "PrimitiveFloat": ("value",),
+    "PrimitiveString": ("value",),
+    "PrimitiveStringMultiline": ("value",),
+    "StringConcatenate": ("string_a", "string_b", "delimiter"),
+    "CLIPTextEncodeFlux": ("clip_l", "t5xxl", "guidance"),
+    "CLIPTextEncodeSD3": ("clip_l", "clip_g", "t5xxl", "empty_padding"),
+    "FluxGuidance": ("guidance",),
+    "DualCFGGuider": ("cfg_conds", "cfg_cond2_negative"),
+    "SDTurboScheduler": ("steps", "denoise"),
+    "BetaSamplingScheduler": ("steps", "alpha", "beta"),
+    # popular custom nodes
+    "CheckpointLoader|pysssss": ("ckpt_name",),
+    "UnetLoaderGGUF": ("unet_name",),
+    "Efficient Loader": ("ckpt_name", "vae_name", "clip_skip", "lora_name", "lora_model_strength",
+                         "lora_clip_strength", "positive", "negative", "token_normalization", "weight_interpretation",
+                         "empty_latent_width", "empty_latent_height", "batch_size"),
+    "KSampler (Efficient)": (*_SEED, "steps", "cfg", "sampler_name", "scheduler", "denoise", "preview_method",
+                             "vae_decode"),
+    "ImpactWildcardEncode": ("wildcard_text", "populated_text", "mode", "Select to add LoRA",
+                             "Select to add Wildcard", *_SEED),
+    "Int Literal": ("int",),
+    "Float Literal": ("float",),
+    "String Literal": ("string",),
+    "Cfg Literal": ("cfg",),
+    "Sampler Selector": ("sampler_name",),
+    "Scheduler Selector": ("scheduler",),
+    "Checkpoint Selector": ("ckpt_name",),
+    "CR Seed": _SEED,
+    "Seed (rgthree)": ("seed",),
+    "easy seed": ("seed",),
 })
 _TEXTISH = ("Text", "Prompt", "String")
 _MUTED = 2
@@ -105,7 +137,7 @@ def workflow_to_graph(workflow: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 inputs.setdefault(str(key), value)
         elif isinstance(values, list):
             names = _widget_names(kind, values)
-            for name, value in zip(names, values):
+            for name, value in zip(names, values, strict=False):
                 inputs.setdefault(name, value)
             if not names and any(t in kind for t in _TEXTISH):
                 text = next((v for v in values if isinstance(v, str)), None)

@@ -15,16 +15,9 @@ from types import MappingProxyType
 from typing import Any
 
 from modules.metadata import names
+from modules.metadata.comfy_graph import Graph, Node, number
 from modules.metadata.model import Parsed
 
-SAMPLER_TYPES = frozenset({"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"})
-_NOT_TEXT = frozenset({"clip", "model", "vae", "control_net", "image", "clip_vision", "clip_vision_output",
-                       "style_model", "mask", "pixels", "samples", "latent", "latent_image", "upscale_model",
-                       "ipadapter", "unet", "noise", "sigmas", "sampler"})
-_TEXT_KEYS = MappingProxyType({
-    "positive": ("populated_text", "text", "text_g", "positive", "prompt", "string", "value"),
-    "negative": ("populated_text", "text", "text_g", "negative", "prompt", "string", "value"),
-})
 _LATENT_KEYS = ("samples", "latent", "latent_image", "pixels", "image", "images", "samples_to", "destination")
 _SIGMA_SCHEDULERS = MappingProxyType({
     "KarrasScheduler": "karras", "ExponentialScheduler": "exponential", "PolyexponentialScheduler": "polyexponential",
@@ -32,14 +25,8 @@ _SIGMA_SCHEDULERS = MappingProxyType({
 })
 _LATENT_MODES = MappingProxyType({"nearest-exact": "Latent (nearest-exact)", "bilinear": "Latent",
                                   "bicubic": "Latent (bicubic)", "nearest": "Latent (nearest)"})
-_MAX_DEPTH = 64
+_DIMENSIONS = re.compile(r"(\d{1,5})\s*[x\u00d7]\s*(\d{1,5})")
 _MAX_SAMPLERS = 64  # sampler nodes examined in one graph
-_MAX_VISITS = 4096  # nodes one prompt search visits
-
-
-def is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)) \
-        and isinstance(value[1], int) and not isinstance(value[1], bool)
 
 
 @dataclass
@@ -56,110 +43,16 @@ class _Pass:
     positive: list[str] = field(default_factory=list)
     negative: list[str] = field(default_factory=list)
     clip_skip: int | None = None
-    chain: list[tuple[str, dict]] = field(default_factory=list)  # latent_image back to a source or sampler
+    chain: list[tuple[str, Node]] = field(default_factory=list)  # latent_image back to a source or sampler
 
 
-class Graph:
-    """Look-ups over one API graph; every walk is bounded in depth and never revisits a node."""
-
-    def __init__(self, nodes: dict[Any, Any]) -> None:
-        self.nodes = {str(k): v for k, v in nodes.items() if isinstance(v, dict)}
-
-    @staticmethod
-    def inputs(node: dict | None) -> dict[str, Any]:
-        value = node.get("inputs") if isinstance(node, dict) else None
-        return value if isinstance(value, dict) else {}
-
-    @staticmethod
-    def kind(node: dict | None) -> str:
-        return str(node.get("class_type", "")) if isinstance(node, dict) else ""
-
-    def target(self, value: Any) -> tuple[str, dict] | None:
-        if not is_link(value):
-            return None
-        node = self.nodes.get(str(value[0]))
-        return (str(value[0]), node) if node is not None else None
-
-    def literal(self, node: dict | None, *keys: str, depth: int = 0) -> Any:
-        """The first of ``keys`` set on ``node``; a link is followed to a primitive/value node."""
-        inputs = self.inputs(node)
-        for key in keys:
-            value = inputs.get(key)
-            if value is None:
-                continue
-            if not is_link(value):
-                return value
-            found = self.target(value)
-            if found is not None and depth < 8:
-                resolved = self.literal(found[1], key, "value", "seed", "noise_seed", "int", "float", "number",
-                                        "string", "text", depth=depth + 1)
-                if resolved is not None:
-                    return resolved
-        return None
-
-    def is_sampler(self, node: dict) -> bool:
-        keys = self.inputs(node).keys()
-        return self.kind(node) in SAMPLER_TYPES or {"sampler_name", "steps", "cfg"} <= keys \
-            or {"sampler", "sigmas"} <= keys or {"guider", "sigmas"} <= keys
-
-    def texts(self, ref: Any, role: str, encoders: list[dict]) -> list[str]:
-        """Prompt texts reachable from a conditioning link (through combine/area/ControlNet nodes)."""
-        out: list[str] = []
-        seen: set[str] = set()
-        todo = [(ref, 0)]
-        while todo:
-            value, depth = todo.pop(0)
-            found = self.target(value)
-            if found is None or found[0] in seen or depth > _MAX_DEPTH or len(seen) >= _MAX_VISITS:
-                continue
-            seen.add(found[0])
-            node = found[1]
-            text = self.literal(node, *_TEXT_KEYS[role])
-            if isinstance(text, str):
-                if text.strip() and text.strip() not in out:
-                    out.append(text.strip())
-                encoders.append(node)
-                continue
-            todo += [(v, depth + 1) for k, v in self.inputs(node).items() if is_link(v) and k not in _NOT_TEXT]
-        return out
-
-    def clip_skip(self, encoder: dict) -> int | None:
-        value, depth = self.inputs(encoder).get("clip"), 0
-        while (found := self.target(value)) is not None and depth < _MAX_DEPTH:
-            layer = self.literal(found[1], "stop_at_clip_layer")
-            if isinstance(layer, int) and not isinstance(layer, bool):
-                return abs(layer)
-            value, depth = self.inputs(found[1]).get("clip"), depth + 1
-        return None
-
-    def model(self, ref: Any, loras: list[tuple[str, Any]]) -> str | None:
-        value, depth = ref, 0
-        while (found := self.target(value)) is not None and depth < _MAX_DEPTH:
-            inputs = self.inputs(found[1])
-            name = self.literal(found[1], "ckpt_name", "unet_name")
-            if name is not None:
-                return names.model_name(name)
-            lora = inputs.get("lora_name")
-            if isinstance(lora, str):
-                loras.insert(0, (names.model_name(lora) or lora, inputs.get("strength_model", 1.0)))
-            value, depth = inputs.get("model"), depth + 1
-        return None
-
-    def latent_chain(self, ref: Any) -> list[tuple[str, dict]]:
-        chain: list[tuple[str, dict]] = []
-        value = ref
-        while (found := self.target(value)) is not None and len(chain) < _MAX_DEPTH:
-            if any(found[0] == n for n, _ in chain):
-                break
-            chain.append(found)
-            if self.is_sampler(found[1]):
-                break
-            inputs = self.inputs(found[1])
-            value = next((inputs[k] for k in _LATENT_KEYS if is_link(inputs.get(k))), None)
-        return chain
+def _num(value: Any) -> Any:
+    """Numbers as numbers (a converter may pass ``"7.5"``); other values unchanged."""
+    found = number(value)
+    return value if found is None else found
 
 
-def _read_pass(g: Graph, node_id: str, node: dict) -> _Pass:
+def _read_pass(g: Graph, node_id: str, node: Node) -> _Pass:
     inputs = g.inputs(node)
     guider = g.target(inputs.get("guider"))
     guider_node = guider[1] if guider else None
@@ -168,11 +61,13 @@ def _read_pass(g: Graph, node_id: str, node: dict) -> _Pass:
     sampler_node = g.target(inputs.get("sampler"))
     noise = g.target(inputs.get("noise"))
     p = _Pass(node_id)
-    p.seed = g.literal(node, "seed", "noise_seed")
+    p.seed = _num(g.literal(node, "seed", "noise_seed"))
     if p.seed is None and noise:
-        p.seed = g.literal(noise[1], "noise_seed", "seed")
-    p.steps = g.literal(node, "steps") if "steps" in inputs else g.literal(sigmas_node, "steps")
-    p.cfg = g.literal(node, "cfg") if "cfg" in inputs else g.literal(guider_node, "cfg")
+        p.seed = _num(g.literal(noise[1], "noise_seed", "seed"))
+    p.steps = _num(g.literal(node, "steps") if "steps" in inputs else g.literal(sigmas_node, "steps"))
+    p.cfg = _num(g.literal(node, "cfg") if "cfg" in inputs else g.literal(guider_node, "cfg", "cfg_conds"))
+    if p.cfg is None and g.kind(guider_node) == "BasicGuider":
+        p.cfg = 1.0  # no negative conditioning: what CFG 1 does
     sampler = g.literal(node, "sampler_name")
     if sampler is None and sampler_node:
         sampler = g.literal(sampler_node[1], "sampler_name") or g.kind(sampler_node[1])
@@ -181,15 +76,15 @@ def _read_pass(g: Graph, node_id: str, node: dict) -> _Pass:
     if scheduler is None and sigmas_node is not None:
         scheduler = g.literal(sigmas_node, "scheduler") or _SIGMA_SCHEDULERS.get(g.kind(sigmas_node))
     p.scheduler = scheduler if isinstance(scheduler, str) else None
-    p.denoise = g.literal(node, "denoise") if "denoise" in inputs else g.literal(sigmas_node, "denoise")
+    p.denoise = _num(g.literal(node, "denoise") if "denoise" in inputs else g.literal(sigmas_node, "denoise"))
     source = g.inputs(guider_node) if guider_node is not None and "model" not in inputs else inputs
     p.model = g.model(source.get("model"), p.loras)
-    encoders: list[dict] = []
-    positive = source.get("positive", source.get("conditioning"))
+    encoders: list[Node] = []
+    positive = next((source[k] for k in ("positive", "conditioning", "cond1") if k in source), None)
     p.positive = g.texts(positive, "positive", encoders)
     p.negative = g.texts(source.get("negative"), "negative", [])
     p.clip_skip = next((s for s in (g.clip_skip(e) for e in encoders) if s), None)
-    p.chain = g.latent_chain(inputs.get("latent_image"))
+    p.chain = g.latent_chain(inputs.get("latent_image"), _LATENT_KEYS)
     return p
 
 
@@ -221,7 +116,9 @@ def _pick_passes(g: Graph) -> tuple[list[_Pass], int]:
     upstream = {nid for p in passes.values() for nid, node in p.chain if nid in passes}
     finals = [i for i in passes if i not in upstream]
     ranked = [i for i in order if i in finals]
-    final = ranked[0] if ranked else (finals or list(passes))[0]
+    # a node that samples a latent (not a detailer or tiled upscaler working on pixels) made the image
+    final = next((i for i in [*ranked, *finals] if "latent_image" in g.inputs(g.nodes[i])),
+                 (ranked or finals or list(passes))[0])
     chain = [passes[final]]
     while chain[0].chain and chain[0].chain[-1][0] in passes and len(chain) <= len(passes):
         previous = passes[chain[0].chain[-1][0]]
@@ -239,24 +136,37 @@ def _number(value: Any) -> Any:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _size_and_upscale(g: Graph, chain: list[tuple[str, dict]]) -> dict[str, Any]:
+def _latent_size(g: Graph, node: Node) -> tuple[int, int] | None:
+    """The size an empty-latent node makes: ``width``/``height`` (Efficient Loader: ``empty_latent_*``) or a
+    ``dimensions`` text such as ``"832 x 1216 (portrait)"``."""
+    inputs = g.inputs(node)
+    width = number(g.literal(node, "width", "empty_latent_width"))
+    height = number(g.literal(node, "height", "empty_latent_height"))
+    if width and height and ("batch_size" in inputs or "Empty" in g.kind(node)):
+        return int(width), int(height)
+    match = _DIMENSIONS.search(str(g.literal(node, "dimensions", "resolution") or "")[:64])
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _size_and_upscale(g: Graph, chain: list[tuple[str, Node]]) -> dict[str, Any]:
     """Size of the empty latent, upscale target or factor, upscaler and init image along a latent chain."""
     out: dict[str, Any] = {}
     scale = 1.0
     for _, node in chain:
         kind, inputs = g.kind(node), g.inputs(node)
-        width, height = _number(g.literal(node, "width")), _number(g.literal(node, "height"))
+        width, height = number(g.literal(node, "width")), number(g.literal(node, "height"))
         method = inputs.get("upscale_method")
-        if "batch_size" in inputs and width and height:
-            out["size"] = (int(width), int(height))
+        size = _latent_size(g, node)
+        if size is not None:
+            out["size"] = size
         elif kind in ("LatentUpscale", "ImageScale") and width and height:
             out.setdefault("resize", (int(width), int(height)))
             if kind == "LatentUpscale":
-                out.setdefault("upscaler", _LATENT_MODES.get(method, f"Latent ({method})"))
-        elif kind in ("LatentUpscaleBy", "ImageScaleBy") and _number(inputs.get("scale_by")):
-            scale *= inputs["scale_by"]
+                out.setdefault("upscaler", _LATENT_MODES.get(str(method), f"Latent ({method})"))
+        elif kind in ("LatentUpscaleBy", "ImageScaleBy") and number(g.literal(node, "scale_by")):
+            scale *= number(g.literal(node, "scale_by")) or 1
             if kind == "LatentUpscaleBy":
-                out.setdefault("upscaler", _LATENT_MODES.get(method, f"Latent ({method})"))
+                out.setdefault("upscaler", _LATENT_MODES.get(str(method), f"Latent ({method})"))
         elif kind == "ImageUpscaleWithModel":
             loader = g.target(inputs.get("upscale_model"))
             model = names.model_name(g.literal(loader[1] if loader else None, "model_name"))

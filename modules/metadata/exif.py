@@ -1,7 +1,10 @@
 """EXIF (a TIFF structure) and XMP text, read from bytes with every offset and count checked.
 
 Only the text tags generators use are read: IFD0 ImageDescription, Make, Model, Software, Artist, XPComment, and the
-Exif IFD's UserComment and MakerNote. UserComment comes in its "UNICODE" form (UTF-16, either byte order: the
+Exif IFD's UserComment and MakerNote (UserComment in IFD0 too: Pillow puts it there when a saver sets
+``exif[0x9286]`` directly, as ComfyUI's SaveImage Plus does).
+
+UserComment comes in its "UNICODE" form (UTF-16, either byte order: the
 standard says the TIFF byte order, A1111/piexif always write big-endian, other tools little-endian), "ASCII", "JIS"
 or undefined forms.
 """
@@ -17,7 +20,7 @@ from modules.metadata.model import MAX_ITEM_CHARS, Container
 
 _IFD0_TAGS = MappingProxyType({
     0x010E: "ImageDescription", 0x010F: "Make", 0x0110: "Model", 0x0131: "Software", 0x013B: "Artist",
-    0x9C9C: "XPComment",
+    0x9C9C: "XPComment", 0x9286: "UserComment",
 })
 _EXIF_TAGS = MappingProxyType({0x9286: "UserComment", 0x927C: "MakerNote", 0x9C9C: "XPComment"})
 _EXIF_IFD_POINTER = 0x8769

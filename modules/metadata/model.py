@@ -21,13 +21,14 @@ MAX_STEALTH_BYTES = 1 << 20
 class ImageMetadata:
     """Generation metadata of one image, whichever tool wrote it.
 
-    ``tool``: who wrote it ("A1111", "Forge", "ComfyUI", "NovelAI", "InvokeAI", "Fooocus", "SwarmUI", ...), ``None``
-    when no generation metadata was recognised. ``parameters``: A1111's names (``Prompt``, ``Negative prompt``,
-    ``Steps``, ``Sampler``, ``Schedule type``, ``CFG scale``, ``Seed``, ``Size-1``, ``Size-2``, ``Model hash``,
-    ``Model``, hires fields ...) as :func:`modules.infotext.parse_infotext` returns them for ``infotext``, the
-    A1111-format text equivalent ("" when nothing was found). ``items``: every raw text item found (PNG text chunks,
-    EXIF strings, comments, XMP, hidden data), capped in size; ``source`` names the item the generation text came
-    from. ``errors``: damage found in the file; ``warnings``: what could not be mapped or was cut.
+    ``tool``: who wrote it ("A1111", "Forge", "ComfyUI", "NovelAI", "InvokeAI", "Fooocus", "Ruined Fooocus",
+    "SwarmUI", ...), ``None`` when no generation metadata was recognised. ``parameters``: A1111's names
+    (``Prompt``, ``Negative prompt``, ``Steps``, ``Sampler``, ``Schedule type``, ``CFG scale``, ``Seed``, ``Size-1``,
+    ``Size-2``, ``Model hash``, ``Model``, hires fields ...) as :func:`modules.infotext.parse_infotext` returns them
+    for ``infotext``, the A1111-format text equivalent ("" when nothing was found). ``items``: every raw text item
+    found (PNG text chunks, EXIF strings, comments, XMP, hidden data), capped in size, the one the parameters came
+    from included (the PNG Info tab and ``/sdapi/v1/png-info`` show them all); ``source`` names that item.
+    ``errors``: damage found in the file; ``warnings``: what could not be mapped, was cut or was corrected.
     """
 
     tool: str | None = None

@@ -56,9 +56,9 @@ def sampler(name: object, scheduler: object = None) -> tuple[str | None, str | N
     for prefix in ("sample_",):
         key = key[len(prefix):] if key.startswith(prefix) else key
     base = key[:-4] if key.endswith("_gpu") else key
-    label = COMFY_SAMPLERS.get(base) or _OTHER_SAMPLERS.get(base)
+    found = COMFY_SAMPLERS.get(base) or _OTHER_SAMPLERS.get(base)
     sched = schedule(scheduler) or ("Karras" if karras else None)
-    return (label or raw), sched
+    return (found or raw), sched
 
 
 def schedule(name: object) -> str | None:

@@ -1,8 +1,12 @@
 """``read_metadata``: the container's text items, then the first format that recognises them, as A1111 parameters.
 
-Order: A1111-style ``parameters`` (text, or Fooocus/SwarmUI JSON), ComfyUI ``prompt``/``workflow``, InvokeAI,
-NovelAI, Easy Diffusion, Draw Things, then EXIF/XMP/comment text (JPEG and WebP writers), and last the hidden
-"stealth" bits of lossless images. Nothing recognised: the raw items only, never an error.
+Order: A1111-style ``parameters`` (text, or Fooocus/Ruined Fooocus/SwarmUI JSON), InvokeAI, NovelAI, Easy
+Diffusion, then EXIF/XMP/comment text (JPEG and WebP writers: A1111 text, Draw Things or other tools' JSON,
+``{"prompt": graph, "workflow": ...}`` of ComfyUI's SaveImage Plus), then ComfyUI ``prompt``/``workflow`` (also
+from EXIF ``Prompt:{...}``/``Workflow:{...}`` strings), and last the hidden "stealth" bits of lossless images. A
+ComfyUI save node's A1111 text (Image Saver) thus wins over its graph, as ``parameters`` does in PNGs. Nothing
+recognised: the raw items only, never an error. A1111-format texts go through :mod:`fixups` (hires first-pass
+size, ComfyUI sampler names) before they are shown and sent.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from modules.metadata.a1111 import looks_like_infotext, parsable, parse_a1111
 from modules.metadata.comfy_workflow import workflow_to_graph
 from modules.metadata.comfyui import parse_prompt_graph
 from modules.metadata.containers import read_container
+from modules.metadata.fixups import comfy_sampler_fix, first_pass_fix, set_params
 from modules.metadata.model import Container, ImageMetadata, Parsed
 from modules.metadata.stealth import read_stealth
 
@@ -50,6 +55,10 @@ def _from_json(data: Any, key: str) -> Parsed | None:
         return tools.parse_swarmui(data, key)
     if _is_comfy_graph(data):
         return parse_prompt_graph(data, key)
+    if _is_comfy_graph(data.get("prompt")) or _is_workflow(data.get("workflow")):
+        return _comfy_graphs(data.get("prompt"), data.get("workflow"), key)
+    if tools.is_ruined_fooocus(data):
+        return tools.parse_ruined_fooocus(data, key)
     if "c" in data and ("uc" in data or "scale" in data):
         return tools.parse_draw_things(data, key)
     if "prompt" in data and ("guidance_scale" in data or "base_model" in data):
@@ -63,17 +72,24 @@ def _from_json(data: Any, key: str) -> Parsed | None:
     return None
 
 
-def _comfyui(items: dict[str, str], notes: list[str]) -> Parsed | None:
-    graph = _json(items.get("prompt"), "prompt", notes)
-    parsed = parse_prompt_graph(graph) if _is_comfy_graph(graph) else None
+def _is_workflow(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("nodes"), list)
+
+
+def _comfy_graphs(graph: Any, workflow: Any, source: str | None = None) -> Parsed | None:
+    """The API graph's reading; the editor workflow's when the graph is missing or gives nothing."""
+    parsed = parse_prompt_graph(graph, source or "prompt") if _is_comfy_graph(graph) else None
     if parsed is not None and parsed.params:
         return parsed
-    workflow = _json(items.get("workflow"), "workflow", notes)
-    if isinstance(workflow, dict) and isinstance(workflow.get("nodes"), list):
-        from_workflow = parse_prompt_graph(workflow_to_graph(workflow), "workflow")
+    if _is_workflow(workflow):
+        from_workflow = parse_prompt_graph(workflow_to_graph(workflow), source or "workflow")
         if from_workflow.params or parsed is None:
             return from_workflow
     return parsed
+
+
+def _comfyui(items: dict[str, str], notes: list[str]) -> Parsed | None:
+    return _comfy_graphs(_json(items.get("prompt"), "prompt", notes), _json(items.get("workflow"), "workflow", notes))
 
 
 def _novelai(items: dict[str, str], size: tuple[int | None, int | None], notes: list[str]) -> Parsed | None:
@@ -97,10 +113,6 @@ def _detect(c: Container, notes: list[str]) -> Parsed | None:
                 return parsed
         else:
             return parse_a1111(params_text, "parameters", "Fooocus" if scheme == "a1111" else None)
-    if "prompt" in items or "workflow" in items:
-        parsed = _comfyui(items, notes)
-        if parsed is not None:
-            return parsed
     invoke = _json(items.get("invokeai_metadata"), "invokeai_metadata", notes)
     if isinstance(invoke, dict):
         return tools.parse_invokeai_metadata(invoke)
@@ -125,6 +137,8 @@ def _detect(c: Container, notes: list[str]) -> Parsed | None:
         if data is None and looks_like_infotext(text):
             hint = "Fooocus" if scheme == "a1111" or items.get("Software", "").startswith("Fooocus") else None
             return parse_a1111(text, key, hint)
+    if "prompt" in items or "workflow" in items:
+        return _comfyui(items, notes)
     return None
 
 
@@ -134,6 +148,22 @@ def _split_comfy_exif(c: Container) -> None:
         match = _COMFY_EXIF.match(c.items.get(key, ""))
         if match and match.group(1).lower() not in c.items:
             c.add(match.group(1).lower(), c.items[key][match.end():])
+
+
+def fix_a1111(text: str, tool: str | None, image: tuple[int | None, int | None], notes: list[str]) -> str:
+    """An A1111-format text with :mod:`fixups` applied (ComfyUI sampler names when ComfyUI wrote it, the hires
+    first-pass size); what was changed or could not be is added to ``notes``."""
+    if not text.strip():
+        return text
+    params = infotext.parse_infotext(text)
+    changes = comfy_sampler_fix(params) if tool == "ComfyUI" else {}
+    if changes:
+        notes.append(f"ComfyUI sampler {params.get('Sampler')!r} shown as A1111's sampler and schedule type")
+    size_changes, note = first_pass_fix(params, image)
+    if note:
+        notes.append(note)
+    changes.update(size_changes)
+    return set_params(text, changes) if changes else text
 
 
 def _clean(value: Any) -> Any:
@@ -150,8 +180,8 @@ def _finish(md: ImageMetadata, parsed: Parsed) -> None:
     md.tool, md.source = parsed.tool, parsed.source
     md.warnings.extend(parsed.warnings)
     if parsed.infotext is not None:
-        md.infotext, md.verbatim = parsed.infotext, True
-        md.parameters = infotext.parse_infotext(parsed.infotext) if parsed.infotext else {}
+        md.infotext, md.verbatim = fix_a1111(parsed.infotext, parsed.tool, (md.width, md.height), md.warnings), True
+        md.parameters = infotext.parse_infotext(md.infotext) if md.infotext else {}
         return
     params = infotext.order_params({k: _clean(v) for k, v in parsed.params.items() if v not in (None, "")})
     md.infotext = infotext.format_infotext(parsed.prompt, parsed.negative, params)
@@ -207,8 +237,9 @@ def read_metadata(data: bytes) -> ImageMetadata:
 
 
 def text_to_infotext(text: str) -> str:
-    """A pasted metadata text as A1111 infotext: ComfyUI ``prompt``/``workflow`` JSON, SwarmUI, Fooocus, InvokeAI
-    JSON or an InvokeAI ``Dream`` string are converted; anything else (A1111 text included) comes back unchanged."""
+    """A pasted metadata text as A1111 infotext: ComfyUI ``prompt``/``workflow`` JSON, SwarmUI, Fooocus, Ruined
+    Fooocus, InvokeAI JSON or an InvokeAI ``Dream`` string are converted; A1111 text gets the :mod:`fixups` the
+    text alone proves (hires size recorded as ``Size``, ComfyUI sampler names); anything else comes back unchanged."""
     stripped = (text or "").strip()
     notes: list[str] = []
     try:
@@ -221,6 +252,9 @@ def text_to_infotext(text: str) -> str:
                 parsed = parse_prompt_graph(workflow_to_graph(data), "workflow")
             if parsed is None and isinstance(data, dict) and isinstance(data.get("image"), dict):
                 parsed = tools.parse_sd_metadata(data)
+        if parsed is None and looks_like_infotext(stripped):
+            tool = "ComfyUI" if re.search(r"\bVersion: ComfyUI\b", stripped.rpartition("\n")[2]) else None
+            return fix_a1111(text, tool, (None, None), [])
         if parsed is None or not (parsed.params or parsed.prompt):
             return text
         md = ImageMetadata()

@@ -37,7 +37,7 @@ def _bits(image: Image.Image, mode: str, count: int) -> np.ndarray:
     """The first ``count`` low bits in column-major pixel order (channel order inside a pixel)."""
     per_column = image.height * (1 if mode == "alpha" else 3)
     plane = _plane(image, mode, math.ceil(count / per_column))
-    return (plane & 1).transpose(1, 0, 2).reshape(-1)[:count]
+    return np.asarray((plane & 1).transpose(1, 0, 2).reshape(-1)[:count])
 
 
 def _read_mode(image: Image.Image, mode: str) -> tuple[str | None, str | None]:

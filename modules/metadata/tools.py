@@ -1,5 +1,6 @@
 """Other generators' metadata read as A1111 parameters: NovelAI, InvokeAI (2.x ``Dream`` and ``sd-metadata``, 3.x+
-``invokeai_metadata``), Fooocus (JSON scheme), SwarmUI (``sui_image_params``), Easy Diffusion and Draw Things.
+``invokeai_metadata``), Fooocus (JSON scheme), Ruined Fooocus, SwarmUI (``sui_image_params``), Easy Diffusion and
+Draw Things.
 
 Each parser takes the raw JSON/text and returns a :class:`Parsed`, or raises ``ValueError``/``KeyError``/
 ``TypeError`` when the data is not what that tool writes (the caller then shows the raw items).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from typing import Any
 
 from modules.metadata import names
@@ -36,7 +38,7 @@ def _size(width: Any, height: Any) -> str | None:
     return None
 
 
-def _lora_tags(loras: list[tuple[str, Any]]) -> str:
+def _lora_tags(loras: Sequence[tuple[str | None, Any]]) -> str:
     return " ".join(f"<lora:{name}:{_num(weight)}>" for name, weight in loras if name)
 
 
@@ -124,7 +126,7 @@ def parse_invokeai_metadata(data: dict[str, Any]) -> Parsed:
     """InvokeAI 3.x+ ``invokeai_metadata`` JSON (``CoreMetadataInvocation`` fields)."""
     if "positive_prompt" not in data and "seed" not in data:
         raise KeyError("positive_prompt")
-    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    model: dict[str, Any] = data["model"] if isinstance(data.get("model"), dict) else {}
     sampler, schedule = names.sampler(data.get("scheduler"))
     loras = []
     for lora in data.get("loras") or []:
@@ -133,7 +135,7 @@ def parse_invokeai_metadata(data: dict[str, Any]) -> Parsed:
         ref = lora.get("model") or lora.get("lora") or {}
         loras.append((ref.get("name") or ref.get("model_name"), lora.get("weight", 1)))
     clip = data.get("clip_skip")
-    vae = data.get("vae") if isinstance(data.get("vae"), dict) else {}
+    vae: dict[str, Any] = data["vae"] if isinstance(data.get("vae"), dict) else {}
     params = {"Steps": data.get("steps"), "Sampler": sampler, "Schedule type": schedule,
               "CFG scale": data.get("cfg_scale"), "Seed": data.get("seed"),
               "Size": _size(data.get("width"), data.get("height")),
@@ -170,6 +172,49 @@ def parse_fooocus(data: dict[str, Any]) -> Parsed:
               (None, "", "None") else None, "Version": data.get("version")}
     prompt = f"{data.get('prompt', '')} {_lora_tags(loras)}".strip()
     return Parsed("Fooocus", prompt, str(data.get("negative_prompt") or ""), params, source="parameters")
+
+
+def is_ruined_fooocus(data: dict[str, Any]) -> bool:
+    return data.get("software") == "RuinedFooocus" or ("Prompt" in data and "base_model_name" in data)
+
+
+def _ruined_loras(value: Any) -> list[tuple[str, Any, str | None]]:
+    """(name, weight, hash) of Ruined Fooocus's ``loras``: ``[[hash, "weight - name"], ...]``, ``[{name, weight,
+    hash}]``, or the older ``"Loras:<name:weight>,..."`` text."""
+    out: list[tuple[str, Any, str | None]] = []
+    if isinstance(value, str):
+        return [(name, _num(w), None) for name, w in re.findall(r"<([^<>:]+):([-+0-9.eE]+)>", value[:10_000])]
+    for entry in value if isinstance(value, list) else []:
+        if isinstance(entry, dict) and entry.get("name"):
+            out.append((str(entry["name"]), entry.get("weight", 1), entry.get("hash")))
+        elif isinstance(entry, (list, tuple)) and len(entry) >= 2:
+            weight, _, name = str(entry[1]).partition(" - ")
+            if name:
+                out.append((name, _num(weight), str(entry[0]) if entry[0] else None))
+    return out
+
+
+def parse_ruined_fooocus(data: dict[str, Any], source: str) -> Parsed:
+    """Ruined Fooocus: flat JSON in ``parameters`` (``Prompt``, ``Negative``, ``cfg``, ``sampler_name``,
+    ``base_model_name``... and ``"software": "RuinedFooocus"``)."""
+    sampler, schedule = names.sampler(data.get("sampler_name"), data.get("scheduler"))
+    loras = [(names.model_name(n) or n, w, h) for n, w, h in _ruined_loras(data.get("loras"))]
+    model_hash = data.get("base_model_hash")
+    clip = _num(data.get("clip_skip"))
+    denoise = _num(data.get("denoise"))
+    params = {"Steps": _num(data.get("steps")), "Sampler": sampler, "Schedule type": schedule,
+              "CFG scale": _num(data.get("cfg")), "Seed": _num(data.get("seed")),
+              "Size": _size(data.get("width"), data.get("height")),
+              "Model hash": model_hash[:10] if isinstance(model_hash, str) and model_hash else None,
+              "Model": names.model_name(data.get("base_model_name")),
+              "Denoising strength": denoise if isinstance(denoise, (int, float)) and denoise < 1 else None,
+              "Clip skip": abs(clip) if isinstance(clip, int) and abs(clip) > 1 else None,
+              "Refiner": names.model_name(data.get("refiner_model_name")) if data.get("refiner_model_name") not in
+              (None, "", "None") else None,
+              "Lora hashes": ", ".join(f"{n}: {h}" for n, _, h in loras if h) or None,
+              "Version": "RuinedFooocus"}
+    prompt = f"{data.get('Prompt') or ''} {_lora_tags([(n, w) for n, w, _ in loras])}".strip()
+    return Parsed("Ruined Fooocus", prompt, str(data.get("Negative") or ""), params, source=source)
 
 
 def parse_swarmui(data: dict[str, Any], source: str) -> Parsed:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import _codecs
 import pickle
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +29,8 @@ class _LightningCheckpointStub:
         self.state = state
 
 
-def _allowed_globals() -> list[object]:
-    allowed: list[object] = [
+def _allowed_globals() -> list[Callable[..., Any] | tuple[Callable[..., Any], str]]:
+    allowed: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
         (_LightningCheckpointStub, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
         np.dtype,
         _codecs.encode,

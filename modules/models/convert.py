@@ -8,11 +8,32 @@ so any depth and width of the SD 1.x / 2.x / XL topologies converts.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 
-Tensor = torch.Tensor
+_Self = TypeVar("_Self", bound="TensorLike")
+
+
+class TensorLike(Protocol):
+    """What the converters use of a tensor: a ``torch.Tensor``, or a stand-in that records operations for later."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def ndim(self) -> int: ...
+
+    @property
+    def T(self: _Self) -> _Self: ...
+
+    def reshape(self: _Self, *shape: int) -> _Self: ...
+
+    def contiguous(self: _Self) -> _Self: ...
+
+
+TensorT = TypeVar("TensorT", bound=TensorLike)
+
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 
@@ -69,10 +90,10 @@ def _replace_prefix(key: str, pairs: list[tuple[str, str]]) -> str | None:
     return None
 
 
-def unet_to_ldm(state_dict: Mapping[str, Tensor], config: Mapping[str, Any]) -> dict[str, Tensor]:
+def unet_to_ldm(state_dict: Mapping[str, TensorT], config: Mapping[str, Any]) -> dict[str, TensorT]:
     """Convert a diffusers ``UNet2DConditionModel`` state dict to ``model.diffusion_model.*`` keys."""
     block_pairs = _unet_prefix_map(config)
-    out: dict[str, Tensor] = {}
+    out: dict[str, TensorT] = {}
     for key, value in state_dict.items():
         new = _replace_prefix(key, _UNET_TOP)
         if new is None:
@@ -115,10 +136,10 @@ _VAE_ATTN_PARTS = [
 ]
 
 
-def vae_to_ldm(state_dict: Mapping[str, Tensor], config: Mapping[str, Any]) -> dict[str, Tensor]:
+def vae_to_ldm(state_dict: Mapping[str, TensorT], config: Mapping[str, Any]) -> dict[str, TensorT]:
     """Convert a diffusers ``AutoencoderKL`` state dict to ``first_stage_model.*`` keys."""
     pairs = _vae_prefix_map(config)
-    out: dict[str, Tensor] = {}
+    out: dict[str, TensorT] = {}
     for key, value in state_dict.items():
         new = _replace_prefix(key, pairs) or key
         if ".mid_block.attentions.0." in key:
@@ -136,9 +157,9 @@ def vae_to_ldm(state_dict: Mapping[str, Tensor], config: Mapping[str, Any]) -> d
     return out
 
 
-def clip_to_ldm(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+def clip_to_ldm(state_dict: Mapping[str, TensorT], prefix: str) -> dict[str, TensorT]:
     """A transformers ``CLIPTextModel`` in the HF layout under ``prefix`` (e.g. ``cond_stage_model.transformer.``)."""
-    out: dict[str, Tensor] = {}
+    out: dict[str, TensorT] = {}
     for key, value in state_dict.items():
         if key.endswith("position_ids"):
             continue
@@ -156,10 +177,15 @@ _OPENCLIP_LAYER_PARTS = [
 ]
 
 
-def open_clip_to_ldm(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+def _cat_rows(parts: list[TensorT]) -> TensorT:
+    """``torch.cat`` along dim 0, for tensors and for stand-ins that take part through ``__torch_function__``."""
+    return cast(TensorT, torch.cat(cast(list[torch.Tensor], parts), dim=0))
+
+
+def open_clip_to_ldm(state_dict: Mapping[str, TensorT], prefix: str) -> dict[str, TensorT]:
     """A transformers CLIP text model to the OpenCLIP layout under ``prefix`` (e.g. ``cond_stage_model.model.``)."""
     sd = {k.removeprefix("text_model."): v for k, v in state_dict.items() if not k.endswith("position_ids")}
-    out: dict[str, Tensor] = {
+    out: dict[str, TensorT] = {
         prefix + "token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
         prefix + "positional_embedding": sd.pop("embeddings.position_embedding.weight"),
         prefix + "ln_final.weight": sd.pop("final_layer_norm.weight"),
@@ -173,7 +199,7 @@ def open_clip_to_ldm(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str,
         dst = f"{prefix}transformer.resblocks.{i}."
         for kind in ("weight", "bias"):
             qkv = [sd.pop(f"{src}self_attn.{p}_proj.{kind}") for p in ("q", "k", "v")]
-            out[f"{dst}attn.in_proj_{kind}"] = torch.cat(qkv, dim=0)
+            out[f"{dst}attn.in_proj_{kind}"] = _cat_rows(qkv)
     for key, value in sd.items():
         if not key.startswith("encoder.layers."):
             raise ValueError(f"unexpected text encoder key {key!r}")

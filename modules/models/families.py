@@ -66,7 +66,9 @@ def _family_name(base: str, inpaint: bool, v_prediction: bool) -> str:
 
 def detect_base(keys: Collection[str]) -> str:
     """sd1, sd2 or sdxl from the text encoder key prefixes of an original-layout state dict."""
-    has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in keys)
+
     if not any(k.startswith("model.diffusion_model.") for k in keys):
         raise ModelLoadError("not a Stable Diffusion checkpoint: it has no model.diffusion_model.* weights")
     if has("conditioner.embedders.1.model."):

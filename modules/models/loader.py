@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,6 +16,11 @@ from modules.models.checkpoint_file import CheckpointFile
 from modules.models.families import FAMILIES, Family
 from modules.models.registry import CheckpointInfo
 from modules.models.tokenizer import build_clip_tokenizer
+from modules.models.vae import VaeInfo
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +36,16 @@ class ModelParts:
 
     family: Family
     prediction_type: str
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
     scheduler_config: dict[str, Any]
-    text_encoder_2: Any = None
-    tokenizer_2: Any = None
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
     info: CheckpointInfo | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    vae_info: VaeInfo | None = None  # an external VAE in use instead of the baked one (per job, see ModelManager)
+    vae_hash: str | None = None
 
     def modules(self) -> list[torch.nn.Module]:
         mods = [self.unet, self.vae, self.text_encoder, self.text_encoder_2]

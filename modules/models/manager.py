@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import threading
@@ -65,6 +66,7 @@ class ModelManager:
         self._current: ModelParts | None = None
         self._last: CheckpointInfo | None = None
         self._ram: OrderedDict[Path, ModelParts] = OrderedDict()
+        self._external_vae: tuple[Path, int, torch.nn.Module] | None = None
         self.load_count = 0
         self.last_load_seconds = 0.0
 
@@ -170,12 +172,30 @@ class ModelManager:
 
             parts.unet.set_attn_processor(AttnProcessor2_0())
 
-    def apply_vae(self, parts: ModelParts, choice: str | None) -> None:
-        """Use the VAE ``choice`` (a file in the VAE folder, "Automatic" or "None") for ``parts``."""
-        from modules.models.vae import apply_vae
+    def with_vae(self, parts: ModelParts, choice: str | None) -> ModelParts:
+        """``parts`` with the VAE ``choice`` (a file in the VAE folder, "Automatic" or "None") for one job.
 
+        The cached parts keep their baked VAE; an external one is loaded once, kept beside them, and the VAE not in
+        use waits in RAM.
+        """
+        from modules.models.vae import load_vae, resolve_vae, vae_hash
+
+        info = resolve_vae(choice, parts.info.path if parts.info else None, self.vae_dir or Path("models/VAE"))
         with self._lock:
-            apply_vae(parts, choice, self.vae_dir or Path("models/VAE"), self.registry.hash_cache)
+            if info is None:
+                if self._external_vae is not None:
+                    self._external_vae[2].to("cpu")
+                parts.vae.to(self.config.device)
+                return parts
+            cached = self._external_vae
+            if cached is None or cached[0] != info.path or cached[1] != id(parts):
+                self._external_vae = None
+                self._free()
+                cached = self._external_vae = (info.path, id(parts), load_vae(info, parts.vae, parts.device))
+            parts.vae.to("cpu")
+            vae = cached[2].to(self.config.device)
+            return dataclasses.replace(parts, vae=vae, vae_info=info,
+                                       vae_hash=vae_hash(info, self.registry.hash_cache))
 
     def unload(self) -> None:
         """Free the current model and the RAM cache (A1111's unload-checkpoint)."""
@@ -184,6 +204,7 @@ class ModelManager:
                 self._last = self._current.info
             self._current = None
             self._ram.clear()
+            self._external_vae = None
             self._free()
 
     def reload(self) -> ModelParts | None:

@@ -101,7 +101,7 @@ class CheckpointRegistry:
         return info.sha256
 
     def find(self, query: str) -> CheckpointInfo | None:
-        """Look a checkpoint up as A1111 does: title, name, model name, hashes, then the shortest title containing it."""
+        """Look a checkpoint up as A1111 does: title, name, model name, hashes, then the shortest matching title."""
         query = query.strip()
         if not query:
             return None

@@ -38,11 +38,12 @@ _UNET_SMALL = {
 
 
 def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    config: dict[str, Any] = json.loads(path.read_text())
+    return config
 
 
 def tiny_config(family: str) -> dict[str, dict[str, Any]]:
-    """Component configs of the tiny replica of ``family`` (keys: model_index, scheduler, unet, vae, text_encoder...)."""
+    """Component configs of the tiny replica of ``family`` (model_index, scheduler, unet, vae, text_encoder...)."""
     fam = FAMILIES[family]
     src = bundled_config_dir(family)
     cfg = {"model_index": _read(src / "model_index.json"),

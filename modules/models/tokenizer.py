@@ -40,7 +40,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 @functools.lru_cache(maxsize=1)
@@ -59,9 +59,10 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], tuple[str, ...]]:
 def build_clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
     """A CLIP tokenizer identical to ``openai/clip-vit-large-patch14``'s, with the given padding token."""
     vocab, merges = clip_vocab_and_merges()
+    pairs = [tuple(m.split()) for m in merges]
     return CLIPTokenizer(
         vocab=dict(vocab),
-        merges=[tuple(m.split()) for m in merges],
+        merges=pairs,  # type: ignore[arg-type]  # annotated list[str]; handed to tokenizers' BPE, which takes pairs
         pad_token=pad_token,
         model_max_length=MAX_LENGTH,
     )

@@ -84,23 +84,3 @@ def load_vae(info: VaeInfo, like: Any, device: torch.device | str | None = None)
 
 def vae_hash(info: VaeInfo, cache: HashCache) -> str:
     return cache.sha256(info.path, [info.path])[:10]
-
-
-def apply_vae(parts: Any, choice: str | None, folder: Path, cache: HashCache) -> None:
-    """Put the chosen VAE into ``parts`` (keeping the baked one aside), or restore the baked one."""
-    baked = parts.extra.setdefault("baked_vae", parts.vae)
-    info = resolve_vae(choice, parts.info.path if parts.info else None, folder)
-    current: VaeInfo | None = parts.extra.get("vae_info")
-    if info == current:
-        return
-    device = parts.device
-    if info is None:
-        parts.vae = baked.to(device)
-    else:
-        parts.vae = load_vae(info, baked, device)
-        baked.to("cpu")  # kept for "None"/"Automatic", off the GPU meanwhile
-        log.info("using VAE %s", info.name)
-    parts.extra["vae_info"] = info
-    parts.extra["vae_hash"] = vae_hash(info, cache) if info else None
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -100,7 +100,7 @@ def tokenize_line(
         chunks.append(_frame(content, weights, ids, chunk_length))
         content, weights, last_comma = [], [], -1
 
-    for fragment_ids, (text, weight) in zip(tokenized, parsed):
+    for fragment_ids, (text, weight) in zip(tokenized, parsed, strict=True):
         if text == "BREAK" and weight == BREAK_WEIGHT:
             close()
             continue

@@ -8,6 +8,7 @@ same fragments, weights and schedules here.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import lark
 
@@ -57,18 +58,26 @@ _EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 BREAK_WEIGHT = -1.0
 
 
+@dataclass(slots=True)
+class _Fragment:
+    """Text and its weight, scaled in place as brackets close."""
+
+    text: str
+    weight: float
+
+
 def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     """Split a prompt into (text, weight) fragments: ``(x)`` x1.1, ``[x]`` /1.1, ``(x:w)`` xw, ``\\(`` literal.
 
     ``BREAK`` becomes a ``("BREAK", -1.0)`` fragment; adjacent fragments of equal weight are merged.
     """
-    fragments: list[list] = []  # [text, weight] pairs, mutated in place as brackets close
+    fragments: list[_Fragment] = []
     open_round: list[int] = []
     open_square: list[int] = []
 
     def scale_from(start: int, factor: float) -> None:
         for fragment in fragments[start:]:
-            fragment[1] *= factor
+            fragment.weight *= factor
 
     for match in _ATTENTION_TOKEN.finditer(text):
         token = match.group(0)
@@ -76,7 +85,7 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
         explicit = _to_float(weight) if weight is not None else None
 
         if token[0] == "\\":
-            fragments.append([token[1:], 1.0])
+            fragments.append(_Fragment(token[1:], 1.0))
         elif token == "(":
             open_round.append(len(fragments))
         elif token == "[":
@@ -90,8 +99,8 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
         else:
             for i, part in enumerate(_BREAK.split(token)):
                 if i:
-                    fragments.append(["BREAK", BREAK_WEIGHT])
-                fragments.append([part, 1.0])
+                    fragments.append(_Fragment("BREAK", BREAK_WEIGHT))
+                fragments.append(_Fragment(part, 1.0))
 
     for start in open_round:
         scale_from(start, _ROUND_MULTIPLIER)
@@ -101,13 +110,13 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     if not fragments:
         return [("", 1.0)]
 
-    merged: list[list] = [fragments[0]]
+    merged = [fragments[0]]
     for fragment in fragments[1:]:
-        if fragment[1] == merged[-1][1]:
-            merged[-1][0] += fragment[0]
+        if fragment.weight == merged[-1].weight:
+            merged[-1].text += fragment.text
         else:
             merged.append(fragment)
-    return [(str(t), float(w)) for t, w in merged]
+    return [(f.text, float(f.weight)) for f in merged]
 
 
 def _to_float(value: str) -> float | None:
@@ -134,7 +143,7 @@ def get_learned_conditioning_prompt_schedules(
     else:
         steps, int_offset, float_offset = hires_steps, base_steps, 1.0
 
-    def switch_step(node: lark.Tree) -> int:
+    def switch_step(node: lark.Tree[lark.Token]) -> int:
         number = str(node.children[-2])
         value = float(number)
         if use_old_scheduling:
@@ -145,7 +154,7 @@ def get_learned_conditioning_prompt_schedules(
             value = value - int_offset
         return min(steps, int(value))
 
-    def render(node: lark.Tree | lark.Token | None, step: int) -> str:
+    def render(node: lark.Tree[lark.Token] | lark.Token | None, step: int) -> str:
         if node is None:
             return ""
         if isinstance(node, lark.Token):

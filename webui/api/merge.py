@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from modules.app import App
+from modules.job_types import MergeResultSummary
 from modules.jobs import JobState
 from modules.merge import service
 from webui.api.waiting import failure_response, wait_for
@@ -56,6 +57,8 @@ def build_router(app: App) -> APIRouter:
         if job.state is JobState.CANCELLED:
             return JSONResponse({"error": "Interrupted", "detail": "the merge was interrupted; nothing was written",
                                  "job_id": job.id}, status_code=409)
-        return {**job.result, "job_id": job.id}
+        if not isinstance(job.result, MergeResultSummary):
+            return failure_response(job)
+        return {**job.result.as_dict(), "job_id": job.id}
 
     return r

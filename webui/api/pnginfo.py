@@ -58,10 +58,12 @@ class _TooLarge(Exception):
 
 
 def png_info(data: bytes) -> dict[str, Any]:
-    """A1111's response: ``info`` (the generation text, A1111 format), ``items`` (the other text items),
-    ``parameters`` (the parsed, A1111-named values), plus ``tool``, ``errors`` and ``warnings``."""
+    """A1111's response: ``info`` (the generation text, A1111 format), ``items`` (the other text items, as A1111),
+    ``parameters`` (the parsed, A1111-named values), plus ``raw_items`` (every raw text item as written, the one
+    ``info`` came from included, so the original text can always be copied), ``tool``, ``errors``, ``warnings``."""
     md = read_metadata(data)
-    return {"info": md.infotext, "items": md.other_items(), "parameters": md.parameters, "tool": md.tool,
+    return {"info": md.infotext, "items": md.other_items(), "raw_items": md.items, "parameters": md.parameters,
+            "tool": md.tool,
             "format": md.format, "errors": md.errors, "warnings": md.warnings}
 
 

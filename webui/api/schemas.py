@@ -1,10 +1,16 @@
-"""A1111 v1.10.1 request bodies as its clients send them: unknown fields ignored, ``null`` for any optional one."""
+"""A1111 v1.10.1 request bodies as its clients send them: unknown fields ignored, ``null`` for any optional one.
+
+The generation parameters' fields come from the parameter table (:func:`modules.param_io.api_fields`); the classes
+below declare only the fields that are not parameters.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from modules.param_io import api_fields
 
 
 class _Body(BaseModel):
@@ -12,36 +18,11 @@ class _Body(BaseModel):
 
 
 class GenerationBody(_Body):
-    """Fields shared by txt2img and img2img (A1111's StableDiffusionProcessing arguments plus API extras)."""
+    """The fields of A1111's txt2img and img2img bodies that are not generation parameters."""
 
-    prompt: str | None = ""
-    negative_prompt: str | None = ""
-    styles: list[str] | None = None
-    seed: int | None = -1
-    subseed: int | None = -1
-    subseed_strength: float | None = 0.0
-    seed_resize_from_h: int | None = -1
-    seed_resize_from_w: int | None = -1
-    sampler_name: str | None = None
-    sampler_index: str | None = "Euler"
-    scheduler: str | None = None
-    batch_size: int | None = 1
-    n_iter: int | None = 1
-    steps: int | None = 50
-    cfg_scale: float | None = 7.0
-    width: int | None = 512
-    height: int | None = 512
-    restore_faces: bool | None = None
-    tiling: bool | None = None
     do_not_save_samples: bool | None = False
     do_not_save_grid: bool | None = False
-    eta: float | None = None
-    denoising_strength: float | None = None
     s_min_uncond: float | None = None
-    s_churn: float | None = None
-    s_tmax: float | None = None
-    s_tmin: float | None = None
-    s_noise: float | None = None
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool | None = True
     refiner_checkpoint: str | None = None
@@ -57,40 +38,35 @@ class GenerationBody(_Body):
     infotext: str | None = None
 
 
-class Txt2ImgBody(GenerationBody):
-    enable_hr: bool | None = False
+class _Txt2ImgExtras(GenerationBody):
     firstphase_width: int | None = 0
     firstphase_height: int | None = 0
-    hr_scale: float | None = 2.0
-    hr_upscaler: str | None = None
-    hr_second_pass_steps: int | None = 0
-    hr_resize_x: int | None = 0
-    hr_resize_y: int | None = 0
-    hr_checkpoint_name: str | None = None
-    hr_sampler_name: str | None = None
-    hr_scheduler: str | None = None
-    hr_prompt: str | None = ""
-    hr_negative_prompt: str | None = ""
     firstpass_image: str | None = None
 
 
-class Img2ImgBody(GenerationBody):
+class _Img2ImgExtras(GenerationBody):
     init_images: list[str] | None = None
     mask: str | None = None
-    resize_mode: int | None = 0
-    denoising_strength: float | None = 0.75
-    image_cfg_scale: float | None = None
-    mask_blur: int | None = None
-    mask_blur_x: int | None = 4
-    mask_blur_y: int | None = 4
-    mask_round: bool | None = True
-    inpainting_fill: int | None = 0
-    inpaint_full_res: bool | None = True
-    inpaint_full_res_padding: int | None = 0
-    inpainting_mask_invert: int | None = 0
-    initial_noise_multiplier: float | None = None
     latent_mask: str | None = None
     include_init_images: bool | None = False
+
+
+def _fields(kind: str) -> dict[str, Any]:
+    return {name: (kind_type | None, None) for name, (kind_type, _default) in api_fields(kind).items()}
+
+
+if TYPE_CHECKING:
+    Txt2ImgBody = _Txt2ImgExtras
+    Img2ImgBody = _Img2ImgExtras
+else:
+    Txt2ImgBody = create_model("Txt2ImgBody", __base__=_Txt2ImgExtras, **_fields("txt2img"))
+    Img2ImgBody = create_model("Img2ImgBody", __base__=_Img2ImgExtras, **_fields("img2img"))
+
+# A1111 fields accepted and not acted on (README lists them); the others are honoured.
+IGNORED_FIELDS: tuple[str, ...] = (
+    "do_not_save_samples", "do_not_save_grid", "s_min_uncond", "override_settings_restore_afterwards",
+    "refiner_checkpoint", "refiner_switch_at", "disable_extra_networks", "comments", "force_task_id",
+    "firstphase_width", "firstphase_height", "firstpass_image", "latent_mask", "image_cfg_scale", "restore_faces")
 
 
 class OptionsBody(BaseModel):

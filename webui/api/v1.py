@@ -8,15 +8,16 @@ import os
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from modules import samplers
 from modules.app import App
-from modules.errors import ValidationError
+from modules.job_types import ImagesResult, JobSpec, ReloadModelJob, UnloadModelJob
 from modules.jobs import Job, JobState
 from modules.requests import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
 from modules.styles import load_styles
-from webui.api.convert import prepare_img2img, prepare_txt2img, response_body
+from webui.api.convert import Prepared, prepare, response_body
 from webui.api.schemas import Img2ImgBody, OptionsBody, Txt2ImgBody
 from webui.api.waiting import failure_response, wait_for
 from webui.launch_options import redacted_flags
@@ -31,23 +32,12 @@ def build_router(app: App) -> APIRouter:
 
     @r.post("/txt2img")
     async def txt2img(body: Txt2ImgBody, request: Request) -> Any:
-        parameters = body.model_dump()
-        prepared = prepare_txt2img(app, body)
-        job = app.submit_txt2img(prepared.request, prepared.save, _owner(request), prepared.output_overrides)
-        await wait_for(job)
-        if job.state is JobState.FAILED:
-            return failure_response(job)
-        return response_body(job.result, prepared, app, parameters, {"job_id": job.id})
+        return await _generate(app, await run_in_threadpool(prepare, app, body, "txt2img"), _owner(request))
 
     @r.post("/img2img")
     async def img2img(body: Img2ImgBody, request: Request) -> Any:
-        parameters = img2img_parameters(body)
-        prepared = prepare_img2img(app, body)
-        job = app.submit_img2img(prepared.request, prepared.save, _owner(request), prepared.output_overrides)
-        await wait_for(job)
-        if job.state is JobState.FAILED:
-            return failure_response(job)
-        return response_body(job.result, prepared, app, parameters, {"job_id": job.id})
+        prepared = await run_in_threadpool(prepare, app, body, "img2img")  # decoding images takes a while
+        return await _generate(app, prepared, _owner(request))
 
     @r.get("/options")
     def get_options() -> dict[str, Any]:
@@ -55,18 +45,7 @@ def build_router(app: App) -> APIRouter:
 
     @r.post("/options")
     async def set_options(body: OptionsBody) -> Any:
-        changes = dict(body.model_extra or {})
-        wanted = changes.get("sd_model_checkpoint")
-        if wanted:
-            info = app.registry.find(str(wanted))
-            if info is None:
-                raise ValidationError(f"sd_model_checkpoint: checkpoint not found: {wanted!r}",
-                                      field="sd_model_checkpoint")
-            changes["sd_model_checkpoint"] = info.title
-        before = app.queue.jobs()
-        app.settings.update(changes)
-        loads = [j for j in app.queue.jobs() if j not in before and j.kind in ("load_model", "callable")]
-        for job in loads:
+        for job in app.update_settings(dict(body.model_extra or {})).jobs:
             await wait_for(job)
             if job.state is JobState.FAILED:
                 return failure_response(job)
@@ -163,28 +142,27 @@ def build_router(app: App) -> APIRouter:
         return None
 
     @r.post("/unload-checkpoint")
-    async def unload_checkpoint() -> Any:
-        return await _run_in_queue(app, lambda job: app.models.unload())
+    async def unload_checkpoint(request: Request) -> Any:
+        return await _run_in_queue(app, UnloadModelJob(), _owner(request))
 
     @r.post("/reload-checkpoint")
-    async def reload_checkpoint() -> Any:
-        return await _run_in_queue(app, lambda job: app.models.reload())
+    async def reload_checkpoint(request: Request) -> Any:
+        return await _run_in_queue(app, ReloadModelJob(), _owner(request))
 
     return r
 
 
-def img2img_parameters(body: Img2ImgBody) -> dict[str, Any]:
-    """The echoed request, without the (large) images unless ``include_init_images`` asks for them, as A1111."""
-    params = body.model_dump()
-    if not body.include_init_images:
-        params["init_images"] = None
-        params["mask"] = None
-    return params
+async def _generate(app: App, prepared: Prepared, owner: str | None) -> Any:
+    job = app.submit(prepared.spec, owner, prepared.rendering)
+    await wait_for(job)
+    if job.state is JobState.FAILED or not isinstance(job.result, ImagesResult):
+        return failure_response(job)
+    return response_body(job.result, prepared.rendering, {"job_id": job.id})
 
 
-async def _run_in_queue(app: App, fn) -> Any:
+async def _run_in_queue(app: App, spec: JobSpec, owner: str | None) -> Any:
     """Model housekeeping goes through the queue, so it never pulls a model from under a running job."""
-    job: Job = app.queue.submit("callable", fn)
+    job: Job = app.submit(spec, owner)
     await wait_for(job)
     if job.state is JobState.FAILED:
         return failure_response(job)
@@ -220,11 +198,22 @@ def progress_report(app: App, skip_current_image: bool = False) -> dict[str, Any
     }
 
 
+def process_rss() -> int:
+    """The resident memory of this process, in bytes."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
 def memory_report() -> dict[str, Any]:
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = os.sysconf("SC_PHYS_PAGES") * page
-    free = os.sysconf("SC_AVPHYS_PAGES") * page
-    out: dict[str, Any] = {"ram": {"free": free, "used": total - free, "total": total}}
+    """A1111's ``/memory``: ``ram.used`` is this process's resident memory, ``free`` the rest of the machine's."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    used = process_rss()
+    out: dict[str, Any] = {"ram": {"free": total - used, "used": used, "total": total}}
     try:
         import torch
 

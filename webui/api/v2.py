@@ -1,4 +1,7 @@
-"""``/sdapi/v2``: the asynchronous jobs API. Submit, get an id at once, poll your own job, cancel it."""
+"""``/sdapi/v2``: the asynchronous jobs API. Submit, get an id at once, poll your own job, cancel it.
+
+Every kind of job is listed and can be cancelled: generations, img2img batches, model loads and merges.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,13 @@ import io
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from modules.app import App
+from modules.job_types import BatchResult, ImagesResult, MergeResultSummary, ModelResult
 from modules.jobs import Job, JobState
-from webui.api.convert import Prepared, prepare_img2img, prepare_txt2img, response_body
+from webui.api.convert import Rendering, prepare, response_body
 from webui.api.schemas import Img2ImgBody, Txt2ImgBody
 
 
@@ -33,6 +38,23 @@ def job_summary(app: App, job: Job) -> dict[str, Any]:
             "created": job.created, "started": job.started, "finished": job.finished}
 
 
+def result_body(job: Job) -> dict[str, Any] | None:
+    """A finished job's result: generations in the v1 response shape, the others as their plain fields."""
+    result = job.result
+    if isinstance(result, ImagesResult):
+        rendering = job.tag if isinstance(job.tag, Rendering) else Rendering()
+        return response_body(result, rendering, {"job_id": job.id})
+    if isinstance(result, BatchResult):
+        return {"saved": [str(p) for p in result.saved], "skipped": [list(s) for s in result.skipped],
+                "output_dir": str(result.output_dir) if result.output_dir else None,
+                "interrupted": result.interrupted}
+    if isinstance(result, ModelResult):
+        return {"model": result.title}
+    if isinstance(result, MergeResultSummary):
+        return result.as_dict()
+    return None
+
+
 def job_detail(app: App, job: Job, with_preview: bool = True) -> dict[str, Any]:
     p = job.control.progress
     out = job_summary(app, job)
@@ -42,7 +64,8 @@ def job_detail(app: App, job: Job, with_preview: bool = True) -> dict[str, Any]:
         "step": p.sampling_step, "steps": p.sampling_steps, "job_no": p.job_no, "job_count": p.job_count,
         "phase": p.phase if running else job.state.value,
     }
-    out["eta"] = round(p.eta(), 2) if running and p.eta() is not None else None
+    eta = p.eta() if running else None
+    out["eta"] = round(eta, 2) if eta is not None else None
     out["preview"] = None
     if with_preview and running and p.preview is not None:
         buf = io.BytesIO()
@@ -50,43 +73,31 @@ def job_detail(app: App, job: Job, with_preview: bool = True) -> dict[str, Any]:
         out["preview"] = base64.b64encode(buf.getvalue()).decode("ascii")
     out["error"] = job.error
     out["warnings"] = list(job.control.warnings)
-    out["result"] = None
-    if job.state.finished and job.result is not None and job.kind in ("txt2img", "img2img"):
-        prepared: Prepared = job.options.api_prepared
-        out["result"] = response_body(job.result, prepared, app, job.options.api_parameters, {"job_id": job.id})
+    out["result"] = result_body(job) if job.state.finished else None
     return out
+
+
+def _accepted(app: App, job: Job) -> JSONResponse:
+    return JSONResponse(job_summary(app, job), status_code=202, headers={"Location": f"/sdapi/v2/jobs/{job.id}"})
 
 
 def build_router(app: App) -> APIRouter:
     r = APIRouter(prefix="/sdapi/v2", tags=["jobs API"])
 
     @r.post("/txt2img", status_code=202)
-    def submit_txt2img(body: Txt2ImgBody, request: Request) -> JSONResponse:
-        parameters = body.model_dump()
-        prepared = prepare_txt2img(app, body)
-        job = app.submit_txt2img(prepared.request, prepared.save, _user(request), prepared.output_overrides)
-        job.options.api_prepared = prepared
-        job.options.api_parameters = parameters
-        return JSONResponse(job_summary(app, job), status_code=202,
-                            headers={"Location": f"/sdapi/v2/jobs/{job.id}"})
+    async def submit_txt2img(body: Txt2ImgBody, request: Request) -> JSONResponse:
+        prepared = await run_in_threadpool(prepare, app, body, "txt2img")
+        return _accepted(app, app.submit(prepared.spec, _user(request), prepared.rendering))
 
     @r.post("/img2img", status_code=202)
-    def submit_img2img(body: Img2ImgBody, request: Request) -> JSONResponse:
-        from webui.api.v1 import img2img_parameters
-
-        parameters = img2img_parameters(body)
-        prepared = prepare_img2img(app, body)
-        job = app.submit_img2img(prepared.request, prepared.save, _user(request), prepared.output_overrides)
-        job.options.api_prepared = prepared
-        job.options.api_parameters = parameters
-        return JSONResponse(job_summary(app, job), status_code=202,
-                            headers={"Location": f"/sdapi/v2/jobs/{job.id}"})
+    async def submit_img2img(body: Img2ImgBody, request: Request) -> JSONResponse:
+        prepared = await run_in_threadpool(prepare, app, body, "img2img")
+        return _accepted(app, app.submit(prepared.spec, _user(request), prepared.rendering))
 
     @r.get("/jobs")
     def list_jobs(request: Request) -> list[dict[str, Any]]:
         user = _user(request)
-        return [job_summary(app, j) for j in app.queue.jobs()
-                if j.kind in ("txt2img", "img2img") and (user is None or j.owner in (None, user))]
+        return [job_summary(app, j) for j in app.queue.jobs() if user is None or j.owner in (None, user)]
 
     @r.get("/jobs/{job_id}")
     def get_job(job_id: str, request: Request, preview: bool = True) -> dict[str, Any]:

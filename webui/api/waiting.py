@@ -13,7 +13,11 @@ async def wait_for(job: Job) -> None:
     """Return once ``job`` has finished; the event loop stays free meanwhile."""
     loop = asyncio.get_running_loop()
     finished = asyncio.Event()
-    job.add_done_callback(lambda _job: loop.call_soon_threadsafe(finished.set))
+
+    def on_done(_job: Job) -> None:
+        loop.call_soon_threadsafe(finished.set)
+
+    job.add_done_callback(on_done)
     await finished.wait()
 
 

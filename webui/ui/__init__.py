@@ -8,10 +8,10 @@ import gradio as gr
 
 from modules.app import App
 from webui.ui.common import CSS, TokenCounter, style_tag
-from webui.ui.quicksettings import build_quicksettings, checkpoint_titles
 from webui.ui.img2img import build_img2img_tab, connect_send_to
 from webui.ui.merger import build_merger_tab
 from webui.ui.pnginfo import build_pnginfo_tab
+from webui.ui.quicksettings import build_quicksettings, checkpoint_titles
 from webui.ui.send_to import connect_pnginfo_send
 from webui.ui.settings_tab import build_settings_tab
 from webui.ui.txt2img import build_txt2img_tab, style_names

@@ -3,17 +3,17 @@ Inpaint sketch, Inpaint upload, Batch) and the parameters left; gallery and info
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from modules import samplers
 from modules.app import App
 from modules.batch import PNG_INFO_FIELDS
 from modules.generation.image_prep import MASKED_CONTENT, RESIZE_MODES
-from webui.ui import common
-from webui.ui.common import PASTE, RANDOM, REUSE, TokenCounter, tool_button
+from webui.ui import generation_rows as rows
+from webui.ui.common import TokenCounter
+from webui.ui.generation_rows import FAST, GenerationUI
 from webui.ui.img2img_handlers import (
     BATCH_SOURCES,
     FIELDS,
@@ -37,10 +37,11 @@ from webui.ui.img2img_inputs import (
     scale_html,
     size_for_mode,
 )
-from webui.ui.txt2img import FAST, Txt2ImgUI, style_names
-from webui.ui.txt2img_handlers import reuse_seed, select_image
+from webui.ui.txt2img import Txt2ImgUI
 
-SKETCH_COLORS = ["#000000", "#ffffff", "#e03131", "#f08c00", "#ffd43b", "#2f9e44", "#1971c2", "#9c36b5"]
+TAB = "img2img"
+SKETCH_COLORS: list[str | tuple[str, float]] = ["#000000", "#ffffff", "#e03131", "#f08c00", "#ffd43b", "#2f9e44",
+                                                 "#1971c2", "#9c36b5"]
 IMAGE_HEIGHT = 420
 PRIVATE = {"api_visibility": "private"}
 # the image fields each mode reads (the others stay in the browser when it generates)
@@ -72,45 +73,16 @@ def _image(label: str, elem_id: str) -> gr.Image:
 
 
 @dataclass
-class Img2ImgUI:
+class Img2ImgUI(GenerationUI, tab=TAB, field_names=FIELDS, paste_fields=PASTE_FIELDS):
     """The tab's components (form fields by name, in :data:`FIELDS` order) and its handlers."""
 
     handlers: Img2ImgHandlers
-    fields: dict[str, Any] = field(default_factory=dict)
-    parts: dict[str, Any] = field(default_factory=dict)
-
-    def inputs(self) -> list[Any]:
-        return [self.fields[name] for name in FIELDS]
 
 
 def _editor(label: str, elem_id: str, brush: gr.Brush) -> gr.ImageEditor:
     return tolerant(gr.ImageEditor(label=label, elem_id=elem_id, type="pil", image_mode="RGBA", format="png",
                                    sources=("upload", "clipboard"), brush=brush, layers=False, height=IMAGE_HEIGHT,
                                    transforms=("crop",)))
-
-
-def _prompt_row(ui: Img2ImgUI, app: App) -> None:
-    f, p = ui.fields, ui.parts
-    with gr.Row(elem_id="img2img_toprow", equal_height=False):
-        with gr.Column(scale=6, elem_id="img2img_prompt_container"):
-            f["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=20, elem_id="img2img_prompt",
-                                     placeholder="Prompt (read generation parameters: paste an infotext and press "
-                                                 f"{PASTE})")
-            p["token_counter"] = gr.HTML(common.token_html(0, 75), elem_id="img2img_token_counter")
-            f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, max_lines=20,
-                                              elem_id="img2img_neg_prompt", placeholder="Negative prompt")
-            p["neg_token_counter"] = gr.HTML(common.token_html(0, 75), elem_id="img2img_negative_token_counter")
-        with gr.Column(scale=2, min_width=220, elem_id="img2img_actions_column"):
-            p["generate"] = gr.Button("Generate", variant="primary", elem_id="img2img_generate")
-            with gr.Row(elem_id="img2img_interrupt_skip"):
-                p["interrupt"] = gr.Button("Interrupt", variant="stop", elem_id="img2img_interrupt", size="sm")
-                p["skip"] = gr.Button("Skip", elem_id="img2img_skip", size="sm")
-            with gr.Row(elem_id="img2img_tools"):
-                p["paste"] = tool_button(PASTE, "img2img_paste")
-                p["clear"] = tool_button(common.CLEAR, "img2img_clear_prompt")
-                p["styles_refresh"] = tool_button(common.REFRESH, "img2img_styles_refresh")
-            f["styles"] = gr.Dropdown(label="Styles", choices=style_names(app), value=[], multiselect=True,
-                                      elem_id="img2img_styles")
 
 
 def _mode_tabs(ui: Img2ImgUI, d: dict[str, Any]) -> None:
@@ -176,37 +148,22 @@ def _parameters(ui: Img2ImgUI, d: dict[str, Any]) -> None:
     f, p = ui.fields, ui.parts
     f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=d["resize_mode"], label="Resize mode",
                                 elem_id="img2img_resize_mode")
-    with gr.Row(elem_id="img2img_sampler_row"):
-        f["sampler_name"] = gr.Dropdown(label="Sampling method", choices=samplers.sampler_names(),
-                                        value=d["sampler_name"], elem_id="img2img_sampling")
-        f["scheduler"] = gr.Dropdown(label="Schedule type", choices=samplers.schedule_labels(),
-                                     value=d["scheduler"], elem_id="img2img_scheduler")
-    f["steps"] = gr.Slider(1, 150, value=d["steps"], step=1, label="Sampling steps", elem_id="img2img_steps")
+    rows.sampler_rows(ui, d)
     f["scale_tab"] = gr.State(d["scale_tab"])
     with gr.Row(elem_id="img2img_dimensions_row"):
         with gr.Column(scale=4, min_width=240):
             with gr.Tabs(elem_id="img2img_tabs_resize") as p["scale_tabs"]:
                 with gr.Tab(SCALE_TABS[0], id="resize_to", elem_id="img2img_tab_resize_to") as p["resize_to_tab"]:
                     with gr.Row():
-                        with gr.Column(scale=4):
-                            f["width"] = gr.Slider(64, 2048, value=d["width"], step=8, label="Width",
-                                                   elem_id="img2img_width")
-                            f["height"] = gr.Slider(64, 2048, value=d["height"], step=8, label="Height",
-                                                    elem_id="img2img_height")
-                        p["swap"] = tool_button("\u21c5", "img2img_res_switch_btn")
+                        rows.size_column(ui, d)
                 with gr.Tab(SCALE_TABS[1], id="resize_by", elem_id="img2img_tab_resize_by") as p["resize_by_tab"]:
                     f["scale_by"] = gr.Slider(0.05, 4.0, value=d["scale_by"], step=0.05, label="Scale",
                                               elem_id="img2img_scale")
                     p["scale_html"] = gr.HTML(scale_html(None, d["scale_by"]),
                                               elem_id="img2img_scale_resolution_preview")
-        with gr.Column(scale=2, min_width=140):
-            f["n_iter"] = gr.Slider(1, 100, value=d["n_iter"], step=1, label="Batch count",
-                                    elem_id="img2img_batch_count")
-            f["batch_size"] = gr.Slider(1, 8, value=d["batch_size"], step=1, label="Batch size",
-                                        elem_id="img2img_batch_size")
+        rows.batch_column(ui, d, min_width=140)
     with gr.Row(elem_id="img2img_cfg_row"):
-        f["cfg_scale"] = gr.Slider(1.0, 30.0, value=d["cfg_scale"], step=0.5, label="CFG Scale",
-                                   elem_id="img2img_cfg_scale")
+        rows.cfg_slider(ui, d)
         f["image_cfg_scale"] = gr.Slider(0.0, 3.0, value=d["image_cfg_scale"], step=0.05,
                                          label="Image CFG Scale (instruct-pix2pix models only)",
                                          elem_id="img2img_image_cfg_scale")
@@ -216,7 +173,7 @@ def _parameters(ui: Img2ImgUI, d: dict[str, Any]) -> None:
         f["initial_noise_multiplier"] = gr.Slider(0.5, 1.5, value=d["initial_noise_multiplier"], step=0.01,
                                                   label="Noise multiplier",
                                                   elem_id="img2img_initial_noise_multiplier")
-    _seed_rows(ui, d)
+    rows.seed_rows(ui, d)
     with gr.Group(visible=False, elem_id="inpaint_controls") as p["inpaint_controls"]:
         with gr.Row():
             f["mask_blur"] = gr.Slider(0, 64, value=d["mask_blur"], step=1, label="Mask blur",
@@ -235,104 +192,24 @@ def _parameters(ui: Img2ImgUI, d: dict[str, Any]) -> None:
                                                       elem_id="img2img_inpaint_full_res_padding")
 
 
-def _seed_rows(ui: Img2ImgUI, d: dict[str, Any]) -> None:
-    f, p = ui.fields, ui.parts
-    with gr.Row(elem_id="img2img_seed_row"):
-        f["seed"] = gr.Number(label="Seed", value=d["seed"], precision=0, elem_id="img2img_seed", scale=4)
-        p["random_seed"] = tool_button(RANDOM, "img2img_random_seed")
-        p["reuse_seed"] = tool_button(REUSE, "img2img_reuse_seed")
-        f["seed_extra"] = gr.Checkbox(label="Extra", value=d["seed_extra"], elem_id="img2img_subseed_show",
-                                      scale=1, min_width=80)
-    with gr.Column(visible=False, elem_id="img2img_seed_extras") as p["seed_extras"]:
-        with gr.Row():
-            f["subseed"] = gr.Number(label="Variation seed", value=d["subseed"], precision=0,
-                                     elem_id="img2img_subseed", scale=4)
-            p["random_subseed"] = tool_button(RANDOM, "img2img_random_subseed")
-            p["reuse_subseed"] = tool_button(REUSE, "img2img_reuse_subseed")
-            f["subseed_strength"] = gr.Slider(0.0, 1.0, value=d["subseed_strength"], step=0.01,
-                                              label="Variation strength", elem_id="img2img_subseed_strength",
-                                              scale=4)
-        with gr.Row():
-            f["seed_resize_from_w"] = gr.Slider(0, 2048, value=d["seed_resize_from_w"], step=8,
-                                                label="Resize seed from width", elem_id="img2img_seed_resize_from_w")
-            f["seed_resize_from_h"] = gr.Slider(0, 2048, value=d["seed_resize_from_h"], step=8,
-                                                label="Resize seed from height",
-                                                elem_id="img2img_seed_resize_from_h")
-    with gr.Row(elem_id="img2img_extra_options"):
-        f["clip_skip"] = gr.Slider(1, 12, value=d["clip_skip"], step=1, label="Clip skip",
-                                   elem_id="img2img_clip_skip")
-        f["tiling"] = gr.Checkbox(label="Tiling", value=d["tiling"], elem_id="img2img_tiling")
-
-
-def _output_column(ui: Img2ImgUI) -> None:
-    p = ui.parts
-    with gr.Column(scale=1, elem_id="img2img_results"):
-        p["progress"] = gr.HTML("", elem_id="img2img_progress")
-        p["preview"] = gr.Image(label="Preview", type="pil", interactive=False, visible=False, show_label=False,
-                                elem_id="img2img_preview", height=256)
-        p["gallery"] = gr.Gallery(label="Output", show_label=False, columns=4, height=560, format="png",
-                                  object_fit="contain", preview=True, interactive=False, elem_id="img2img_gallery")
-        p["infotext"] = gr.HTML("", elem_id="html_info_img2img", elem_classes=["infotext"])
-        p["log"] = gr.HTML("", elem_id="html_log_img2img")
-        p["job_id"] = gr.State(None)
-        p["results"] = gr.State(None)
-
-
 def build_img2img_tab(app: App, counter: TokenCounter) -> Img2ImgUI:
     """Create the tab's components inside the current ``gr.Tab`` and wire its events."""
     ui = Img2ImgUI(Img2ImgHandlers(app))
     d = default_values(app)
-    _prompt_row(ui, app)
-    with gr.Row(elem_id="img2img_main_row", equal_height=False):
-        with gr.Column(scale=1, elem_id="img2img_settings"):
-            _mode_tabs(ui, d)
-            _parameters(ui, d)
-        _output_column(ui)
-    _wire(ui, app, counter)
+    rows.tab_page(ui, app, lambda: _settings(ui, d))
+    _wire_generate(ui)
+    rows.wire_shared(ui, app, counter)
+    _wire_tabs(ui)
     return ui
 
 
-def _wire(ui: Img2ImgUI, app: App, counter: TokenCounter) -> None:
-    f, p, h = ui.fields, ui.parts, ui.handlers
-    outputs = [p["gallery"], p["infotext"], p["progress"], p["preview"], p["log"], p["job_id"], p["results"]]
-    _wire_generate(ui, outputs)
-    p["interrupt"].click(h.interrupt, inputs=[p["job_id"]], outputs=None, queue=False, show_progress="hidden",
-                         **PRIVATE)
-    p["skip"].click(h.skip, inputs=[p["job_id"]], outputs=None, queue=False, show_progress="hidden", **PRIVATE)
-    for box, html, positive in ((f["prompt"], p["token_counter"], True),
-                                (f["negative_prompt"], p["neg_token_counter"], False)):
-        box.change(lambda text, steps, pos=positive: counter.html(text, steps, pos), inputs=[box, f["steps"]],
-                   outputs=[html], trigger_mode="always_last", concurrency_limit=None, show_progress="hidden",
-                   **PRIVATE)
-
-    paste_outputs = [f[name] for name in PASTE_FIELDS] + [p["log"]]
-
-    def paste(text: str, results: dict[str, Any] | None) -> list[Any]:
-        values, message = h.read_parameters(text, results)
-        return [values.get(name, gr.skip()) for name in PASTE_FIELDS] + [message]
-
-    p["paste"].click(paste, inputs=[f["prompt"], p["results"]], outputs=paste_outputs, **PRIVATE, **FAST)
-    p["clear"].click(lambda: ("", ""), outputs=[f["prompt"], f["negative_prompt"]], **PRIVATE, **FAST)
-    p["styles_refresh"].click(lambda: gr.update(choices=style_names(app)), outputs=[f["styles"]], **PRIVATE, **FAST)
-    p["random_seed"].click(lambda: -1, outputs=[f["seed"]], **PRIVATE, **FAST)
-    p["random_subseed"].click(lambda: -1, outputs=[f["subseed"]], **PRIVATE, **FAST)
-    p["reuse_seed"].click(lambda r: reuse_seed(r, "seeds"), inputs=[p["results"]], outputs=[f["seed"]],
-                          **PRIVATE, **FAST)
-    p["reuse_subseed"].click(lambda r: reuse_seed(r, "subseeds"), inputs=[p["results"]], outputs=[f["subseed"]],
-                             **PRIVATE, **FAST)
-    f["seed_extra"].change(lambda on: gr.update(visible=bool(on)), inputs=[f["seed_extra"]],
-                           outputs=[p["seed_extras"]], **PRIVATE, **FAST)
-    p["swap"].click(lambda w, h_: (h_, w), inputs=[f["width"], f["height"]], outputs=[f["width"], f["height"]],
-                    **PRIVATE, **FAST)
-
-    def on_select(results: dict[str, Any] | None, evt: gr.SelectData) -> tuple[str, Any]:
-        return select_image(results, evt.index if isinstance(evt.index, int) else 0)
-
-    p["gallery"].select(on_select, inputs=[p["results"]], outputs=[p["infotext"], p["results"]], **PRIVATE, **FAST)
-    _wire_tabs(ui)
+def _settings(ui: Img2ImgUI, d: dict[str, Any]) -> None:
+    """The left column: the mode sub-tabs, then the parameters."""
+    _mode_tabs(ui, d)
+    _parameters(ui, d)
 
 
-def _wire_generate(ui: Img2ImgUI, outputs: list[Any]) -> None:
+def _wire_generate(ui: Img2ImgUI) -> None:
     """Generate runs in two steps so that only the current mode's images travel: the click bumps that mode's
     counter, and the counter's change event sends the form with that mode's images only (an ImageEditor with
     content takes seconds to export, and the other modes' images are not needed)."""
@@ -349,14 +226,14 @@ def _wire_generate(ui: Img2ImgUI, outputs: list[Any]) -> None:
     f["prompt"].submit(**start)
     images = {name for names in MODE_INPUTS for name in names}
     common = [name for name in FIELDS if name not in images]
-    for counter, own in zip(counters, MODE_INPUTS):
+    for counter, own in zip(counters, MODE_INPUTS, strict=True):
         names = common + list(own)
 
         def run(*args: Any, names: list[str] = names) -> Any:
-            yield from h.generate_values(dict(zip(names, args)))
+            yield from h.generate_values(dict(zip(names, args, strict=True)))
 
-        counter.change(run, inputs=[f[name] for name in names], outputs=outputs, show_progress="hidden",
-                       concurrency_limit=None, concurrency_id="img2img_generate", **PRIVATE)
+        counter.change(run, inputs=[f[name] for name in names], outputs=ui.outputs(), show_progress="hidden",
+                       concurrency_limit=None, concurrency_id="img2img_generate", api_visibility="private")
 
 
 def _wire_tabs(ui: Img2ImgUI) -> None:
@@ -388,7 +265,9 @@ def _wire_tabs(ui: Img2ImgUI) -> None:
             f[key].clear(forget, inputs=state, outputs=outputs, **common)
         else:
             f[key].change(remember, inputs=[f[key], *state], outputs=outputs, **common)
-    preview = dict(fn=show, inputs=[p["sizes"], f["mode"], f["scale_by"]], outputs=[p["scale_html"]], **common)
+    # raw values: the Scale box sends "0" on the way to "0.5" (see generation_rows.wire_shared)
+    preview = dict(fn=show, inputs=[p["sizes"], f["mode"], f["scale_by"]], outputs=[p["scale_html"]],
+                   preprocess=False, **common)
     f["scale_by"].change(**preview)
     p["resize_by_tab"].select(**preview)
     for i, tab in enumerate(p["mode_tab_items"]):
@@ -411,7 +290,7 @@ def connect_send_to(t2i: Txt2ImgUI, i2i: Img2ImgUI, main_tabs: gr.Tabs) -> None:
 
         def send(gallery: Any, results: Any, sizes: dict[str, Any], *values: Any, mode: int = mode,
                  target: str = target, n: int = len(outputs)) -> list[Any]:
-            image, fields, message = send_to(gallery, results, dict(zip(SEND_FIELDS, values)))
+            image, fields, message = send_to(gallery, results, dict(zip(SEND_FIELDS, values, strict=True)))
             if image is None:
                 return [gr.skip()] * (n - 1) + [message]
             value = image if mode == 0 else {"background": image, "layers": [], "composite": image}

@@ -6,7 +6,6 @@ As in ``txt2img_handlers``, handlers take a dict of field values (keys of :data:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -16,20 +15,21 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from modules.batch import list_inputs, run_batch
+from modules.batch import list_inputs
 from modules.errors import ValidationError, WebUIError
 from modules.generation.image_prep import MASKED_CONTENT, RESIZE_MODES
-from modules.infotext import parse_infotext
-from modules.jobs import Job, JobState
-from modules.requests import GenerationRequest, Img2ImgRequest, validate_img2img
+from modules.job_types import BatchResult, Img2ImgBatchJob
+from modules.jobs import Job
+from modules.jobs import JobState
+from modules.param_io import read_infotext, request_from_values
+from modules.params import INPAINT_AREAS, MASK_MODES
+from modules.requests import Img2ImgRequest
 from webui.ui.common import error_html, infotext_html, user_message, warning_html
 from webui.ui.img2img_inputs import BATCH, gallery_image, mode_index, mode_inputs, scaled_size
-from webui.ui.txt2img_handlers import GenerateUpdate, Txt2ImgHandlers, build_request, image_index
+from webui.ui.txt2img_handlers import GenerateUpdate, Txt2ImgHandlers, form_values, image_index
 from webui.ui.txt2img_handlers import default_values as txt2img_defaults
 
 log = logging.getLogger(__name__)
-MASK_MODES = ("Inpaint masked", "Inpaint not masked")
-INPAINT_AREAS = ("Whole picture", "Only masked")
 SCALE_TABS = ("Resize to", "Resize by")
 BATCH_SOURCES = ("Upload", "From directory")  # A1111 1.10's order; Upload is the default
 MAX_BATCH_SHOWN = 32  # batch outputs shown in the gallery (all are written to the output folder)
@@ -72,14 +72,6 @@ PASTE_FIELDS: tuple[str, ...] = (
     "image_cfg_scale", "denoising_strength", "initial_noise_multiplier", "seed", "seed_extra", "subseed",
     "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "clip_skip", "tiling", "mask_blur",
     "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding")
-# infotext keys of the img2img-only fields: (key, field, converter)
-_PASTE_EXTRA: tuple[tuple[str, str, Any], ...] = (
-    ("Image CFG scale", "image_cfg_scale", float), ("Noise multiplier", "initial_noise_multiplier", float),
-    ("Mask blur", "mask_blur", int), ("Mask mode", "inpainting_mask_invert", str),
-    ("Masked content", "inpainting_fill", str), ("Inpaint area", "inpaint_full_res", str),
-    ("Masked area padding", "inpaint_full_res_padding", int))
-
-
 def _choice(value: Any, choices: tuple[str, ...], name: str) -> int:
     """The index of a radio value given as its label or its index."""
     if isinstance(value, bool):
@@ -110,19 +102,15 @@ def _with_size(v: dict[str, Any], image: Image.Image | tuple[int, int] | None) -
 
 def _img2img_request(app: Any, v: dict[str, Any], image: Image.Image | None,
                      mask: Image.Image | None) -> Img2ImgRequest:
-    base: GenerationRequest = build_request(app, {**v, "enable_hr": False})
+    values = form_values(app, v, "img2img")
     blur = _number(v["mask_blur"], "mask_blur", int)
-    return Img2ImgRequest(
-        **{f.name: getattr(base, f.name) for f in dataclasses.fields(GenerationRequest)},
+    values.update(
         init_images=(image,) if image is not None else (), mask=mask,
-        resize_mode=_choice(v["resize_mode"], RESIZE_MODES, "resize_mode"),
-        image_cfg_scale=_number(v["image_cfg_scale"], "image_cfg_scale"),
-        mask_blur_x=blur, mask_blur_y=blur,
+        resize_mode=_choice(v["resize_mode"], RESIZE_MODES, "resize_mode"), mask_blur_x=blur, mask_blur_y=blur,
         inpainting_fill=_choice(v["inpainting_fill"], MASKED_CONTENT, "inpainting_fill"),
         inpaint_full_res=bool(_choice(v["inpaint_full_res"], INPAINT_AREAS, "inpaint_full_res")),
-        inpaint_full_res_padding=_number(v["inpaint_full_res_padding"], "inpaint_full_res_padding", int),
-        inpainting_mask_invert=bool(_choice(v["inpainting_mask_invert"], MASK_MODES, "inpainting_mask_invert")),
-        initial_noise_multiplier=_number(v["initial_noise_multiplier"], "initial_noise_multiplier"))
+        inpainting_mask_invert=bool(_choice(v["inpainting_mask_invert"], MASK_MODES, "inpainting_mask_invert")))
+    return request_from_values(Img2ImgRequest, values)
 
 
 def build_img2img_request(app: Any, values: dict[str, Any]) -> Img2ImgRequest:
@@ -133,16 +121,6 @@ def build_img2img_request(app: Any, values: dict[str, Any]) -> Img2ImgRequest:
         raise ValidationError("the Batch mode runs through plan_batch", field="mode")
     image, mask = mode_inputs(mode, v)
     return _img2img_request(app, _with_size(v, image), image, mask)
-
-
-@dataclasses.dataclass
-class BatchPlan:
-    base: Img2ImgRequest
-    inputs: list[Path]
-    output_dir: Path
-    mask_dir: Path | None
-    png_info_fields: tuple[str, ...]
-    scale_by: float | None  # "Resize by": each image's own size times this
 
 
 def _folder(app: Any, value: Any) -> Path:
@@ -159,7 +137,7 @@ def _upload_paths(files: Any) -> list[Path]:
     return out
 
 
-def plan_batch(app: Any, values: dict[str, Any]) -> BatchPlan:
+def plan_batch(app: Any, values: dict[str, Any]) -> Img2ImgBatchJob:
     """Check the Batch tab's folders or uploads and the form (raising before anything is queued)."""
     v = {**default_values(app), **values}
     exposed = bool(getattr(app.settings, "exposed", False))
@@ -189,36 +167,8 @@ def plan_batch(app: Any, values: dict[str, Any]) -> BatchPlan:
                 else None)
     base = _img2img_request(app, v, None, None)
     base = base.replace(checkpoint=base.checkpoint or app.settings["sd_model_checkpoint"] or None)
-    validate_img2img(base.replace(init_images=(Image.new("RGB", (base.width, base.height)),)), app.limits())
     fields = tuple(v["batch_png_info_props"] or ()) if v["batch_use_png_info"] else ()
-    return BatchPlan(base, inputs, out_dir, mask_dir, fields, scale_by)
-
-
-def run_plan(app: Any, plan: BatchPlan, job: Job) -> Any:
-    """The queued batch: :func:`modules.batch.run_batch`, once per image when each has its own size."""
-    if plan.scale_by is None:
-        return run_batch(app.engine, plan.base, plan.inputs, plan.output_dir, plan.mask_dir, plan.png_info_fields,
-                         job.control)
-    report = None
-    for path in plan.inputs:
-        base = plan.base
-        try:
-            with Image.open(path) as image:
-                base = base.replace(**dict(zip(("width", "height"), scaled_size(image.size, plan.scale_by))))
-        except (OSError, ValueError, Image.DecompressionBombError):
-            pass  # run_batch reports it as not an image
-        part = run_batch(app.engine, base, [path], plan.output_dir, plan.mask_dir, plan.png_info_fields,
-                         job.control)
-        if report is None:
-            report = part
-        else:
-            for name in ("saved", "skipped", "images", "infotexts"):
-                getattr(report, name).extend(getattr(part, name))
-            report.interrupted = part.interrupted
-        if report.interrupted or job.control.interrupted:
-            report.interrupted = True
-            break
-    return report
+    return Img2ImgBatchJob(base, tuple(inputs), out_dir, mask_dir, fields, scale_by, app.limits())
 
 
 class Img2ImgHandlers(Txt2ImgHandlers):
@@ -228,19 +178,17 @@ class Img2ImgHandlers(Txt2ImgHandlers):
         """The Generate event: ``args`` are the form values in the order of :data:`FIELDS`."""
         yield from self.generate_values(dict(zip(FIELDS, args)))
 
-    def submit(self, values: dict[str, Any]) -> tuple[Job, BatchPlan | None]:
-        """Queue the job the form describes (validated first: nothing is queued on bad input)."""
+    def submit(self, values: dict[str, Any]) -> Job:
+        """Queue the job the form describes (checked first: nothing is queued on bad input)."""
         if mode_index(values.get("mode", "img2img")) == BATCH:
-            plan = plan_batch(self.app, values)
-            self.app.engine.limits = self.app.limits()
-            return self.app.queue.submit("callable", lambda job: run_plan(self.app, plan, job)), plan
-        return self.app.submit_img2img(build_img2img_request(self.app, values), save=True), None
+            return self.app.submit(plan_batch(self.app, values))
+        return self.app.submit_img2img(build_img2img_request(self.app, values), save=True)
 
     def generate_values(self, values: dict[str, Any]) -> Iterator[GenerateUpdate]:
         skip, hidden = gr.skip(), gr.update(visible=False, value=None)
         started = time.monotonic()
         try:
-            job, plan = self.submit(values)
+            job = self.submit(values)
         except WebUIError as exc:
             yield GenerateUpdate(skip, skip, "", hidden, error_html(user_message(exc)), None, skip)
             return
@@ -250,18 +198,18 @@ class Img2ImgHandlers(Txt2ImgHandlers):
             return
         yield from self.poll(job)
         took = time.monotonic() - started
-        yield self.finish(job, took) if plan is None else self.finish_batch(job, plan, took)
+        yield self.finish_batch(job, took) if isinstance(job.spec, Img2ImgBatchJob) else self.finish(job, took)
 
-    def finish_batch(self, job: Job, plan: BatchPlan, took: float) -> GenerateUpdate:
+    def finish_batch(self, job: Job, took: float) -> GenerateUpdate:
         """The batch's outputs in the gallery, where they were written, and what was skipped and why."""
         skip, hidden = gr.skip(), gr.update(visible=False, value=None)
         report = job.result
-        if job.state is JobState.FAILED or report is None:
+        if job.state is JobState.FAILED or not isinstance(report, BatchResult):
             message = (f"Batch failed: {job.error or 'unknown error'}" if job.state is JobState.FAILED
                        else "Interrupted before the batch started")
             return GenerateUpdate(skip, skip, "", hidden, error_html(message), None, skip)
-        seeds = [parse_infotext(text).get("Seed", -1) for text in report.infotexts]
-        footer = (f"{len(report.saved)} image(s) written to {plan.output_dir} \u00b7 Time taken: {took:.1f} s")
+        seeds = [image.seed for image in report.images]
+        footer = (f"{len(report.saved)} image(s) written to {report.output_dir} \u00b7 Time taken: {took:.1f} s")
         state = {"infotexts": list(report.infotexts), "seeds": seeds, "subseeds": seeds, "grid": False,
                  "selected": 0, "footer": footer}
         notes = [f"Skipped {name}: {why}" for name, why in report.skipped]
@@ -272,8 +220,8 @@ class Img2ImgHandlers(Txt2ImgHandlers):
         if not report.images and not notes:
             notes.append("No images were generated")
         info = infotext_html(report.infotexts[0], footer) if report.infotexts else ""
-        return GenerateUpdate(list(report.images[:MAX_BATCH_SHOWN]), info, "", hidden, warning_html(notes), None,
-                              state)
+        return GenerateUpdate([i.to_pil() for i in report.images[:MAX_BATCH_SHOWN]], info, "", hidden,
+                              warning_html(notes), None, state)
 
     def read_parameters(self, text: str, results: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
         """(field values to set, message HTML) from the infotext in the prompt box, or the shown image's."""
@@ -285,17 +233,17 @@ class Img2ImgHandlers(Txt2ImgHandlers):
         if not values:
             return values, message
         out = {k: v for k, v in values.items() if k in PASTE_FIELDS}
-        params = parse_infotext(text)
-        choices = {"inpainting_mask_invert": MASK_MODES, "inpainting_fill": MASKED_CONTENT,
-                   "inpaint_full_res": INPAINT_AREAS}
-        for key, name, conv in _PASTE_EXTRA:
-            if key in params:
-                try:
-                    value = conv(params[key])
-                except (TypeError, ValueError):
-                    continue
-                if name not in choices or value in choices[name]:
-                    out[name] = value
+        fields, _ = read_infotext(text, "img2img")
+        labels = {"inpainting_mask_invert": MASK_MODES, "inpainting_fill": MASKED_CONTENT,
+                  "inpaint_full_res": INPAINT_AREAS}
+        for name in ("image_cfg_scale", "initial_noise_multiplier", "inpaint_full_res_padding", *labels):
+            value = fields.get(name)
+            if isinstance(value, (bool, int)) and name in labels and 0 <= int(value) < len(labels[name]):
+                out[name] = labels[name][int(value)]
+            elif value is not None and name not in labels:
+                out[name] = value
+        if "mask_blur_x" in fields:
+            out["mask_blur"] = fields["mask_blur_x"]
         return out, message
 
 

@@ -118,8 +118,8 @@ def mode_inputs(mode: int, v: dict[str, Any]) -> tuple[Image.Image, Image.Image 
         return _require(image, "Upload an image in the img2img tab first", "init_img"), None
     if mode == 1:
         bg, _, comp = editor_images(v.get("sketch"), "Sketch image")
-        _require(bg, "Upload an image in the Sketch tab first", "sketch")
-        return comp or bg, None
+        image = _require(bg, "Upload an image in the Sketch tab first", "sketch")
+        return comp or image, None
     if mode == 2:
         bg, layers, comp = editor_images(v.get("init_img_with_mask"), "Inpaint image")
         image = _require(bg, "Upload an image in the Inpaint tab first", "init_img_with_mask")
@@ -136,9 +136,8 @@ def mode_inputs(mode: int, v: dict[str, Any]) -> tuple[Image.Image, Image.Image 
     if mode == 4:
         image = load_image(v.get("init_img_inpaint"), "Inpaint upload image")
         image = _require(image, "Upload an image in the Inpaint upload tab first", "init_img_inpaint")
-        mask = load_image(v.get("init_mask_inpaint"), "Inpaint upload mask")
-        mask = _require(mask, "Upload a mask in the Inpaint upload tab (white = the part to regenerate)",
-                        "init_mask_inpaint")
+        mask = _require(load_image(v.get("init_mask_inpaint"), "Inpaint upload mask"),
+                        "Upload a mask in the Inpaint upload tab (white = the part to regenerate)", "init_mask_inpaint")
         _check_mask(mask, invert)
         return image, mask
     raise ValidationError("the Batch mode has no single init image", field="mode")

@@ -18,9 +18,9 @@ import gradio as gr
 
 from modules.app import App
 from modules.errors import WebUIError
+from modules.job_types import MergeResultSummary
 from modules.jobs import Job, JobState
-from modules.merge import CONFIG_SOURCES, METHODS
-from modules.merge import service
+from modules.merge import CONFIG_SOURCES, METHODS, service
 from modules.models.vae import list_vaes
 from webui.ui.common import REFRESH, error_html, progress_html, tool_button, user_message
 
@@ -95,7 +95,7 @@ class MergerHandlers:
 
     def merge(self, *args: Any) -> Iterator[tuple[Any, ...]]:
         """The Merge event: (progress, result, A, B, C, quicksettings checkpoint, job id) updates."""
-        values = dict(zip(FIELDS, args))
+        values = dict(zip(FIELDS, args, strict=False))
         skip = gr.skip()
         req = service.MergeRequest.from_dict(values)
         try:
@@ -113,12 +113,12 @@ class MergerHandlers:
         if job.state is JobState.FAILED:
             yield "", error_html(f"Merge failed: {job.error or 'unknown error'}"), skip, skip, skip, skip, None
             return
-        if job.state is JobState.CANCELLED or not job.result:
+        if job.state is JobState.CANCELLED or not isinstance(job.result, MergeResultSummary):
             yield "", error_html("Merge interrupted; nothing was written"), skip, skip, skip, skip, None
             return
         choices = checkpoint_choices(self.app)
         update = gr.update(choices=choices)
-        yield "", result_html(job.result), update, update, update, update, None
+        yield "", result_html(job.result.as_dict()), update, update, update, update, None
 
     def interrupt(self, job_id: str | None) -> None:
         if job_id:

@@ -17,8 +17,8 @@ import gradio as gr
 from modules import infotext
 from modules.app import App
 from modules.errors import WebUIError
-from modules.infotext_fields import fields_from_infotext
 from modules.metadata import ImageMetadata, read_metadata
+from modules.param_io import read_infotext
 from webui.ui.common import error_html, user_message, warning_html
 from webui.ui.quicksettings import select_checkpoint
 from webui.ui.txt2img import Txt2ImgUI
@@ -57,7 +57,8 @@ def parameters_html(md: ImageMetadata) -> str:
 
 
 def items_html(items: dict[str, str]) -> str:
-    """Every raw text item, each cut for display at :data:`SHOWN_ITEM_CHARS` characters."""
+    """Every raw text item, the one the parameters were read from included (an A1111 image's ``parameters``, to
+    copy as written), each cut for display at :data:`SHOWN_ITEM_CHARS` characters."""
     if not items:
         return ""
     rows = []
@@ -111,7 +112,7 @@ class PngInfoHandlers:
         previewable = md.format in PREVIEW_FORMATS and md.width and md.height \
             and md.width * md.height <= PREVIEW_PIXELS and not md.errors
         return PngInfoView(path if previewable else None, tool_html(md), parameters_html(md),
-                           items_html(md.other_items() if md.infotext else md.items), warning_html(notes),
+                           items_html(md.items), warning_html(notes),
                            md.infotext)
 
     def send_to_txt2img(self, text: str) -> tuple[dict[str, Any], str, Any]:
@@ -125,9 +126,9 @@ class PngInfoHandlers:
         return values, note + message, checkpoint
 
     def _checkpoint(self, text: str) -> tuple[Any, str]:
-        _, overrides = fields_from_infotext(text)
-        wanted = overrides.get("sd_model_checkpoint")
-        name = overrides.get("_model_name")
+        values, _ = read_infotext(text, "txt2img")
+        wanted = values.get("checkpoint")
+        name = values.get("_model_name")
         if not wanted:
             return gr.skip(), ""
         by_hash = self.app.registry.find(str(wanted))

@@ -44,7 +44,7 @@ def select_checkpoint(app: App, title: str | None) -> str:
         if app.registry.find(title) is None:
             return error_html(f"Checkpoint not found: {title}")
     try:
-        app.settings.update({"sd_model_checkpoint": title})
+        app.update_settings({"sd_model_checkpoint": title})
     except WebUIError as exc:
         return error_html(user_message(exc))
     return model_status_html(app)
@@ -91,7 +91,7 @@ def build_quicksettings(app: App) -> QuickSettings:
     timer = gr.Timer(STATUS_SECONDS)
     qs = QuickSettings(dropdown, refresh, status, timer)
     notice = gr.State(None)
-    quiet = {"show_progress": "hidden", "api_visibility": "private"}
+    quiet: dict[str, Any] = {"show_progress": "hidden", "api_visibility": "private"}
 
     def on_select(title: str | None) -> tuple[str, tuple[str, float] | None]:
         message = select_checkpoint(app, title)

@@ -36,12 +36,12 @@ def _plain(o: Option, value: Any) -> Any:
 
 def component_for(o: Option, value: Any, locked: bool = False) -> gr.components.Component:
     """The component for option ``o`` by its kind; ``locked`` makes it read-only."""
-    common = {"label": o.label, "elem_id": f"setting_{o.key}", "interactive": not locked}
+    common: dict[str, Any] = {"label": o.label, "elem_id": f"setting_{o.key}", "interactive": not locked}
     if o.kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if o.kind in ("int", "float"):
         step = o.step or (1 if o.kind == "int" else 0.01)
-        if _is_slider(o):
+        if o.minimum is not None and o.maximum is not None and _is_slider(o):
             return gr.Slider(o.minimum, o.maximum, value=value, step=step, **common)
         return gr.Number(value=value, minimum=o.minimum, maximum=o.maximum, step=step,
                          precision=0 if o.kind == "int" else None, **common)
@@ -90,7 +90,7 @@ class SettingsHandlers:
             if self.app.registry.find(str(checkpoint)) is None:
                 return error_html(f"Not saved: Stable Diffusion checkpoint {checkpoint!r} was not found")
         try:
-            changed = self.app.settings.update(changes)
+            changed = self.app.update_settings(changes).changed
         except ValidationError as exc:
             option = self.app.settings.options.get(exc.field or "")
             label = f"{option.label} ({option.key})" if option else (exc.field or "settings")
@@ -101,7 +101,7 @@ class SettingsHandlers:
 
     def apply(self, *values: Any) -> str:
         """The Apply event: ``values`` in the order of :attr:`keys`."""
-        return self.apply_values(dict(zip(self.keys, values)))
+        return self.apply_values(dict(zip(self.keys, values, strict=False)))
 
     def reset(self) -> list[Any]:
         """Restore every default (but the current checkpoint and locked paths); message, then component updates."""

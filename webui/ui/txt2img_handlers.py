@@ -15,10 +15,12 @@ import gradio as gr
 
 from modules import samplers
 from modules.app import App
-from modules.errors import ValidationError, WebUIError
-from modules.infotext_fields import fields_from_infotext
+from modules.errors import WebUIError
+from modules.job_types import ImagesResult
 from modules.jobs import Job, JobState
 from modules.metadata import text_to_infotext
+from modules.param_io import read_infotext, request_from_values
+from modules.params import by_field, params_for
 from modules.requests import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS, SAME_SAMPLER, GenerationRequest
 from modules.styles import apply_styles, load_styles
 from webui.ui.common import error_html, format_eta, infotext_html, progress_html, user_message, warning_html
@@ -66,25 +68,29 @@ class GenerateUpdate(NamedTuple):
     results: Any
 
 
-def _whole(value: Any, name: str) -> int:
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(f"{name}: expected a number, got {value!r}", field=name) from None
-    if not number.is_integer():
-        raise ValidationError(f"{name}: must be a whole number (got {value})", field=name)
-    return int(number)
-
-
-def _real(value: Any, name: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(f"{name}: expected a number, got {value!r}", field=name) from None
+def form_values(app: App, values: dict[str, Any], kind: str = "txt2img") -> dict[str, object]:
+    """The request field values a form describes (coerced through the parameter table when the request is built):
+    styles merged into the prompts, the variation seed only with "Extra" on, "Use same ..." as none, and the settings
+    A1111 keeps out of the form (RNG source, ENSD, VAE)."""
+    v = {**default_values(app), **values}
+    out: dict[str, object] = {**app.request_defaults(kind)}
+    out.update({p.field: v[p.field] for p in params_for(kind) if p.field in v})
+    styles = tuple(v["styles"] or ())
+    out["prompt"], out["negative_prompt"] = str(v["prompt"] or ""), str(v["negative_prompt"] or "")
+    if styles:
+        out["prompt"], out["negative_prompt"] = apply_styles(load_styles(app.paths.styles_file), styles,
+                                                             str(out["prompt"]), str(out["negative_prompt"]))
+    out["styles"] = styles
+    if not v.get("seed_extra"):
+        out.update(subseed=-1, subseed_strength=0.0, seed_resize_from_w=0, seed_resize_from_h=0)
+    out["scheduler"] = v.get("scheduler") or "Automatic"
+    for name in ("hr_sampler_name", "hr_scheduler"):
+        if name in out:
+            out[name] = _same(out[name], SAME_SAMPLER, SAME_SCHEDULER)
+    for name in ("hr_prompt", "hr_negative_prompt"):
+        if name in out:
+            out[name] = out[name] or ""
+    return out
 
 
 def _same(value: Any, *same: str) -> str | None:
@@ -92,35 +98,8 @@ def _same(value: Any, *same: str) -> str | None:
 
 
 def build_request(app: App, values: dict[str, Any]) -> GenerationRequest:
-    """The request the form describes: styles merged into the prompts, RNG source and ENSD from the settings."""
-    v = {**default_values(app), **values}
-    styles = tuple(v["styles"] or ())
-    prompt, negative = str(v["prompt"] or ""), str(v["negative_prompt"] or "")
-    if styles:
-        prompt, negative = apply_styles(load_styles(app.paths.styles_file), styles, prompt, negative)
-    extra = bool(v["seed_extra"])
-    defaults = app.request_defaults()
-    return GenerationRequest(
-        prompt=prompt, negative_prompt=negative, styles=styles,
-        seed=_whole(v["seed"], "seed"),
-        subseed=_whole(v["subseed"], "subseed") if extra else -1,
-        subseed_strength=_real(v["subseed_strength"], "subseed_strength") if extra else 0.0,
-        seed_resize_from_w=_whole(v["seed_resize_from_w"], "seed_resize_from_w") if extra else 0,
-        seed_resize_from_h=_whole(v["seed_resize_from_h"], "seed_resize_from_h") if extra else 0,
-        sampler_name=str(v["sampler_name"]), scheduler=str(v["scheduler"] or "Automatic"),
-        batch_size=_whole(v["batch_size"], "batch_size"), n_iter=_whole(v["n_iter"], "n_iter"),
-        steps=_whole(v["steps"], "steps"), cfg_scale=_real(v["cfg_scale"], "cfg_scale"),
-        width=_whole(v["width"], "width"), height=_whole(v["height"], "height"), tiling=bool(v["tiling"]),
-        clip_skip=_whole(v["clip_skip"], "clip_skip"), randn_source=defaults["randn_source"],
-        eta_noise_seed_delta=defaults["eta_noise_seed_delta"],
-        enable_hr=bool(v["enable_hr"]), denoising_strength=_real(v["denoising_strength"], "denoising_strength"),
-        hr_scale=_real(v["hr_scale"], "hr_scale"), hr_upscaler=str(v["hr_upscaler"]),
-        hr_second_pass_steps=_whole(v["hr_second_pass_steps"], "hr_second_pass_steps"),
-        hr_resize_x=_whole(v["hr_resize_x"], "hr_resize_x"), hr_resize_y=_whole(v["hr_resize_y"], "hr_resize_y"),
-        hr_sampler_name=_same(v["hr_sampler_name"], SAME_SAMPLER),
-        hr_scheduler=_same(v["hr_scheduler"], SAME_SCHEDULER, SAME_SAMPLER),
-        hr_prompt=str(v["hr_prompt"] or ""), hr_negative_prompt=str(v["hr_negative_prompt"] or ""),
-    )
+    """The request the txt2img form describes (see :func:`form_values`)."""
+    return request_from_values(GenerationRequest, form_values(app, values))
 
 
 def hires_resolution_html(width: Any, height: Any, scale: Any, resize_x: Any, resize_y: Any) -> str:
@@ -151,12 +130,11 @@ def progress_view(app: App, job: Job) -> str:
     return progress_html(p.fraction, text, " \u00b7 ".join(info))
 
 
-def results_state(job: Job, return_grid: bool, took: float) -> dict[str, Any]:
-    out = job.result
-    res = out.result
-    grid = bool(return_grid and out.grid is not None and len(res.images) > 1)
-    return {"infotexts": list(res.infotexts), "seeds": list(res.all_seeds), "subseeds": list(res.all_subseeds),
-            "grid": grid, "selected": 0, "footer": f"Time taken: {took:.1f} s"}
+def results_state(res: ImagesResult, took: float) -> dict[str, Any]:
+    """What the tab keeps of a result (for the gallery's infotext, ♻️ and send-to)."""
+    return {"infotexts": res.infotexts, "seeds": [i.seed for i in res.images],
+            "subseeds": [i.subseed for i in res.images], "grid": res.grid is not None, "selected": 0,
+            "footer": f"Time taken: {took:.1f} s"}
 
 
 def image_index(results: dict[str, Any] | None, gallery_index: int | None) -> int | None:
@@ -224,19 +202,18 @@ class Txt2ImgHandlers:
     def finish(self, job: Job, took: float) -> GenerateUpdate:
         """The final update: gallery (grid first), infotext of the first image, warnings or the error."""
         skip, hidden = gr.skip(), gr.update(visible=False, value=None)
-        out = job.result
-        if job.state is JobState.FAILED or out is None:
+        res = job.result
+        if job.state is JobState.FAILED or not isinstance(res, ImagesResult):
             message = job.error if job.state is JobState.FAILED else "Interrupted before generation started"
             prefix = "Generation failed: " if job.state is JobState.FAILED else ""
             return GenerateUpdate(skip, skip, "", hidden, error_html(prefix + (message or "unknown error")),
                                   None, skip)
-        res = out.result
-        state = results_state(job, self.app.settings["return_grid"], took)
-        images = ([out.grid] if state["grid"] else []) + list(res.images)
+        state = results_state(res, took)
+        images = ([res.grid.to_pil()] if res.grid is not None else []) + [i.to_pil() for i in res.images]
         notes = list(dict.fromkeys([*res.warnings, *job.control.warnings]))
         if res.interrupted or job.state is JobState.CANCELLED:
             notes.insert(0, f"Interrupted: {len(res.images)} of {res.request.image_count} images generated")
-        info = infotext_html(res.infotexts[0], state["footer"]) if res.infotexts else ""
+        info = infotext_html(res.images[0].infotext, state["footer"]) if res.images else ""
         return GenerateUpdate(images, info, "", hidden, warning_html(notes), None, state)
 
     # -- interrupt / skip: only this session's job
@@ -264,51 +241,43 @@ class Txt2ImgHandlers:
             if i is None:
                 return {}, warning_html(["Paste generation parameters into the prompt box first"])
             text = results["infotexts"][i]
-        fields, overrides = fields_from_infotext(text)
-        if not set(fields) - {"prompt", "negative_prompt", "scheduler"}:
+        values, ignored = read_infotext(text, "txt2img")
+        if not set(values) - {"prompt", "negative_prompt", "scheduler"}:
             return {}, warning_html(["No generation parameters found in the prompt"])
-        notes: list[str] = []
-        out = _paste_values(fields, overrides, notes)
+        notes = [f"Ignored {note}" for note in ignored]
+        out = _paste_values(values, notes)
         for key, label in (("randn_source", "RNG"), ("eta_noise_seed_delta", "ENSD")):
-            if key in overrides and str(overrides[key]) != str(self.app.settings[key]):
-                notes.append(f"{label} {overrides[key]} is a setting (Settings tab); current: {self.app.settings[key]}")
-        model = overrides.get("_model_name") or overrides.get("sd_model_checkpoint")
+            if key in values and str(values[key]) != str(self.app.settings[by_field(key).setting or key]):
+                setting = by_field(key).setting or key
+                notes.append(f"{label} {values[key]} is a setting (Settings tab); current: {self.app.settings[setting]}")
+        model = values.get("_model_name") or values.get("checkpoint")
         if model and model_note:
             notes.append(f"Model: {model} (choose it in the checkpoint list to switch)")
         return out, warning_html(notes)
 
 
-def _paste_values(fields: dict[str, Any], overrides: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    conv = {"steps": int, "cfg_scale": float, "seed": int, "width": int, "height": int, "subseed": int,
-            "subseed_strength": float, "seed_resize_from_w": int, "seed_resize_from_h": int,
-            "denoising_strength": float, "hr_scale": float, "hr_second_pass_steps": int, "hr_resize_x": int,
-            "hr_resize_y": int}
-    for name, value in fields.items():
-        if name not in PASTE_FIELDS:
-            continue
-        try:
-            out[name] = conv[name](value) if name in conv else value
-        except (TypeError, ValueError):
-            notes.append(f"Ignored {name}: {value!r}")
+def _paste_values(values: dict[str, object], notes: list[str]) -> dict[str, Any]:
+    """The form values for the pasted request fields: known choices only, A1111's defaults for what the infotext
+    leaves out of a section it uses (hires, variation seed), clip skip 1 when not stated."""
+    out: dict[str, Any] = {name: value for name, value in values.items() if name in PASTE_FIELDS}
     for name, allowed in (("sampler_name", samplers.sampler_names()), ("scheduler", samplers.schedule_labels()),
-                          ("hr_upscaler", UPSCALERS), ("hr_sampler_name", samplers.sampler_names()),
-                          ("hr_scheduler", samplers.schedule_labels())):
+                          ("hr_upscaler", UPSCALERS), ("hr_sampler_name", [None, *samplers.sampler_names()]),
+                          ("hr_scheduler", [None, *samplers.schedule_labels()])):
         if name in out and out[name] not in allowed:
             notes.append(f"Unknown {name.replace('_', ' ')} {out.pop(name)!r}; kept the current one")
-    out["tiling"] = bool(fields.get("tiling", False))
-    out["enable_hr"] = bool(fields.get("enable_hr", False))
+    out["tiling"] = bool(values.get("tiling", False))
+    out["enable_hr"] = bool(values.get("enable_hr", False))
     if out["enable_hr"]:
         for name, default in (("hr_second_pass_steps", 0), ("hr_resize_x", 0), ("hr_resize_y", 0),
-                              ("hr_sampler_name", SAME_SAMPLER), ("hr_scheduler", SAME_SCHEDULER),
-                              ("hr_prompt", ""), ("hr_negative_prompt", "")):
+                              ("hr_sampler_name", None), ("hr_scheduler", None), ("hr_prompt", ""),
+                              ("hr_negative_prompt", "")):
             out.setdefault(name, default)
-    if out.get("subseed_strength", 0) > 0 or out.get("seed_resize_from_w", 0) > 0:
+        out["hr_sampler_name"] = out["hr_sampler_name"] or SAME_SAMPLER
+        out["hr_scheduler"] = out["hr_scheduler"] or SAME_SCHEDULER
+    subseed_strength = out.get("subseed_strength", 0)
+    if (isinstance(subseed_strength, float) and subseed_strength > 0) or out.get("seed_resize_from_w", 0):
         out["seed_extra"] = True
     else:
         out["subseed_strength"] = 0.0
-    try:
-        out["clip_skip"] = int(overrides.get("CLIP_stop_at_last_layers", 1))
-    except (TypeError, ValueError):
-        out["clip_skip"] = 1
+    out["clip_skip"] = values.get("clip_skip", 1)
     return out

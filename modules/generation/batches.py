@@ -1,0 +1,115 @@
+"""The one batch loop of txt2img and img2img: seeds, prompts and noise per batch, sample, decode, infotext.
+
+Each mode gives :func:`run_batches` a ``sample`` step that turns one :class:`Batch` into latents (and, for img2img,
+how to finish each decoded image); everything else, the interrupt and skip handling included, is shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from modules import infotext, param_io
+from modules.errors import GenerationError
+from modules.generation import latents as lat
+from modules.generation.conditioning import TextEncoder
+from modules.generation.control import JobControl
+from modules.generation.noise import ImageRNG, all_seeds, pick_seed
+from modules.generation.prompts import PreparedPrompts, prepare_prompts
+from modules.generation.result import GenerationResult, infotext_context
+from modules.models.loader import ModelParts
+from modules.requests import GenerationRequest
+
+Tensor = torch.Tensor
+Finish = Callable[[int, Image.Image], Image.Image]  # (index in the batch, decoded image) -> final image
+ImageListener = Callable[[GenerationResult, int], None]  # (result so far, index of the image just added)
+
+
+@dataclass
+class Batch:
+    """One batch (one of ``n_iter``) of a job."""
+
+    number: int
+    seeds: list[int]
+    subseeds: list[int]
+    prompts: PreparedPrompts
+    encoder: TextEncoder
+    first: int  # index of the batch's first image in the job
+
+    @property
+    def size(self) -> int:
+        return len(self.seeds)
+
+
+@dataclass
+class Sampled:
+    latents: Tensor
+    finish: Finish | None = None
+
+
+Sample = Callable[[Batch], Sampled]
+
+
+def resolve_seeds(req: GenerationRequest) -> GenerationRequest:
+    """Replace -1 seeds by random ones, recorded in the returned request."""
+    return req.replace(seed=pick_seed(req.seed), subseed=pick_seed(req.subseed))
+
+
+def make_rng(req: GenerationRequest, parts: ModelParts, seeds: list[int], subseeds: list[int], width: int,
+             height: int) -> ImageRNG:
+    resize = (0, 0)
+    if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
+        resize = (req.seed_resize_from_h // 8, req.seed_resize_from_w // 8)
+    channels = int(parts.unet.config.out_channels)
+    return ImageRNG((channels, height // 8, width // 8), seeds, subseeds, req.subseed_strength, resize,
+                    req.randn_source, parts.device, req.eta_noise_seed_delta)
+
+
+def _extra_params(req: GenerationRequest, parts: ModelParts) -> dict[str, object]:
+    """A1111's ``extra_generation_params``: the infotext keys outside its fixed list (hires and inpaint keys)."""
+    params = param_io.infotext_params(req, infotext_context(parts, req.seed, req.subseed))
+    return {k: v for k, v in params.items() if k not in infotext.KEY_ORDER}
+
+
+def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, sample: Sample,
+                on_image: ImageListener | None = None) -> GenerationResult:
+    """Run ``req.n_iter`` batches of ``req.batch_size`` images (``req`` validated, seeds resolved)."""
+    total = req.image_count
+    seeds, subseeds = all_seeds(req.seed, total), all_seeds(req.subseed, total)
+    prompts = prepare_prompts(req, total)
+    encoder = TextEncoder(parts, req.clip_skip)
+    info = parts.info
+    result = GenerationResult(request=req, images=[], infotexts=[], all_prompts=prompts.original_positive,
+                              all_negative_prompts=prompts.original_negative, all_seeds=seeds,
+                              all_subseeds=subseeds, model_name=info.model_name if info else "",
+                              model_hash=info.shorthash if info else None,
+                              vae_name=parts.vae_info.name if parts.vae_info else None, vae_hash=parts.vae_hash,
+                              extra_params=_extra_params(req, parts))
+    control.update(job_count=req.n_iter, job_no=0)
+    with torch.inference_mode(), lat.seamless([parts.unet, parts.vae], req.tiling):
+        for number in range(req.n_iter):
+            if control.interrupted:
+                break
+            control.clear_skip()
+            control.update(job_no=number, sampling_step=0, phase="sampling")
+            sl = slice(number * req.batch_size, (number + 1) * req.batch_size)
+            batch = Batch(number, seeds[sl], subseeds[sl], prompts.slice(sl), encoder, sl.start)
+            sampled = sample(batch)
+            if not torch.isfinite(sampled.latents).all():
+                raise GenerationError("the UNet produced NaNs; try the --no-half option or another sampler")
+            control.update(phase="decoding")
+            for k, image in enumerate(lat.to_pil(lat.decode(parts.vae, sampled.latents, control.warn))):
+                i = batch.first + k
+                result.images.append(sampled.finish(k, image) if sampled.finish else image)
+                ctx = infotext_context(parts, seeds[i], subseeds[i])
+                result.infotexts.append(param_io.build_infotext(req, ctx, prompts.original_positive[i],
+                                                                prompts.original_negative[i]))
+                if on_image is not None:
+                    on_image(result, len(result.images) - 1)
+    result.interrupted = control.interrupted
+    result.warnings = list(control.warnings) + prompts.warnings
+    control.update(job_no=req.n_iter, phase="done")
+    return result

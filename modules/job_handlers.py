@@ -1,0 +1,192 @@
+"""One handler per job kind, registered in one place (:func:`builtin_handlers`).
+
+A registration pairs the handler, which runs in the worker, with an optional check that runs at the edge, before
+anything is queued. Handlers take the application's services, the spec and the job's control, and return a plain
+result (:mod:`modules.job_types`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from modules import images as image_utils
+from modules.batch import run_batch
+from modules.engine import JobOutput
+from modules.generation.control import JobControl
+from modules.job_types import (
+    DeviceConfigJob,
+    Img2ImgBatchJob,
+    Img2ImgJob,
+    ImagesResult,
+    JobResult,
+    JobSpec,
+    LoadModelJob,
+    MergeJob,
+    MergeResultSummary,
+    ModelResult,
+    OutputImage,
+    ReloadModelJob,
+    Txt2ImgJob,
+    UnloadModelJob,
+)
+from modules.models.manager import DeviceConfig
+from modules.requests import Img2ImgRequest, validate, validate_img2img
+
+if TYPE_CHECKING:
+    from modules.app import App
+
+log = logging.getLogger(__name__)
+Run = Callable[["App", Any, JobControl], JobResult]
+Check = Callable[["App", Any], None]
+
+
+@dataclass(frozen=True)
+class Registration:
+    run: Run
+    check: Check | None = None
+
+
+class JobHandlers:
+    """Job kind -> its handler and edge check."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[str, Registration] = {}
+
+    def register(self, spec_type: type, run: Run, check: Check | None = None) -> None:
+        kind: str = spec_type.kind  # type: ignore[attr-defined]
+        if kind in self._by_kind:
+            raise ValueError(f"a handler for {kind!r} is already registered")
+        self._by_kind[kind] = Registration(run, check)
+
+    def kinds(self) -> list[str]:
+        return list(self._by_kind)
+
+    def _get(self, spec: JobSpec) -> Registration:
+        try:
+            return self._by_kind[spec.kind]
+        except KeyError:
+            raise ValueError(f"no handler for job kind {spec.kind!r}") from None
+
+    def check(self, app: App, spec: JobSpec) -> None:
+        registration = self._get(spec)
+        if registration.check is not None:
+            registration.check(app, spec)
+
+    def run(self, app: App, spec: JobSpec, control: JobControl) -> JobResult:
+        return self._get(spec).run(app, spec, control)
+
+
+# -- txt2img / img2img -------------------------------------------------------------------------------------------
+def _png(image: Image.Image, infotext: str | None) -> bytes:
+    return image_utils.encode_image(image, "png", infotext)
+
+
+def images_result(out: JobOutput, return_grid: bool) -> ImagesResult:
+    """The engine's output as plain data: PNG bytes with their infotext, seeds, prompts and saved paths."""
+    r = out.result
+    images = tuple(
+        OutputImage(_png(image, info), info, r.all_seeds[i], r.all_subseeds[i], r.all_prompts[i],
+                    r.all_negative_prompts[i], out.paths.get(i))
+        for i, (image, info) in enumerate(zip(r.images, r.infotexts, strict=True)))
+    grid = None
+    if return_grid and out.grid is not None:
+        first = r.infotexts[0] if r.infotexts else ""
+        grid = OutputImage(_png(out.grid, first or None), first, path=out.grid_path)
+    request = r.request.replace(init_images=(), mask=None) if isinstance(r.request, Img2ImgRequest) else r.request
+    return ImagesResult(request=request, images=images, grid=grid, grid_path=out.grid_path,
+                        model_name=r.model_name, model_hash=r.model_hash, vae_name=r.vae_name, vae_hash=r.vae_hash,
+                        extra_params=dict(r.extra_params), warnings=tuple(dict.fromkeys(r.warnings)),
+                        interrupted=r.interrupted, job_timestamp=r.job_timestamp)
+
+
+def _wants_grid(spec: Txt2ImgJob | Img2ImgJob) -> bool:
+    """A1111: no grid when nothing is saved (the API's default); else one to return or to save."""
+    return spec.output is not None and (spec.return_grid or spec.output.save_grid)
+
+
+def run_txt2img(app: App, spec: Txt2ImgJob, control: JobControl) -> ImagesResult:
+    out = app.engine.txt2img(spec.request, control, spec.output, spec.preview_every, _wants_grid(spec))
+    app.remember_model(update_setting=spec.request.checkpoint is None)
+    return images_result(out, spec.return_grid)
+
+
+def run_img2img(app: App, spec: Img2ImgJob, control: JobControl) -> ImagesResult:
+    out = app.engine.img2img(spec.request, control, spec.output, spec.preview_every, _wants_grid(spec))
+    app.remember_model(update_setting=spec.request.checkpoint is None)
+    return images_result(out, spec.return_grid)
+
+
+def check_txt2img(app: App, spec: Txt2ImgJob) -> None:
+    validate(spec.request, app.limits())
+
+
+def check_img2img(app: App, spec: Img2ImgJob) -> None:
+    validate_img2img(spec.request, app.limits())
+
+
+def check_batch(app: App, spec: Img2ImgBatchJob) -> None:
+    base = spec.base
+    validate_img2img(base.replace(init_images=(Image.new("RGB", (base.width, base.height)),)), spec.limits)
+
+
+def run_img2img_batch(app: App, spec: Img2ImgBatchJob, control: JobControl) -> JobResult:
+    return run_batch(app.engine, spec, control)
+
+
+# -- models ------------------------------------------------------------------------------------------------------
+def run_load_model(app: App, spec: LoadModelJob, control: JobControl) -> ModelResult:
+    control.update(phase="loading model")
+    return ModelResult(app.load_model(spec.checkpoint))
+
+
+def run_reload_model(app: App, spec: ReloadModelJob, control: JobControl) -> ModelResult:
+    control.update(phase="loading model")
+    parts = app.models.reload()
+    app.remember_model()
+    return ModelResult(parts.info.title if parts is not None and parts.info is not None else None)
+
+
+def run_unload_model(app: App, spec: UnloadModelJob, control: JobControl) -> ModelResult:
+    app.models.unload()
+    app.model_unloaded()
+    return ModelResult(None)
+
+
+def run_device_config(app: App, spec: DeviceConfigJob, control: JobControl) -> ModelResult:
+    control.update(phase="loading model")
+    app.models.config = DeviceConfig(app.models.config.device, spec.precision, spec.attention)
+    if app.models.current is None:
+        return ModelResult(None)
+    return run_reload_model(app, ReloadModelJob(), control)
+
+
+# -- merge -------------------------------------------------------------------------------------------------------
+def check_merge(app: App, spec: MergeJob) -> None:
+    from modules.merge import service
+
+    service.validate(app, spec.request)
+
+
+def run_merge_job(app: App, spec: MergeJob, control: JobControl) -> MergeResultSummary:
+    from modules.merge import service
+
+    return service.run_merge(app, spec.request, control)
+
+
+def builtin_handlers() -> JobHandlers:
+    """Every job kind of the application and its handler: the one place where kinds are registered."""
+    handlers = JobHandlers()
+    handlers.register(Txt2ImgJob, run_txt2img, check_txt2img)
+    handlers.register(Img2ImgJob, run_img2img, check_img2img)
+    handlers.register(Img2ImgBatchJob, run_img2img_batch, check_batch)
+    handlers.register(LoadModelJob, run_load_model)
+    handlers.register(ReloadModelJob, run_reload_model)
+    handlers.register(UnloadModelJob, run_unload_model)
+    handlers.register(DeviceConfigJob, run_device_config)
+    handlers.register(MergeJob, run_merge_job, check_merge)
+    return handlers

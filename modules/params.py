@@ -1,0 +1,366 @@
+"""Each generation parameter described once: request field and type, A1111 API names, infotext key and how it is
+written and read, the setting that supplies it, UI label, X/Y/Z axis, CompVis flag.
+
+Infotext writing and reading (:mod:`modules.param_io`), API bodies (``webui/api``), UI forms and the CLI all derive
+from :data:`PARAMS`. A new parameter is one row here plus its field on the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from modules import samplers
+from modules.generation.image_prep import MASKED_CONTENT, RESIZE_MODES
+from modules.requests import SAME_CHECKPOINT, SAME_SAMPLER, GenerationRequest, Img2ImgRequest
+
+BOTH: Final = frozenset({"txt2img", "img2img"})
+TXT2IMG: Final = frozenset({"txt2img"})
+IMG2IMG: Final = frozenset({"img2img"})
+MASK_MODES: Final = ("Inpaint masked", "Inpaint not masked")
+INPAINT_AREAS: Final = ("Whole picture", "Only masked")
+
+
+@dataclass(frozen=True)
+class InfotextContext:
+    """What an image's infotext records beside its request: its own seeds and the model that made it."""
+
+    seed: int
+    subseed: int
+    model_hash: str | None = None
+    model_name: str | None = None
+    vae_name: str | None = None
+    vae_hash: str | None = None
+
+
+class Keys(dict[str, object]):
+    """A writer's value that sets several infotext keys at once (``Model hash`` and ``Model``)."""
+
+
+Writer = Callable[[GenerationRequest, InfotextContext], object]
+# (parsed infotext, keys the text really has) -> request field values
+Reader = Callable[[Mapping[str, object], frozenset[str]], dict[str, object]]
+
+
+class _RequestDefault:
+    def __repr__(self) -> str:
+        return "<request default>"
+
+
+REQUEST_DEFAULT: Final = _RequestDefault()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One generation parameter.
+
+    ``key`` is its infotext key (``pair`` names the second field of a ``WxH`` key such as ``Size``). ``write`` gives
+    the value written for a request (``None``: the key is left out; default: the field's value). ``read`` turns a
+    parsed infotext into field values (default: the key's value, or the pair's two values). ``api`` lists the A1111
+    request body names that set it, first non-null wins (``None``: the field's own name; ``()``: not in the body);
+    ``api_default`` is what A1111's API uses when the body leaves it out. ``setting`` names the option that supplies
+    the value when a request does not (A1111 keeps clip skip, RNG, ENSD, VAE and the model in the settings).
+    """
+
+    field: str
+    type: type
+    key: str | None = None
+    pair: str | None = None
+    write: Writer | None = None
+    read: Reader | None = None
+    api: tuple[str, ...] | None = None
+    api_default: object = REQUEST_DEFAULT
+    from_api: Callable[[object], object] | None = None
+    setting: str | None = None
+    label: str | None = None
+    axis: str | None = None
+    choices: Callable[[], Sequence[str]] | None = None
+    nullable: bool = False
+    scope: frozenset[str] = BOTH
+    cli: str | None = None
+
+    @property
+    def api_names(self) -> tuple[str, ...]:
+        return (self.field,) if self.api is None else self.api
+
+    def applies_to(self, kind: str) -> bool:
+        return kind in self.scope
+
+
+# -- writers ---------------------------------------------------------------------------------------------------
+def _i2i(req: GenerationRequest) -> Img2ImgRequest:
+    assert isinstance(req, Img2ImgRequest), "an img2img parameter on a txt2img request"
+    return req
+
+
+def _same(value: str | None) -> bool:
+    return value in (None, "", SAME_SAMPLER, "Use same scheduler")
+
+
+def _schedule_label(sampler: str, schedule: str | None) -> str:
+    spec, label = samplers.resolve_sampler(sampler, schedule)
+    if label != "Automatic" and samplers.effective_schedule(spec, label) != label:
+        return samplers.effective_schedule(spec, label)
+    return label
+
+
+def _hires_sampler(req: GenerationRequest) -> str:
+    return req.sampler_name if _same(req.hr_sampler_name) else str(req.hr_sampler_name)
+
+
+def _w_sampler(req: GenerationRequest, _: InfotextContext) -> object:
+    return samplers.resolve_sampler(req.sampler_name, req.scheduler)[0].name
+
+
+def _w_schedule(req: GenerationRequest, _: InfotextContext) -> object:
+    return _schedule_label(req.sampler_name, req.scheduler)
+
+
+def _w_eta(req: GenerationRequest, _: InfotextContext) -> object:
+    name = samplers.resolve_sampler(req.sampler_name, req.scheduler)[0].name
+    return req.eta if req.eta is not None and name == "DDIM" and req.eta != 0 else None
+
+
+def _w_denoising(req: GenerationRequest, _: InfotextContext) -> object:
+    return req.denoising_strength if req.enable_hr or isinstance(req, Img2ImgRequest) else None
+
+
+def _hires(write: Callable[[GenerationRequest], object]) -> Writer:
+    """A hires key: written for txt2img with hires fix on."""
+    return lambda req, _ctx: write(req) if req.enable_hr and not isinstance(req, Img2ImgRequest) else None
+
+
+def _by_scale(req: GenerationRequest) -> bool:
+    return req.hr_resize_x == 0 and req.hr_resize_y == 0
+
+
+def _inpaint(write: Callable[[Img2ImgRequest], object]) -> Writer:
+    """An inpainting key: written for img2img with a mask."""
+    def writer(req: GenerationRequest, _ctx: InfotextContext) -> object:
+        return write(req) if isinstance(req, Img2ImgRequest) and req.mask is not None else None
+
+    return writer
+
+
+def _mask_blur(req: Img2ImgRequest) -> object:
+    if req.mask_blur_x == req.mask_blur_y:
+        return req.mask_blur_x
+    return Keys({"Mask blur x": req.mask_blur_x, "Mask blur y": req.mask_blur_y})
+
+
+def _when(cond: Callable[[GenerationRequest], bool]) -> Callable[[str], Writer]:
+    def make(field: str) -> Writer:
+        return lambda req, _ctx: getattr(req, field) if cond(req) else None
+
+    return make
+
+
+# -- readers ---------------------------------------------------------------------------------------------------
+def _r_key(key: str, field: str, convert: Callable[[object], object] = lambda v: v) -> Reader:
+    def reader(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
+        return {field: convert(p[key])} if key in written and key in p else {}
+
+    return reader
+
+
+def _r_hires_choice(key: str, field: str, same: str) -> Reader:
+    def reader(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
+        if key not in written:
+            return {}
+        value = p.get(key)
+        return {field: None if value in (None, "", same) else value}
+
+    return reader
+
+
+def _r_enable_hr(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
+    return {"enable_hr": True} if {"Hires upscale", "Hires resize-1"} & written else {}
+
+
+def _r_schedule(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
+    # the parser splits a legacy "DPM++ 2M Karras" into Sampler and Schedule type: keep the split part too
+    return {"scheduler": p["Schedule type"]} if "Sampler" in written and "Schedule type" in p else {}
+
+
+def _r_mask_blur(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
+    if "Mask blur" in written:
+        return {"mask_blur_x": p["Mask blur"], "mask_blur_y": p["Mask blur"]}
+    out: dict[str, object] = {}
+    for key, field in (("Mask blur x", "mask_blur_x"), ("Mask blur y", "mask_blur_y")):
+        if key in written:
+            out[field] = p[key]
+    return out
+
+
+def _label_index(labels: Sequence[str]) -> Callable[[object], object]:
+    def convert(value: object) -> object:
+        return labels.index(str(value)) if str(value) in labels else value
+
+    return convert
+
+
+def _r_or(key: str, field: str, missing: object) -> Reader:
+    """A key whose absence from a parameters line means A1111's old default (``RNG`` missing: GPU noise)."""
+    def reader(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
+        if key in written and key in p:
+            return {field: p[key]}
+        return {field: missing} if "Steps" in written else {}
+
+    return reader
+
+
+def _r_checkpoint(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
+    """The model an infotext names: its hash when there is one (A1111 looks hashes up first), else its name."""
+    value = p.get("Model hash") if "Model hash" in written else None
+    value = value or (p.get("Model") if "Model" in written else None)
+    return {"checkpoint": str(value)} if value else {}
+
+
+def _r_vae(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
+    return {"vae": str(p["VAE"])} if "VAE" in written and p.get("VAE") else {}
+
+
+def _r_resize_mode(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
+    value = p.get("Resize mode") if "Resize mode" in written else None
+    return {"resize_mode": RESIZE_MODES.index(str(value))} if str(value) in RESIZE_MODES else {}
+
+
+def _seed_resize(value: object) -> object:
+    return max(0, value) if isinstance(value, int) else value
+
+
+def _schedule_labels() -> Sequence[str]:
+    return samplers.schedule_labels()
+
+
+_hires_steps = _when(lambda r: bool(r.enable_hr and r.hr_second_pass_steps))
+_variation = _when(lambda r: r.subseed_strength > 0)
+
+PARAMS: tuple[Param, ...] = (
+    Param("prompt", str, "Prompt", api=("prompt",), api_default="", label="Prompt", cli="--prompt"),
+    Param("negative_prompt", str, "Negative prompt", api_default="", label="Negative prompt"),
+    Param("styles", tuple, label="Styles", axis="Styles"),
+    Param("steps", int, "Steps", api_default=50, label="Sampling steps", axis="Steps", cli="--ddim_steps"),
+    Param("sampler_name", str, "Sampler", write=_w_sampler, api=("sampler_name", "sampler_index"),
+          api_default="Euler", label="Sampling method", axis="Sampler", choices=samplers.sampler_names),
+    Param("scheduler", str, "Schedule type", write=_w_schedule, read=_r_schedule, api_default="Automatic",
+          label="Schedule type", axis="Schedule type", choices=_schedule_labels),
+    Param("cfg_scale", float, "CFG scale", api_default=7.0, label="CFG Scale", axis="CFG Scale", cli="--scale"),
+    Param("seed", int, "Seed", write=lambda r, c: c.seed, api_default=-1, label="Seed", axis="Seed", cli="--seed"),
+    Param("width", int, "Size", pair="height", write=lambda r, c: f"{r.width}x{r.height}", api_default=512,
+          label="Width", cli="--W"),
+    Param("height", int, api_default=512, label="Height", cli="--H"),
+    Param("checkpoint", str, "Model hash", write=lambda r, c: Keys({"Model hash": c.model_hash, "Model": c.model_name}),
+          read=_r_checkpoint, api=(),
+          setting="sd_model_checkpoint", label="Stable Diffusion checkpoint", axis="Checkpoint name", nullable=True),
+    Param("vae", str, "VAE", write=lambda r, c: Keys({"VAE hash": c.vae_hash, "VAE": c.vae_name}), read=_r_vae, api=(), setting="sd_vae", label="SD VAE",
+          axis="VAE", nullable=True),
+    Param("subseed", int, "Variation seed", write=lambda r, c: c.subseed if r.subseed_strength > 0 else None,
+          api_default=-1, label="Variation seed", axis="Var. seed"),
+    Param("subseed_strength", float, "Variation seed strength", write=_variation("subseed_strength"),
+          api_default=0.0, label="Variation strength", axis="Var. strength"),
+    Param("seed_resize_from_w", int, "Seed resize from", pair="seed_resize_from_h",
+          write=lambda r, c: f"{r.seed_resize_from_w}x{r.seed_resize_from_h}"
+          if r.seed_resize_from_w > 0 and r.seed_resize_from_h > 0 else None,
+          api_default=0, from_api=_seed_resize, label="Resize seed from width"),
+    Param("seed_resize_from_h", int, api_default=0, from_api=_seed_resize, label="Resize seed from height"),
+    Param("denoising_strength", float, "Denoising strength", write=_w_denoising, label="Denoising strength",
+          axis="Denoising"),
+    Param("clip_skip", int, "Clip skip", write=_when(lambda r: r.clip_skip > 1)("clip_skip"),
+          read=_r_or("Clip skip", "clip_skip", 1), api=(),
+          setting="CLIP_stop_at_last_layers", label="Clip skip", axis="Clip skip"),
+    Param("eta_noise_seed_delta", int, "ENSD", write=_when(lambda r: r.eta_noise_seed_delta != 0)(
+        "eta_noise_seed_delta"), api=(), setting="eta_noise_seed_delta", label="Eta noise seed delta"),
+    Param("randn_source", str, "RNG", write=_when(lambda r: r.randn_source != "GPU")("randn_source"),
+          read=_r_or("RNG", "randn_source", "GPU"), api=(),
+          setting="randn_source", label="Random number generator source", axis="RNG source",
+          choices=lambda: ("CPU", "GPU")),
+    Param("tiling", bool, "Tiling", write=_when(lambda r: r.tiling)("tiling"), api_default=False, label="Tiling"),
+    Param("eta", float, "Eta", write=_w_eta, label="Eta", axis="Eta", nullable=True, cli="--ddim_eta"),
+    # hires fix (txt2img)
+    Param("enable_hr", bool, read=_r_enable_hr, api_default=False, label="Hires. fix", scope=TXT2IMG),
+    Param("hr_scale", float, "Hires upscale", write=_hires(lambda r: r.hr_scale if _by_scale(r) else None),
+          api_default=2.0, label="Upscale by", scope=TXT2IMG),
+    Param("hr_resize_x", int, "Hires resize", pair="hr_resize_y",
+          write=_hires(lambda r: None if _by_scale(r) else f"{r.hr_resize_x}x{r.hr_resize_y}"), api_default=0,
+          label="Resize width to", scope=TXT2IMG),
+    Param("hr_resize_y", int, api_default=0, label="Resize height to", scope=TXT2IMG),
+    Param("hr_second_pass_steps", int, "Hires steps", write=_hires_steps("hr_second_pass_steps"), api_default=0,
+          label="Hires steps", axis="Hires steps", scope=TXT2IMG),
+    Param("hr_upscaler", str, "Hires upscaler", write=_hires(lambda r: r.hr_upscaler), api_default="Latent",
+          label="Upscaler", axis="Hires upscaler", scope=TXT2IMG),
+    Param("hr_sampler_name", str, "Hires sampler",
+          write=_hires(lambda r: None if _same(r.hr_sampler_name)
+                       else samplers.resolve_sampler(r.hr_sampler_name, None)[0].name),
+          read=_r_hires_choice("Hires sampler", "hr_sampler_name", SAME_SAMPLER), label="Hires sampling method",
+          axis="Hires sampler", nullable=True, scope=TXT2IMG),
+    Param("hr_scheduler", str, "Hires schedule type",
+          write=_hires(lambda r: None if _same(r.hr_scheduler) else _schedule_label(
+              _hires_sampler(r), r.hr_scheduler if not _same(r.hr_scheduler) else r.scheduler)),
+          read=_r_hires_choice("Hires schedule type", "hr_scheduler", SAME_SAMPLER), label="Hires schedule type",
+          nullable=True, scope=TXT2IMG),
+    Param("hr_prompt", str, "Hires prompt",
+          write=_hires(lambda r: r.hr_prompt if r.hr_prompt and r.hr_prompt != r.prompt else None), api_default="",
+          label="Hires prompt", scope=TXT2IMG),
+    Param("hr_negative_prompt", str, "Hires negative prompt",
+          write=_hires(lambda r: r.hr_negative_prompt
+                       if r.hr_negative_prompt and r.hr_negative_prompt != r.negative_prompt else None),
+          api_default="", label="Hires negative prompt", scope=TXT2IMG),
+    Param("hr_checkpoint_name", str, read=_r_hires_choice("Hires checkpoint", "hr_checkpoint_name", SAME_CHECKPOINT),
+          label="Hires checkpoint", nullable=True, scope=TXT2IMG),
+    # img2img and inpainting
+    Param("mask_blur_x", int, "Mask blur", write=_inpaint(_mask_blur), read=_r_mask_blur,
+          api=("mask_blur", "mask_blur_x"), api_default=4, label="Mask blur", scope=IMG2IMG),
+    Param("mask_blur_y", int, api=("mask_blur", "mask_blur_y"), api_default=4, scope=IMG2IMG),
+    Param("inpainting_mask_invert", bool, "Mask mode", write=_inpaint(lambda r: MASK_MODES[r.inpainting_mask_invert]),
+          read=_r_key("Mask mode", "inpainting_mask_invert", lambda v: v == MASK_MODES[1]), api_default=False,
+          label="Mask mode", scope=IMG2IMG),
+    Param("inpainting_fill", int, "Masked content", write=_inpaint(lambda r: MASKED_CONTENT[r.inpainting_fill]),
+          read=_r_key("Masked content", "inpainting_fill", _label_index(MASKED_CONTENT)), api_default=0,
+          label="Masked content", scope=IMG2IMG),
+    Param("inpaint_full_res", bool, "Inpaint area", write=_inpaint(lambda r: INPAINT_AREAS[r.inpaint_full_res]),
+          read=_r_key("Inpaint area", "inpaint_full_res", lambda v: v == INPAINT_AREAS[1]), api_default=True,
+          label="Inpaint area", scope=IMG2IMG),
+    Param("inpaint_full_res_padding", int, "Masked area padding",
+          write=_inpaint(lambda r: r.inpaint_full_res_padding if r.inpaint_full_res else None), api_default=0,
+          label="Only masked padding, pixels", scope=IMG2IMG),
+    Param("initial_noise_multiplier", float, "Noise multiplier",
+          write=lambda r, c: _i2i(r).initial_noise_multiplier if _i2i(r).initial_noise_multiplier != 1.0 else None,
+          label="Noise multiplier", axis="Initial noise multiplier", scope=IMG2IMG),
+    Param("resize_mode", int, "Resize mode", write=lambda r, c: RESIZE_MODES[3] if _i2i(r).resize_mode == 3 else None,
+          read=_r_resize_mode, api_default=0, label="Resize mode", scope=IMG2IMG),
+    Param("image_cfg_scale", float, "Image CFG scale", write=lambda r, c: None, label="Image CFG Scale", axis="Image CFG Scale", nullable=True, scope=IMG2IMG),
+    Param("mask_round", bool, api_default=True, scope=IMG2IMG),
+    # sampler parameters (A1111 keeps their defaults in the settings; sent through the API)
+    Param("batch_size", int, api_default=1, label="Batch size", cli="--n_samples"),
+    Param("n_iter", int, api_default=1, label="Batch count"),
+    Param("restore_faces", bool, api_default=False, label="Restore faces", axis="Face restore"),
+    Param("s_churn", float, api_default=0.0, label="Sigma churn", axis="Sigma Churn"),
+    Param("s_tmin", float, api_default=0.0, label="Sigma tmin", axis="Sigma min"),
+    Param("s_tmax", float, label="Sigma tmax", axis="Sigma max", nullable=True),
+    Param("s_noise", float, api_default=1.0, label="Sigma noise", axis="Sigma noise"),
+)
+
+# request fields that are not parameters: the images of an img2img request and a bound set by the server
+NOT_PARAMS: Final = frozenset({"init_images", "mask", "max_image_pixels"})
+
+
+def params_for(kind: str) -> tuple[Param, ...]:
+    """The parameters of ``kind`` ("txt2img" or "img2img"), in table order."""
+    return tuple(p for p in PARAMS if p.applies_to(kind))
+
+
+def by_field(name: str) -> Param:
+    for p in PARAMS:
+        if p.field == name:
+            return p
+    raise KeyError(name)
+
+
+def by_axis(name: str) -> Param | None:
+    """The parameter an X/Y/Z axis (A1111's name) sets."""
+    for p in PARAMS:
+        if p.axis is not None and p.axis.lower() == name.strip().lower():
+            return p
+    return None

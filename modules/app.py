@@ -17,9 +17,9 @@ from modules.job_types import DeviceConfigJob, Img2ImgJob, JobResult, JobSpec, L
 from modules.jobs import Job, JobQueue
 from modules.models.manager import DeviceConfig, ModelManager, default_device
 from modules.models.registry import CheckpointRegistry
-from modules.paths import Paths
 from modules.output_options import OutputOptions
 from modules.param_io import setting_values
+from modules.paths import Paths
 from modules.requests import GenerationRequest, Img2ImgRequest, Limits
 from modules.settings import Settings, build_options
 
@@ -125,7 +125,8 @@ class App:
         """The settings' output options for ``kind``, with per-job ``overrides`` (already validated) on top."""
         s = {**self.settings.snapshot(), **(overrides or {})}
         return OutputOptions(
-            samples_dir=self._data_path(s[f"outdir_{kind}_samples"]), grids_dir=self._data_path(s[f"outdir_{kind}_grids"]),
+            samples_dir=self._data_path(s[f"outdir_{kind}_samples"]),
+            grids_dir=self._data_path(s[f"outdir_{kind}_grids"]),
             save_samples=s["samples_save"], save_grid=s["grid_save"], samples_format=s["samples_format"],
             grid_format=s["grid_format"], filename_pattern=s["samples_filename_pattern"] or "[seed]",
             save_to_dirs=s["save_to_dirs"], enable_pnginfo=s["enable_pnginfo"],
@@ -218,7 +219,7 @@ class App:
             changes = {**changes, "sd_model_checkpoint": info.title}
         changed = self.settings.update(dict(changes), save)
         jobs: list[Job] = []
-        if "sd_model_checkpoint" in changed and self.settings["sd_model_checkpoint"]:
+        if wanted:  # asked for by name: load it unless it is the resident model (even when the setting was equal)
             cur = self.models.current
             title = self.settings["sd_model_checkpoint"]
             if not (cur is not None and cur.info is not None and title in cur.info.aliases()):

@@ -147,9 +147,10 @@ def format_infotext(prompt: str, negative_prompt: str, params: Mapping[str, obje
 
     Values are quoted as A1111 does, and also where A1111's bare text would not parse back to the same value (empty,
     padded, starting with ``"``, holding control characters, or text such as "123" that would read as a number);
-    A1111's parser reads those too. As in A1111 the whole text is stripped of surrounding whitespace. It parses back to the same values when the
-    prompts' lines carry no surrounding whitespace, no prompt line starts with ``Negative prompt:`` and at least three
-    parameters are given (A1111's parser needs three to recognise the parameters line); see :func:`parse_infotext`.
+    A1111's parser reads those too. As in A1111 the whole text is stripped of surrounding whitespace. It parses
+    back to the same values when the prompts' lines carry no surrounding whitespace, no prompt line starts with
+    ``Negative prompt:`` and at least three parameters are given (A1111's parser needs three to recognise the
+    parameters line); see :func:`parse_infotext`.
     """
     negative = f"\n{_NEGATIVE_PREFIX} {negative_prompt}" if negative_prompt else ""
     return f"{prompt}{negative}\n{format_params_line(params)}".strip()

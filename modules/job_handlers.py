@@ -20,9 +20,9 @@ from modules.engine import JobOutput
 from modules.generation.control import JobControl
 from modules.job_types import (
     DeviceConfigJob,
+    ImagesResult,
     Img2ImgBatchJob,
     Img2ImgJob,
-    ImagesResult,
     JobResult,
     JobSpec,
     LoadModelJob,

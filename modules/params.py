@@ -252,10 +252,10 @@ PARAMS: tuple[Param, ...] = (
           label="Width", cli="--W"),
     Param("height", int, api_default=512, label="Height", cli="--H"),
     Param("checkpoint", str, "Model hash", write=lambda r, c: Keys({"Model hash": c.model_hash, "Model": c.model_name}),
-          read=_r_checkpoint, api=(),
-          setting="sd_model_checkpoint", label="Stable Diffusion checkpoint", axis="Checkpoint name", nullable=True),
-    Param("vae", str, "VAE", write=lambda r, c: Keys({"VAE hash": c.vae_hash, "VAE": c.vae_name}), read=_r_vae, api=(), setting="sd_vae", label="SD VAE",
-          axis="VAE", nullable=True),
+          read=_r_checkpoint, api=(), setting="sd_model_checkpoint", label="Stable Diffusion checkpoint",
+          axis="Checkpoint name", nullable=True),
+    Param("vae", str, "VAE", write=lambda r, c: Keys({"VAE hash": c.vae_hash, "VAE": c.vae_name}), read=_r_vae,
+          api=(), setting="sd_vae", label="SD VAE", axis="VAE", nullable=True),
     Param("subseed", int, "Variation seed", write=lambda r, c: c.subseed if r.subseed_strength > 0 else None,
           api_default=-1, label="Variation seed", axis="Var. seed"),
     Param("subseed_strength", float, "Variation seed strength", write=_variation("subseed_strength"),
@@ -330,7 +330,8 @@ PARAMS: tuple[Param, ...] = (
           label="Noise multiplier", axis="Initial noise multiplier", scope=IMG2IMG),
     Param("resize_mode", int, "Resize mode", write=lambda r, c: RESIZE_MODES[3] if _i2i(r).resize_mode == 3 else None,
           read=_r_resize_mode, api_default=0, label="Resize mode", scope=IMG2IMG),
-    Param("image_cfg_scale", float, "Image CFG scale", write=lambda r, c: None, label="Image CFG Scale", axis="Image CFG Scale", nullable=True, scope=IMG2IMG),
+    Param("image_cfg_scale", float, "Image CFG scale", write=lambda r, c: None, label="Image CFG Scale",
+          axis="Image CFG Scale", nullable=True, scope=IMG2IMG),
     Param("mask_round", bool, api_default=True, scope=IMG2IMG),
     # sampler parameters (A1111 keeps their defaults in the settings; sent through the API)
     Param("batch_size", int, api_default=1, label="Batch size", cli="--n_samples"),
@@ -364,3 +365,11 @@ def by_axis(name: str) -> Param | None:
         if p.axis is not None and p.axis.lower() == name.strip().lower():
             return p
     return None
+
+
+def label(name: str) -> str:
+    """The UI label of the parameter ``name`` (A1111's)."""
+    text = by_field(name).label
+    if text is None:
+        raise KeyError(f"{name} has no UI label")
+    return text

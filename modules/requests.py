@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from modules import samplers
 from modules.errors import ValidationError
@@ -25,6 +25,7 @@ PIXEL_UPSCALERS: tuple[str, ...] = ("None", "Lanczos", "Nearest")
 SAME_SAMPLER = "Use same sampler"
 SAME_CHECKPOINT = "Use same checkpoint"
 MAX_SEED = 2**64 - 1
+_R = TypeVar("_R", bound="GenerationRequest")
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class GenerationRequest:
     hr_negative_prompt: str = ""
     hr_checkpoint_name: str | None = None
 
-    def replace(self, **changes: Any) -> GenerationRequest:
+    def replace(self: _R, **changes: Any) -> _R:
         return dataclasses.replace(self, **changes)
 
     @property

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TESTDATA, install_model
 from modules.errors import ValidationError
 from modules.generation import image_prep
 from modules.infotext import parse_infotext
 from modules.requests import Img2ImgRequest, validate_img2img
-
-from conftest import TESTDATA, install_model
 
 PHOTOS = TESTDATA / "photos"
 SMALL = {"width": 64, "height": 64, "steps": 4, "seed": 3}
@@ -196,8 +195,8 @@ def test_denoising_zero_returns_the_input(engine):
 
 def test_batch_from_folder_with_masks_png_info_and_non_images(engine, tmp_path):
     from modules.batch import list_inputs, run_batch
-    from modules.job_types import Img2ImgBatchJob
     from modules.images import encode_image
+    from modules.job_types import Img2ImgBatchJob
 
     inp, masks, out = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
     inp.mkdir()

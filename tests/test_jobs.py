@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import ClassVar
-import time
 
 import pytest
 import torch

@@ -11,9 +11,9 @@ import piexif.helper
 import pytest
 from PIL import Image
 
-from modules.infotext_fields import fields_from_infotext
 from modules.metadata import read_metadata, text_to_infotext
 from modules.metadata.a1111 import repair
+from modules.param_io import read_infotext
 from tests.test_metadata import INFOTEXT, png, text_chunk
 
 GRAPH = {
@@ -147,7 +147,7 @@ def test_civitai_size_recorded_as_the_hires_target():
     assert (p["Size-1"], p["Size-2"], p["Hires resize-1"], p["Hires resize-2"]) == (832, 1216, 1248, 1824)
     assert "Size: 832x1216" in md.infotext and md.items["parameters"] == text
     assert any("hires-fixed" in w for w in md.warnings)
-    fields, _ = fields_from_infotext(md.infotext)
+    fields, _ = read_infotext(md.infotext)
     assert (fields["width"], fields["height"], fields["hr_resize_x"], fields["enable_hr"]) == (832, 1216, 1248, True)
     assert "Size: 832x1216" in text_to_infotext(text)
 

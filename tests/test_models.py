@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAMILIES, install_model
 from safetensors.torch import load_file, save_file
 
+from conftest import FAMILIES, install_model
 from modules.errors import ModelLoadError, UnsafeCheckpointError
 from modules.hashing import HashCache, legacy_hash
 from modules.models import families

@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import FAMILIES, install_model, running_app
 from modules import infotext, samplers
 from modules.engine import OutputOptions
 from modules.errors import ValidationError
 from modules.generation.control import JobControl
 from modules.images import read_parameters
 from modules.requests import GenerationRequest
-
-from conftest import FAMILIES, install_model, running_app
 
 SMALL = {"width": 64, "height": 64, "steps": 3}
 
@@ -326,7 +325,7 @@ def test_external_vae_is_used_and_recorded(data_dir, model_store, engine_factory
     assert not np.array_equal(_pixels(base.images[0]), _pixels(alt.images[0]))
     again = engine.txt2img(GenerationRequest(prompt="x", seed=1, vae="None", **SMALL)).result
     assert np.array_equal(_pixels(base.images[0]), _pixels(again.images[0])) and "VAE:" not in again.infotexts[0]
-    save_file({k: v for k, v in vae.items()}, str(data_dir / "models" / "Stable-diffusion" / "tiny.vae.safetensors"))
+    save_file(dict(vae), str(data_dir / "models" / "Stable-diffusion" / "tiny.vae.safetensors"))
     auto = engine.txt2img(GenerationRequest(prompt="x", seed=1, vae="Automatic", **SMALL)).result
     assert "VAE: tiny.vae.safetensors" in auto.infotexts[0]
     assert [i.name for i in engine.models.registry.refresh()] == ["tiny.safetensors"]  # not listed as a model

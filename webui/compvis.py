@@ -127,7 +127,7 @@ def run(opt: argparse.Namespace) -> int:
                 req = request_from_values(GenerationRequest, values)
                 validate(req)
                 job = engine.txt2img(req, JobControl(), grid=False)
-                for image, info in zip(job.result.images, job.result.infotexts):
+                for image, info in zip(job.result.images, job.result.infotexts, strict=True):
                     first_info = first_info or info
                     all_images.append(image)
                     if not opt.skip_save:

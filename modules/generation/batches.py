@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from PIL import Image
@@ -51,9 +52,10 @@ class Sampled:
 
 
 Sample = Callable[[Batch], Sampled]
+R = TypeVar("R", bound=GenerationRequest)
 
 
-def resolve_seeds(req: GenerationRequest) -> GenerationRequest:
+def resolve_seeds(req: R) -> R:
     """Replace -1 seeds by random ones, recorded in the returned request."""
     return req.replace(seed=pick_seed(req.seed), subseed=pick_seed(req.subseed))
 
@@ -63,7 +65,7 @@ def make_rng(req: GenerationRequest, parts: ModelParts, seeds: list[int], subsee
     resize = (0, 0)
     if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
         resize = (req.seed_resize_from_h // 8, req.seed_resize_from_w // 8)
-    channels = int(parts.unet.config.out_channels)
+    channels = int(parts.unet.config["out_channels"])
     return ImageRNG((channels, height // 8, width // 8), seeds, subseeds, req.subseed_strength, resize,
                     req.randn_source, parts.device, req.eta_noise_seed_delta)
 

@@ -8,12 +8,16 @@ with A1111's "Original" emphasis (scale, then restore the mean). Clip skip appli
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from modules.models.loader import ModelParts
 from modules.prompts import chunks as prompt_chunks
 from modules.prompts import parser as prompt_parser
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 Tensor = torch.Tensor
 
@@ -22,6 +26,12 @@ Tensor = torch.Tensor
 class Cond:
     context: Tensor  # (1, 77 * n_chunks, dim)
     pooled: Tensor | None = None  # SDXL pooled text embedding (1, dim)
+
+    def require_pooled(self) -> Tensor:
+        """The pooled embedding SDXL's UNet needs (an SDXL text encoder always gives one)."""
+        if self.pooled is None:
+            raise ValueError("conditioning without a pooled embedding given to an SDXL UNet")
+        return self.pooled
 
 
 @dataclass
@@ -57,17 +67,19 @@ class TextEncoder:
     clip_skip: int = 1
     _cache: dict[tuple[str, bool], Cond] = field(default_factory=dict)
 
-    def _run(self, encoder: torch.nn.Module, tokens: Tensor, layer: str) -> tuple[Tensor, Tensor | None]:
+    def _run(self, encoder: CLIPTextModel | CLIPTextModelWithProjection, tokens: Tensor, layer: str
+             ) -> tuple[Tensor, Tensor | None]:
         out = encoder(input_ids=tokens, output_hidden_states=layer != "last")
         pooled = getattr(out, "text_embeds", None)
         if layer == "penultimate":
             return out.hidden_states[-2], pooled
         if layer == "last" or self.clip_skip <= 1:
             return out.last_hidden_state, pooled
-        final_norm = getattr(encoder, "final_layer_norm", None) or encoder.text_model.final_layer_norm
+        final_norm = getattr(encoder, "final_layer_norm", None) or encoder.get_submodule("text_model.final_layer_norm")
         return final_norm(out.hidden_states[-self.clip_skip]), pooled
 
-    def _encode_with(self, encoder: torch.nn.Module, tokenizer, text: str, layer: str) -> tuple[Tensor, Tensor | None]:
+    def _encode_with(self, encoder: CLIPTextModel | CLIPTextModelWithProjection, tokenizer: CLIPTokenizer, text: str,
+                     layer: str) -> tuple[Tensor, Tensor | None]:
         chunk_list, _ = prompt_chunks.tokenize_line(text, tokenizer)
         device = next(encoder.parameters()).device
         tokens = torch.tensor([c.tokens for c in chunk_list], device=device)
@@ -90,12 +102,13 @@ class TextEncoder:
             return self._cache[key]
         p = self.parts
         if p.family.is_xl:
+            assert p.text_encoder_2 is not None and p.tokenizer_2 is not None  # loaded with every SDXL model
             ctx_l, _ = self._encode_with(p.text_encoder, p.tokenizer, text, "penultimate")
             ctx_g, pooled = self._encode_with(p.text_encoder_2, p.tokenizer_2, text, "penultimate")
             n = min(ctx_l.shape[1], ctx_g.shape[1])
             cond = Cond(torch.cat([ctx_l[:, :n], ctx_g[:, :n]], dim=-1), pooled)
             if zero_if_empty and text == "":
-                cond = Cond(torch.zeros_like(cond.context), torch.zeros_like(cond.pooled))
+                cond = Cond(torch.zeros_like(cond.context), torch.zeros_like(cond.require_pooled()))
         elif p.family.base == "sd2":
             cond = Cond(self._encode_with(p.text_encoder, p.tokenizer, text, "last")[0])
         else:
@@ -113,7 +126,7 @@ def build_conditioning(encoder: TextEncoder, prompts: list[str], negatives: list
                        hires_steps: int | None = None) -> list[ImageConds]:
     """Per-image conditioning for a batch of (already style-merged, network-tag-free) prompts."""
     out = []
-    for prompt, negative in zip(prompts, negatives):
+    for prompt, negative in zip(prompts, negatives, strict=True):
         parts = prompt_parser.split_and(prompt) or [(prompt, 1.0)]
         positive = [(w, encoder.schedule(text, steps, hires_steps)) for text, w in parts]
         out.append(ImageConds(positive, encoder.schedule(negative, steps, hires_steps, negative=True)))

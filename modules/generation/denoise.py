@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from modules.generation.conditioning import Cond, ImageConds, cond_at
-from modules.samplers import step_params
 from modules.generation.control import JobControl
+from modules.samplers import step_params
+
+if TYPE_CHECKING:
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 Tensor = torch.Tensor
 StepCallback = Callable[[int, int, Tensor], None]
@@ -22,7 +25,7 @@ StepCallback = Callable[[int, int, Tensor], None]
 
 @dataclass
 class DenoiseContext:
-    unet: Any
+    unet: UNet2DConditionModel
     conds: list[ImageConds]
     cfg_scale: float
     time_ids: Tensor | None = None  # SDXL micro-conditioning (B, 6)
@@ -40,9 +43,9 @@ def _unet_call(ctx: DenoiseContext, x: Tensor, t: Tensor, conds: list[Cond], ima
     context = torch.cat([c.context for c in conds]).to(device=inp.device, dtype=dtype)
     kwargs: dict[str, Any] = {}
     if ctx.time_ids is not None:
-        pooled = torch.cat([c.pooled for c in conds]).to(device=inp.device, dtype=dtype)
+        pooled = torch.cat([c.require_pooled() for c in conds]).to(device=inp.device, dtype=dtype)
         kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": ctx.time_ids[image_idx].to(dtype)}
-    out = unet(inp.to(dtype), t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
+    out: Tensor = unet(inp.to(dtype), t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
     return out.float()
 
 
@@ -58,18 +61,21 @@ def guided_noise(ctx: DenoiseContext, x: Tensor, t: Tensor, step: int) -> Tensor
     groups: dict[int, list[int]] = {}
     for n, (_, _, cond) in enumerate(entries):
         groups.setdefault(cond.context.shape[1], []).append(n)
-    outputs: list[Tensor | None] = [None] * len(entries)
+    outputs: dict[int, Tensor] = {}  # entry index -> model output
     for members in groups.values():
         result = _unet_call(ctx, x, t, [entries[n][2] for n in members], [entries[n][0] for n in members])
         for k, n in enumerate(members):
             outputs[n] = result[k]
-    guided = []
+    guided: list[Tensor] = []
     for i in range(len(ctx.conds)):
         mine = [(w, outputs[n]) for n, (img, w, _) in enumerate(entries) if img == i]
         uncond = next((o for w, o in mine if w is None), None)
         conds = [(w, o) for w, o in mine if w is not None]
         if uncond is None:
-            guided.append(sum(w * o for w, o in conds) / max(sum(w for w, _ in conds), 1e-8))
+            weighted = torch.zeros_like(conds[0][1])
+            for w, o in conds:
+                weighted += w * o
+            guided.append(weighted / max(sum(w for w, _ in conds), 1e-8))
             continue
         total = uncond.clone()
         for w, o in conds:

@@ -10,9 +10,9 @@ from PIL import Image
 from modules import samplers
 from modules.generation import image_prep
 from modules.generation import latents as lat
+from modules.generation.batches import Batch, ImageListener, Sampled, make_rng, resolve_seeds, run_batches
 from modules.generation.conditioning import build_conditioning
 from modules.generation.control import JobControl
-from modules.generation.batches import Batch, ImageListener, Sampled, make_rng, resolve_seeds, run_batches
 from modules.generation.passes import PassSpec, full_mask_conditioning, sample_from_latents
 from modules.generation.result import GenerationResult
 from modules.generation.txt2img import churn_params
@@ -40,6 +40,7 @@ def _encode(parts: ModelParts, batch: list[image_prep.PreparedImage], req: Img2I
         out = []
         for item in batch:
             src = item.source
+            assert src is not None  # every image of a job has the same resize mode
             src = src.resize((max(8, src.width - src.width % 8), max(8, src.height - src.height % 8)))
             z = lat.encode(parts.vae, lat.from_pil([src]))
             out.append(F.interpolate(z, size=(req.height // 8, req.width // 8), mode="bilinear"))
@@ -47,12 +48,17 @@ def _encode(parts: ModelParts, batch: list[image_prep.PreparedImage], req: Img2I
     return lat.encode(parts.vae, lat.from_pil([item.image for item in batch])).to(parts.device)
 
 
+def _pixel_masks(batch: list[image_prep.PreparedImage]) -> list[Image.Image]:
+    """The masks of a batch: every image of a job has one, or none has."""
+    return [item.mask for item in batch if item.mask is not None]
+
+
 def _latent_mask(batch: list[image_prep.PreparedImage], shape: torch.Size, round_mask: bool) -> Tensor | None:
     if batch[0].mask is None:
         return None
     masks = []
-    for item in batch:
-        small = item.mask.convert("L").resize((shape[3], shape[2]), Image.Resampling.BICUBIC)
+    for pixel_mask in _pixel_masks(batch):
+        small = pixel_mask.convert("L").resize((shape[3], shape[2]), Image.Resampling.BICUBIC)
         m = torch.from_numpy(np.asarray(small, dtype="float32") / 255.0)
         masks.append(m.round() if round_mask else m)
     return torch.stack(masks).unsqueeze(1)
@@ -66,8 +72,8 @@ def _inpaint_conditioning(parts: ModelParts, batch: list[image_prep.PreparedImag
     if mask is None:
         return full_mask_conditioning(parts, len(batch), req.width, req.height)
     pixels = lat.from_pil([item.image for item in batch])
-    full = torch.stack([torch.from_numpy(np.asarray(item.mask.convert("L"), dtype="float32") / 255.0)
-                        for item in batch]).unsqueeze(1).round()
+    full = torch.stack([torch.from_numpy(np.asarray(m.convert("L"), dtype="float32") / 255.0)
+                        for m in _pixel_masks(batch)]).unsqueeze(1).round()
     masked = lat.encode(parts.vae, pixels * (1 - full) + 0.5 * full).to(parts.device)
     return torch.cat([mask.to(parts.device), masked], dim=1)
 

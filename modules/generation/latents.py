@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from modules.errors import GenerationError
+
+if TYPE_CHECKING:
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -22,13 +26,13 @@ _RGB_XL = torch.tensor([[0.3448, 0.4168, 0.4395], [-0.1953, -0.0290, 0.0250], [0
                         [-0.3730, -0.2499, -0.2088]])
 
 
-def _scale(vae) -> tuple[float, float]:
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return float(vae.config.scaling_factor), float(shift)
+def _scale(vae: AutoencoderKL) -> tuple[float, float]:
+    shift = vae.config.get("shift_factor") or 0.0
+    return float(vae.config["scaling_factor"]), float(shift)
 
 
 @torch.no_grad()
-def decode(vae, latents: Tensor, warn=None) -> Tensor:
+def decode(vae: AutoencoderKL, latents: Tensor, warn: Callable[[str], None] | None = None) -> Tensor:
     """Latents (B, 4, h, w) -> images (B, 3, H, W) in [0, 1], float32 on the CPU; one image at a time.
 
     A half-precision VAE that yields NaNs (a known SDXL problem) is retried once in float32, as A1111's
@@ -39,7 +43,7 @@ def decode(vae, latents: Tensor, warn=None) -> Tensor:
     out = []
     for i in range(latents.shape[0]):
         z = latents[i : i + 1] / scale + shift
-        x = vae.decode(z.to(device=param.device, dtype=param.dtype), return_dict=False)[0]
+        x: Tensor = vae.decode(z.to(device=param.device, dtype=param.dtype), return_dict=False)[0]
         if not torch.isfinite(x).all() and param.dtype != torch.float32:
             if warn:
                 warn("the VAE produced NaNs in half precision; decoded again in float32")
@@ -50,18 +54,27 @@ def decode(vae, latents: Tensor, warn=None) -> Tensor:
     return torch.cat(out)
 
 
-def _decode_fp32(vae, z: Tensor) -> Tensor:
-    param = next(vae.parameters())
-    dtype = param.dtype
-    vae.to(torch.float32)
+@contextlib.contextmanager
+def _in_float32(vae: AutoencoderKL) -> Iterator[None]:
+    """The VAE in float32 while active, back in its own dtype afterwards."""
+    dtype = next(vae.parameters()).dtype
+    # diffusers declares ModelMixin.to through functools.wraps, which type checkers cannot bind to the instance
+    vae.to(torch.float32)  # type: ignore[arg-type]
     try:
-        return vae.decode(z.to(device=param.device, dtype=torch.float32), return_dict=False)[0]
+        yield
     finally:
-        vae.to(dtype)
+        vae.to(dtype)  # type: ignore[arg-type]
+
+
+def _decode_fp32(vae: AutoencoderKL, z: Tensor) -> Tensor:
+    param = next(vae.parameters())
+    with _in_float32(vae):
+        x: Tensor = vae.decode(z.to(device=param.device, dtype=torch.float32), return_dict=False)[0]
+    return x
 
 
 @torch.no_grad()
-def encode(vae, images: Tensor) -> Tensor:
+def encode(vae: AutoencoderKL, images: Tensor) -> Tensor:
     """Images (B, 3, H, W) in [0, 1] -> scaled latents (mean of the posterior, deterministic), float32."""
     scale, shift = _scale(vae)
     param = next(vae.parameters())
@@ -69,15 +82,11 @@ def encode(vae, images: Tensor) -> Tensor:
     for i in range(images.shape[0]):
         x = images[i : i + 1].to(device=param.device, dtype=param.dtype) * 2 - 1
         dist = vae.encode(x, return_dict=False)[0]
-        z = dist.mode()
+        z: Tensor = dist.mode()
         if not torch.isfinite(z).all() and param.dtype != torch.float32:
-            vae_dtype = param.dtype
-            vae.to(torch.float32)
-            try:
+            with _in_float32(vae):
                 z = vae.encode(x.float(), return_dict=False)[0].mode()
-            finally:
-                vae.to(vae_dtype)
-        out.append(((z.float() - shift) * scale))
+        out.append((z.float() - shift) * scale)
     return torch.cat(out)
 
 

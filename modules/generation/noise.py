@@ -8,12 +8,13 @@ is the same on every device.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 MAX_RANDOM_SEED = 4294967294
+Randn = Callable[[torch.Generator, Sequence[int]], torch.Tensor]  # (generator, shape) -> float32 noise
 
 
 def pick_seed(seed: int) -> int:
@@ -82,7 +83,8 @@ class ImageRNG:
         return self.generators
 
 
-def _paste_centered(noise: torch.Tensor, shape: tuple[int, ...], gen: torch.Generator, randn) -> torch.Tensor:
+def _paste_centered(noise: torch.Tensor, shape: tuple[int, ...], gen: torch.Generator, randn: Randn
+                    ) -> torch.Tensor:
     """Noise generated at the "seed resize from" size, placed in the centre of fresh noise of the target size."""
     target = randn(gen, shape)
     _, sh, sw = noise.shape

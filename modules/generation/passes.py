@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from modules import samplers
 from modules.generation.conditioning import ImageConds
 from modules.generation.control import JobControl
-from modules.generation.denoise import DenoiseContext, run_steps
+from modules.generation.denoise import DenoiseContext, StepCallback, run_steps
 from modules.generation.latents import preview
 from modules.generation.noise import ImageRNG
 from modules.models.loader import ModelParts
@@ -65,7 +65,7 @@ def _context(parts: ModelParts, spec: PassSpec, scheduler: Any, device: torch.de
     )
 
 
-def _on_step(control: JobControl, spec: PassSpec, is_xl: bool):
+def _on_step(control: JobControl, spec: PassSpec, is_xl: bool) -> StepCallback:
     def callback(step: int, total: int, latents: Tensor) -> None:
         changes: dict[str, Any] = {"sampling_step": step, "sampling_steps": total, "phase": spec.phase}
         if spec.preview_every and (step % spec.preview_every == 0 or step == total):
@@ -118,6 +118,7 @@ def sample_from_latents(parts: ModelParts, spec: PassSpec, init_latents: Tensor,
         mask = keep_mask.to(device=device, dtype=torch.float32)
 
         def after_step(x: Tensor, i: int) -> Tensor:
+            reference: Tensor
             if i + 1 < len(timesteps):
                 reference = scheduler.add_noise(init, noise, timesteps[i + 1:i + 2].repeat(batch))
             else:

@@ -9,9 +9,9 @@ from PIL import Image
 
 from modules import samplers
 from modules.generation import latents as lat
+from modules.generation.batches import Batch, ImageListener, Sampled, make_rng, resolve_seeds, run_batches
 from modules.generation.conditioning import TextEncoder, build_conditioning
 from modules.generation.control import JobControl
-from modules.generation.batches import Batch, ImageListener, Sampled, make_rng, resolve_seeds, run_batches
 from modules.generation.noise import ImageRNG
 from modules.generation.passes import (
     PassSpec,

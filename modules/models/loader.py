@@ -19,7 +19,10 @@ from modules.models.tokenizer import build_clip_tokenizer
 from modules.models.vae import VaeInfo
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    # Imported from their defining modules: to a type checker, diffusers' top-level names are the placeholders it
+    # exports when torch is missing, which lack every torch.nn.Module attribute.
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ class ModelParts:
     vae_hash: str | None = None
 
     def modules(self) -> list[torch.nn.Module]:
-        mods = [self.unet, self.vae, self.text_encoder, self.text_encoder_2]
+        mods: list[torch.nn.Module | None] = [self.unet, self.vae, self.text_encoder, self.text_encoder_2]
         return [m for m in mods if m is not None]
 
     def to(self, device: torch.device | str) -> ModelParts:
@@ -66,18 +69,20 @@ class ModelParts:
 
     @property
     def is_inpaint(self) -> bool:
-        return int(self.unet.config.in_channels) == 9
+        return int(self.unet.config["in_channels"]) == 9
 
 
 def _scheduler_config(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    config: dict[str, Any] = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return config
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {path}: {exc}") from None
+    return data
 
 
 def resolve_single_file_config(path: Path, ckpt: CheckpointFile,
@@ -124,7 +129,8 @@ def load_single_file(path: Path, dtype: torch.dtype, config_override: Path | Non
         raise
     except (RuntimeError, ValueError, KeyError, OSError) as exc:
         log.exception("loading %s failed", path)
-        raise ModelLoadError(f"{path.name} could not be loaded as {family.label}: {str(exc).splitlines()[0][:300]}")
+        first = str(exc).splitlines()[0][:300]
+        raise ModelLoadError(f"{path.name} could not be loaded as {family.label}: {first}") from None
     sched = _scheduler_config(config_dir)
     if family_name == "sd2" and config_dir == families.bundled_config_dir("sd2") and _predicts_v(unet):
         family, prediction = FAMILIES["sd2-v"], "v_prediction"
@@ -140,7 +146,7 @@ def load_single_file(path: Path, dtype: torch.dtype, config_override: Path | Non
 
 
 @torch.no_grad()
-def _predicts_v(unet: Any) -> bool:
+def _predicts_v(unet: UNet2DConditionModel) -> bool:
     """Whether an SD 2.x UNet was trained for v-prediction (the 768-v models), told from one forward pass.
 
     At t=999 an epsilon model predicts roughly its input, a v model roughly its negative: the same probe A1111 uses
@@ -148,7 +154,7 @@ def _predicts_v(unet: Any) -> bool:
     """
     p = next(unet.parameters())
     x = torch.full((1, 4, 8, 8), 0.5, device=p.device, dtype=p.dtype)
-    cond = torch.full((1, 2, int(unet.config.cross_attention_dim)), 0.5, device=p.device, dtype=p.dtype)
+    cond = torch.full((1, 2, int(unet.config["cross_attention_dim"])), 0.5, device=p.device, dtype=p.dtype)
     out = unet(x, torch.tensor([999], device=p.device), encoder_hidden_states=cond, return_dict=False)[0]
     return bool((out.float() - x.float()).mean().item() < -1)
 
@@ -175,11 +181,12 @@ def load_diffusers_folder(folder: Path, dtype: torch.dtype) -> ModelParts:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     family = FAMILIES[diffusers_folder_family(folder)]
-    common = {"local_files_only": True}
+    common: dict[str, Any] = {"local_files_only": True}
 
-    def tokenizer(sub: str, pad: str) -> Any:
+    def tokenizer(sub: str, pad: str) -> CLIPTokenizer:
         if (folder / sub).is_dir():
-            return CLIPTokenizer.from_pretrained(str(folder), subfolder=sub, **common)
+            loaded: CLIPTokenizer = CLIPTokenizer.from_pretrained(str(folder), subfolder=sub, **common)
+            return loaded
         return build_clip_tokenizer(pad)
 
     try:

@@ -11,12 +11,16 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from modules.errors import ModelLoadError
 from modules.models.loader import ModelParts, load_model
 from modules.models.registry import CheckpointInfo, CheckpointRegistry
+
+if TYPE_CHECKING:
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ class ModelManager:
         self._current: ModelParts | None = None
         self._last: CheckpointInfo | None = None
         self._ram: OrderedDict[Path, ModelParts] = OrderedDict()
-        self._external_vae: tuple[Path, int, torch.nn.Module] | None = None
+        self._external_vae: tuple[Path, int, AutoencoderKL] | None = None
         self.load_count = 0
         self.last_load_seconds = 0.0
 
@@ -182,18 +186,20 @@ class ModelManager:
 
         info = resolve_vae(choice, parts.info.path if parts.info else None, self.vae_dir or Path("models/VAE"))
         with self._lock:
+            # diffusers declares ModelMixin.to through functools.wraps, which type checkers cannot bind to the instance
             if info is None:
                 if self._external_vae is not None:
-                    self._external_vae[2].to("cpu")
-                parts.vae.to(self.config.device)
+                    self._external_vae[2].to("cpu")  # type: ignore[arg-type]
+                parts.vae.to(self.config.device)  # type: ignore[arg-type]
                 return parts
             cached = self._external_vae
             if cached is None or cached[0] != info.path or cached[1] != id(parts):
                 self._external_vae = None
                 self._free()
                 cached = self._external_vae = (info.path, id(parts), load_vae(info, parts.vae, parts.device))
-            parts.vae.to("cpu")
-            vae = cached[2].to(self.config.device)
+            parts.vae.to("cpu")  # type: ignore[arg-type]
+            vae = cached[2]
+            vae.to(self.config.device)  # type: ignore[arg-type]
             return dataclasses.replace(parts, vae=vae, vae_info=info,
                                        vae_hash=vae_hash(info, self.registry.hash_cache))
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from modules.errors import ModelLoadError
 from modules.hashing import HashCache
 from modules.models.checkpoint_file import CheckpointFile
+
+if TYPE_CHECKING:
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
 log = logging.getLogger(__name__)
 VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt")
@@ -61,10 +64,10 @@ def resolve_vae(choice: str | None, checkpoint: Path | None, folder: Path) -> Va
     return None
 
 
-def load_vae(info: VaeInfo, like: Any, device: torch.device | str | None = None) -> Any:
+def load_vae(info: VaeInfo, like: AutoencoderKL, device: torch.device | str | None = None) -> AutoencoderKL:
     """An ``AutoencoderKL`` with ``info``'s weights and the shapes and dtype of the model's own VAE."""
-    from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
     tensors = CheckpointFile(info.path).tensors([""])
     tensors = {k.removeprefix("first_stage_model."): v for k, v in tensors.items()
@@ -72,14 +75,15 @@ def load_vae(info: VaeInfo, like: Any, device: torch.device | str | None = None)
     diffusers_layout = any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in tensors)
     state = tensors if diffusers_layout else convert_ldm_vae_checkpoint(
         {f"first_stage_model.{k}": v for k, v in tensors.items()}, like.config)
-    vae = AutoencoderKL.from_config(like.config)
+    vae: AutoencoderKL = AutoencoderKL.from_config(like.config)
     target = next(like.parameters())
     try:
         vae.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0][:200]
         raise ModelLoadError(f"the VAE {info.name} does not fit this model ({first})") from None
-    return vae.to(device=device or target.device, dtype=target.dtype).eval()
+    vae.to(device=device or target.device, dtype=target.dtype)  # type: ignore[call-arg]  # diffusers types .to via wraps
+    return vae.eval()
 
 
 def vae_hash(info: VaeInfo, cache: HashCache) -> str:

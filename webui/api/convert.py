@@ -92,7 +92,8 @@ def _checks(body: GenerationBody, warnings: list[str]) -> None:
 
 def _finish(app: App, values: dict[str, object], coerced: dict[str, Any]) -> dict[str, object]:
     """Styles merged into the prompts, and DDIM's eta from the settings when the body has none (as A1111)."""
-    styles = tuple(values.get("styles") or ())  # type: ignore[call-overload]
+    raw_styles = values.get("styles")
+    styles = tuple(str(s) for s in raw_styles) if isinstance(raw_styles, (list, tuple)) else ()
     if styles:
         prompt, negative = apply_styles(load_styles(app.paths.styles_file), styles, str(values.get("prompt") or ""),
                                         str(values.get("negative_prompt") or ""))

@@ -14,6 +14,7 @@ import gradio as gr
 
 from modules import samplers
 from modules.app import App
+from modules.params import label
 from modules.styles import load_styles
 from webui.ui import common
 from webui.ui.common import PASTE, RANDOM, REUSE, TokenCounter, tool_button
@@ -71,11 +72,11 @@ def prompt_row(ui: GenerationUI, app: App) -> None:
     f, p, tab = ui.fields, ui.parts, ui.tab
     with gr.Row(elem_id=f"{tab}_toprow", equal_height=False):
         with gr.Column(scale=6, elem_id=f"{tab}_prompt_container"):
-            f["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=20, elem_id=f"{tab}_prompt",
+            f["prompt"] = gr.Textbox(label=label("prompt"), lines=3, max_lines=20, elem_id=f"{tab}_prompt",
                                      placeholder="Prompt (read generation parameters: paste an infotext and press "
                                                  f"{PASTE})")
             p["token_counter"] = gr.HTML(common.token_html(0, 75), elem_id=f"{tab}_token_counter")
-            f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, max_lines=20,
+            f["negative_prompt"] = gr.Textbox(label=label("negative_prompt"), lines=2, max_lines=20,
                                               elem_id=f"{tab}_neg_prompt", placeholder="Negative prompt")
             p["neg_token_counter"] = gr.HTML(common.token_html(0, 75), elem_id=f"{tab}_negative_token_counter")
         with gr.Column(scale=2, min_width=220, elem_id=f"{tab}_actions_column"):
@@ -87,7 +88,7 @@ def prompt_row(ui: GenerationUI, app: App) -> None:
                 p["paste"] = tool_button(PASTE, PASTE_IDS[tab])
                 p["clear"] = tool_button(common.CLEAR, f"{tab}_clear_prompt")
                 p["styles_refresh"] = tool_button(common.REFRESH, f"{tab}_styles_refresh")
-            f["styles"] = gr.Dropdown(label="Styles", choices=style_names(app), value=[], multiselect=True,
+            f["styles"] = gr.Dropdown(label=label("styles"), choices=style_names(app), value=[], multiselect=True,
                                       elem_id=f"{tab}_styles")
 
 
@@ -95,19 +96,19 @@ def sampler_rows(ui: GenerationUI, d: dict[str, Any]) -> None:
     """Sampling method and schedule type in a row, then Sampling steps."""
     f, tab = ui.fields, ui.tab
     with gr.Row(elem_id=f"{tab}_sampler_row"):
-        f["sampler_name"] = gr.Dropdown(label="Sampling method", choices=samplers.sampler_names(),
+        f["sampler_name"] = gr.Dropdown(label=label("sampler_name"), choices=samplers.sampler_names(),
                                         value=d["sampler_name"], elem_id=f"{tab}_sampling")
-        f["scheduler"] = gr.Dropdown(label="Schedule type", choices=samplers.schedule_labels(),
+        f["scheduler"] = gr.Dropdown(label=label("scheduler"), choices=samplers.schedule_labels(),
                                      value=d["scheduler"], elem_id=f"{tab}_scheduler")
-    f["steps"] = gr.Slider(1, 150, value=d["steps"], step=1, label="Sampling steps", elem_id=f"{tab}_steps")
+    f["steps"] = gr.Slider(1, 150, value=d["steps"], step=1, label=label("steps"), elem_id=f"{tab}_steps")
 
 
 def size_column(ui: GenerationUI, d: dict[str, Any]) -> None:
     """Width and height, stacked, and the swap button beside them (inside the caller's row)."""
     f, tab = ui.fields, ui.tab
     with gr.Column(scale=4):
-        f["width"] = gr.Slider(64, 2048, value=d["width"], step=8, label="Width", elem_id=f"{tab}_width")
-        f["height"] = gr.Slider(64, 2048, value=d["height"], step=8, label="Height", elem_id=f"{tab}_height")
+        f["width"] = gr.Slider(64, 2048, value=d["width"], step=8, label=label("width"), elem_id=f"{tab}_width")
+        f["height"] = gr.Slider(64, 2048, value=d["height"], step=8, label=label("height"), elem_id=f"{tab}_height")
     ui.parts["swap"] = tool_button("\u21c5", f"{tab}_res_switch_btn")
 
 
@@ -115,13 +116,13 @@ def batch_column(ui: GenerationUI, d: dict[str, Any], min_width: int = 320) -> N
     """Batch count above batch size."""
     f, tab = ui.fields, ui.tab
     with gr.Column(scale=2, min_width=min_width):
-        f["n_iter"] = gr.Slider(1, 100, value=d["n_iter"], step=1, label="Batch count", elem_id=f"{tab}_batch_count")
-        f["batch_size"] = gr.Slider(1, 8, value=d["batch_size"], step=1, label="Batch size",
+        f["n_iter"] = gr.Slider(1, 100, value=d["n_iter"], step=1, label=label("n_iter"), elem_id=f"{tab}_batch_count")
+        f["batch_size"] = gr.Slider(1, 8, value=d["batch_size"], step=1, label=label("batch_size"),
                                     elem_id=f"{tab}_batch_size")
 
 
 def cfg_slider(ui: GenerationUI, d: dict[str, Any]) -> None:
-    ui.fields["cfg_scale"] = gr.Slider(1.0, 30.0, value=d["cfg_scale"], step=0.5, label="CFG Scale",
+    ui.fields["cfg_scale"] = gr.Slider(1.0, 30.0, value=d["cfg_scale"], step=0.5, label=label("cfg_scale"),
                                        elem_id=f"{ui.tab}_cfg_scale")
 
 
@@ -136,7 +137,7 @@ def seed_rows(ui: GenerationUI, d: dict[str, Any]) -> None:
         with gr.Row():
             _seed_field(ui, "subseed", "Variation seed", d)
             f["subseed_strength"] = gr.Slider(0.0, 1.0, value=d["subseed_strength"], step=0.01,
-                                              label="Variation strength", elem_id=f"{tab}_subseed_strength",
+                                              label=label("subseed_strength"), elem_id=f"{tab}_subseed_strength",
                                               scale=4)
         with gr.Row():
             for side, word in (("w", "width"), ("h", "height")):
@@ -144,8 +145,9 @@ def seed_rows(ui: GenerationUI, d: dict[str, Any]) -> None:
                 f[name] = gr.Slider(0, 2048, value=d[name], step=8, label=f"Resize seed from {word}",
                                     elem_id=f"{tab}_{name}")
     with gr.Row(elem_id=f"{tab}_extra_options"):
-        f["clip_skip"] = gr.Slider(1, 12, value=d["clip_skip"], step=1, label="Clip skip", elem_id=f"{tab}_clip_skip")
-        f["tiling"] = gr.Checkbox(label="Tiling", value=d["tiling"], elem_id=f"{tab}_tiling")
+        f["clip_skip"] = gr.Slider(1, 12, value=d["clip_skip"], step=1, label=label("clip_skip"),
+                                   elem_id=f"{tab}_clip_skip")
+        f["tiling"] = gr.Checkbox(label=label("tiling"), value=d["tiling"], elem_id=f"{tab}_tiling")
 
 
 def _seed_field(ui: GenerationUI, name: str, label: str, d: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import gradio as gr
 from modules.app import App
 from modules.batch import PNG_INFO_FIELDS
 from modules.generation.image_prep import MASKED_CONTENT, RESIZE_MODES
+from modules.params import label
 from webui.ui import generation_rows as rows
 from webui.ui.common import TokenCounter
 from webui.ui.generation_rows import FAST, GenerationUI
@@ -146,7 +147,7 @@ def _batch_tab(ui: Img2ImgUI, d: dict[str, Any]) -> None:
 
 def _parameters(ui: Img2ImgUI, d: dict[str, Any]) -> None:
     f, p = ui.fields, ui.parts
-    f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=d["resize_mode"], label="Resize mode",
+    f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=d["resize_mode"], label=label("resize_mode"),
                                 elem_id="img2img_resize_mode")
     rows.sampler_rows(ui, d)
     f["scale_tab"] = gr.State(d["scale_tab"])
@@ -169,9 +170,9 @@ def _parameters(ui: Img2ImgUI, d: dict[str, Any]) -> None:
                                          elem_id="img2img_image_cfg_scale")
     with gr.Row():
         f["denoising_strength"] = gr.Slider(0.0, 1.0, value=d["denoising_strength"], step=0.01,
-                                            label="Denoising strength", elem_id="img2img_denoising_strength")
+                                            label=label("denoising_strength"), elem_id="img2img_denoising_strength")
         f["initial_noise_multiplier"] = gr.Slider(0.5, 1.5, value=d["initial_noise_multiplier"], step=0.01,
-                                                  label="Noise multiplier",
+                                                  label=label("initial_noise_multiplier"),
                                                   elem_id="img2img_initial_noise_multiplier")
     rows.seed_rows(ui, d)
     with gr.Group(visible=False, elem_id="inpaint_controls") as p["inpaint_controls"]:
@@ -181,14 +182,16 @@ def _parameters(ui: Img2ImgUI, d: dict[str, Any]) -> None:
             f["mask_alpha"] = gr.Slider(0, 100, value=d["mask_alpha"], step=1, label="Mask transparency",
                                         visible=False, elem_id="img2img_mask_alpha")
         f["inpainting_mask_invert"] = gr.Radio(list(MASK_MODES), value=d["inpainting_mask_invert"],
-                                               label="Mask mode", elem_id="img2img_mask_mode")
-        f["inpainting_fill"] = gr.Radio(list(MASKED_CONTENT), value=d["inpainting_fill"], label="Masked content",
+                                               label=label("inpainting_mask_invert"), elem_id="img2img_mask_mode")
+        f["inpainting_fill"] = gr.Radio(list(MASKED_CONTENT), value=d["inpainting_fill"],
+                                        label=label("inpainting_fill"),
                                         elem_id="img2img_inpainting_fill")
         with gr.Row():
-            f["inpaint_full_res"] = gr.Radio(list(INPAINT_AREAS), value=d["inpaint_full_res"], label="Inpaint area",
+            f["inpaint_full_res"] = gr.Radio(list(INPAINT_AREAS), value=d["inpaint_full_res"],
+                                             label=label("inpaint_full_res"),
                                              elem_id="img2img_inpaint_full_res")
             f["inpaint_full_res_padding"] = gr.Slider(0, 256, value=d["inpaint_full_res_padding"], step=4,
-                                                      label="Only masked padding, pixels",
+                                                      label=label("inpaint_full_res_padding"),
                                                       elem_id="img2img_inpaint_full_res_padding")
 
 

@@ -7,8 +7,6 @@ As in ``txt2img_handlers``, handlers take a dict of field values (keys of :data:
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +14,16 @@ import gradio as gr
 from PIL import Image
 
 from modules.batch import list_inputs
-from modules.errors import ValidationError, WebUIError
+from modules.errors import ValidationError
 from modules.generation.image_prep import MASKED_CONTENT, RESIZE_MODES
 from modules.job_types import BatchResult, Img2ImgBatchJob
-from modules.jobs import Job
-from modules.jobs import JobState
+from modules.jobs import Job, JobState
 from modules.param_io import read_infotext, request_from_values
 from modules.params import INPAINT_AREAS, MASK_MODES
 from modules.requests import Img2ImgRequest
-from webui.ui.common import error_html, infotext_html, user_message, warning_html
+from webui.ui.common import error_html, infotext_html, warning_html
 from webui.ui.img2img_inputs import BATCH, gallery_image, mode_index, mode_inputs, scaled_size
-from webui.ui.txt2img_handlers import GenerateUpdate, Txt2ImgHandlers, form_values, image_index
+from webui.ui.txt2img_handlers import GenerateUpdate, Txt2ImgHandlers, form_values, selected_infotext
 from webui.ui.txt2img_handlers import default_values as txt2img_defaults
 
 log = logging.getLogger(__name__)
@@ -174,9 +171,7 @@ def plan_batch(app: Any, values: dict[str, Any]) -> Img2ImgBatchJob:
 class Img2ImgHandlers(Txt2ImgHandlers):
     """Generate (every mode), interrupt, skip and ↙️ paste for the img2img tab."""
 
-    def generate(self, *args: Any) -> Iterator[GenerateUpdate]:
-        """The Generate event: ``args`` are the form values in the order of :data:`FIELDS`."""
-        yield from self.generate_values(dict(zip(FIELDS, args)))
+    fields = FIELDS
 
     def submit(self, values: dict[str, Any]) -> Job:
         """Queue the job the form describes (checked first: nothing is queued on bad input)."""
@@ -184,21 +179,10 @@ class Img2ImgHandlers(Txt2ImgHandlers):
             return self.app.submit(plan_batch(self.app, values))
         return self.app.submit_img2img(build_img2img_request(self.app, values), save=True)
 
-    def generate_values(self, values: dict[str, Any]) -> Iterator[GenerateUpdate]:
-        skip, hidden = gr.skip(), gr.update(visible=False, value=None)
-        started = time.monotonic()
-        try:
-            job = self.submit(values)
-        except WebUIError as exc:
-            yield GenerateUpdate(skip, skip, "", hidden, error_html(user_message(exc)), None, skip)
-            return
-        except Exception as exc:  # noqa: BLE001 - the UI shows a message; the traceback goes to the log
-            log.exception("img2img submission failed")
-            yield GenerateUpdate(skip, skip, "", hidden, error_html(user_message(exc)), None, skip)
-            return
-        yield from self.poll(job)
-        took = time.monotonic() - started
-        yield self.finish_batch(job, took) if isinstance(job.spec, Img2ImgBatchJob) else self.finish(job, took)
+    def finish(self, job: Job, took: float) -> GenerateUpdate:
+        if isinstance(job.spec, Img2ImgBatchJob):
+            return self.finish_batch(job, took)
+        return super().finish(job, took)
 
     def finish_batch(self, job: Job, took: float) -> GenerateUpdate:
         """The batch's outputs in the gallery, where they were written, and what was skipped and why."""
@@ -223,13 +207,12 @@ class Img2ImgHandlers(Txt2ImgHandlers):
         return GenerateUpdate([i.to_pil() for i in report.images[:MAX_BATCH_SHOWN]], info, "", hidden,
                               warning_html(notes), None, state)
 
-    def read_parameters(self, text: str, results: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
+    def read_parameters(self, text: str, results: dict[str, Any] | None = None, model_note: bool = True
+                        ) -> tuple[dict[str, Any], str]:
         """(field values to set, message HTML) from the infotext in the prompt box, or the shown image's."""
         if not (text or "").strip():
-            i = image_index(results, (results or {}).get("selected", 0))
-            if i is not None:
-                text = results["infotexts"][i]
-        values, message = super().read_parameters(text, results)
+            text = selected_infotext(results) or ""
+        values, message = super().read_parameters(text, results, model_note)
         if not values:
             return values, message
         out = {k: v for k, v in values.items() if k in PASTE_FIELDS}

@@ -9,6 +9,7 @@ import gradio as gr
 
 from modules import samplers
 from modules.app import App
+from modules.params import label
 from modules.requests import SAME_SAMPLER
 from webui.ui import generation_rows as rows
 from webui.ui.common import TokenCounter
@@ -42,30 +43,30 @@ def _hires_accordion(ui: Txt2ImgUI, d: dict[str, Any]) -> None:
             p["hr_final_resolution"] = gr.HTML(hires_resolution_html(512, 512, 2.0, 0, 0),
                                                elem_id="txtimg_hr_finalres")
         with gr.Row():
-            f["hr_upscaler"] = gr.Dropdown(label="Upscaler", choices=list(UPSCALERS), value=d["hr_upscaler"],
+            f["hr_upscaler"] = gr.Dropdown(label=label("hr_upscaler"), choices=list(UPSCALERS), value=d["hr_upscaler"],
                                            elem_id="txt2img_hr_upscaler")
             f["hr_second_pass_steps"] = gr.Slider(0, 150, value=d["hr_second_pass_steps"], step=1,
-                                                  label="Hires steps", elem_id="txt2img_hires_steps")
+                                                  label=label("hr_second_pass_steps"), elem_id="txt2img_hires_steps")
             f["denoising_strength"] = gr.Slider(0.0, 1.0, value=d["denoising_strength"], step=0.01,
-                                                label="Denoising strength", elem_id="txt2img_denoising_strength")
+                                                label=label("denoising_strength"), elem_id="txt2img_denoising_strength")
         with gr.Row():
-            f["hr_scale"] = gr.Slider(1.0, 4.0, value=d["hr_scale"], step=0.05, label="Upscale by",
+            f["hr_scale"] = gr.Slider(1.0, 4.0, value=d["hr_scale"], step=0.05, label=label("hr_scale"),
                                       elem_id="txt2img_hr_scale")
-            f["hr_resize_x"] = gr.Slider(0, 2048, value=d["hr_resize_x"], step=8, label="Resize width to",
+            f["hr_resize_x"] = gr.Slider(0, 2048, value=d["hr_resize_x"], step=8, label=label("hr_resize_x"),
                                          elem_id="txt2img_hr_resize_x")
-            f["hr_resize_y"] = gr.Slider(0, 2048, value=d["hr_resize_y"], step=8, label="Resize height to",
+            f["hr_resize_y"] = gr.Slider(0, 2048, value=d["hr_resize_y"], step=8, label=label("hr_resize_y"),
                                          elem_id="txt2img_hr_resize_y")
         with gr.Row():
-            f["hr_sampler_name"] = gr.Dropdown(label="Hires sampling method",
+            f["hr_sampler_name"] = gr.Dropdown(label=label("hr_sampler_name"),
                                                choices=[SAME_SAMPLER, *samplers.sampler_names()],
                                                value=d["hr_sampler_name"], elem_id="hr_sampler")
-            f["hr_scheduler"] = gr.Dropdown(label="Hires schedule type",
+            f["hr_scheduler"] = gr.Dropdown(label=label("hr_scheduler"),
                                             choices=[SAME_SCHEDULER, *samplers.schedule_labels()],
                                             value=d["hr_scheduler"], elem_id="hr_scheduler")
         with gr.Row():
-            f["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
+            f["hr_prompt"] = gr.Textbox(label=label("hr_prompt"), lines=2, elem_id="hires_prompt",
                                         placeholder="Prompt for hires fix pass.\nLeave empty to use the same prompt.")
-            f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
+            f["hr_negative_prompt"] = gr.Textbox(label=label("hr_negative_prompt"), lines=2, elem_id="hires_neg_prompt",
                                                  placeholder="Negative prompt for hires fix pass.\n"
                                                              "Leave empty to use the same negative prompt.")
 

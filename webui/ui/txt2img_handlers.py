@@ -145,10 +145,16 @@ def image_index(results: dict[str, Any] | None, gallery_index: int | None) -> in
     return min(max(i, 0), len(results["infotexts"]) - 1)
 
 
+def selected_infotext(results: dict[str, Any] | None) -> str | None:
+    """The infotext of the image selected in the gallery (the first one when none is)."""
+    i = image_index(results, (results or {}).get("selected", 0))
+    return None if results is None or i is None else str(results["infotexts"][i])
+
+
 def select_image(results: dict[str, Any] | None, gallery_index: int | None) -> tuple[str, dict[str, Any] | None]:
     """(infotext HTML, updated results state) when the user picks an image in the gallery."""
     i = image_index(results, gallery_index)
-    if i is None:
+    if results is None or i is None:
         return "", results
     results = {**results, "selected": int(gallery_index or 0)}
     return infotext_html(results["infotexts"][i], results.get("footer", "")), results
@@ -157,30 +163,36 @@ def select_image(results: dict[str, Any] | None, gallery_index: int | None) -> t
 def reuse_seed(results: dict[str, Any] | None, key: str = "seeds") -> Any:
     """♻️: the seed (or ``subseeds``) of the image selected in the gallery; unchanged when there is none."""
     i = image_index(results, (results or {}).get("selected", 0))
-    if i is None or not results.get(key):
+    if results is None or i is None or not results.get(key):
         return gr.skip()
     return int(results[key][min(i, len(results[key]) - 1)])
 
 
 class Txt2ImgHandlers:
+    fields: tuple[str, ...] = FIELDS  # the Generate event's inputs, in order
+
     def __init__(self, app: App) -> None:
         self.app = app
 
     # -- generate
     def generate(self, *args: Any) -> Iterator[GenerateUpdate]:
-        """The Generate event: ``args`` are the form values in the order of :data:`FIELDS`."""
-        yield from self.generate_values(dict(zip(FIELDS, args)))
+        """The Generate event: ``args`` are the form values in the order of :attr:`fields`."""
+        yield from self.generate_values(dict(zip(self.fields, args, strict=True)))
+
+    def submit(self, values: dict[str, Any]) -> Job:
+        """Queue the job the form describes (checked first: nothing is queued on bad input)."""
+        return self.app.submit_txt2img(build_request(self.app, values), save=True)
 
     def generate_values(self, values: dict[str, Any]) -> Iterator[GenerateUpdate]:
         skip, hidden = gr.skip(), gr.update(visible=False, value=None)
         started = time.monotonic()
         try:
-            job = self.app.submit_txt2img(build_request(self.app, values), save=True)
+            job = self.submit(values)
         except WebUIError as exc:
             yield GenerateUpdate(skip, skip, "", hidden, error_html(user_message(exc)), None, skip)
             return
         except Exception as exc:  # noqa: BLE001 - the UI shows a message; the traceback goes to the log
-            log.exception("txt2img submission failed")
+            log.exception("%s: submission failed", type(self).__name__)
             yield GenerateUpdate(skip, skip, "", hidden, error_html(user_message(exc)), None, skip)
             return
         yield from self.poll(job)
@@ -237,19 +249,19 @@ class Txt2ImgHandlers:
         ``model_note=False`` leaves out the note about the checkpoint (for callers that switch it themselves)."""
         text = text_to_infotext(text or "")
         if not (text or "").strip():
-            i = image_index(results, (results or {}).get("selected", 0))
-            if i is None:
+            shown = selected_infotext(results)
+            if shown is None:
                 return {}, warning_html(["Paste generation parameters into the prompt box first"])
-            text = results["infotexts"][i]
+            text = shown
         values, ignored = read_infotext(text, "txt2img")
         if not set(values) - {"prompt", "negative_prompt", "scheduler"}:
             return {}, warning_html(["No generation parameters found in the prompt"])
         notes = [f"Ignored {note}" for note in ignored]
         out = _paste_values(values, notes)
         for key, label in (("randn_source", "RNG"), ("eta_noise_seed_delta", "ENSD")):
-            if key in values and str(values[key]) != str(self.app.settings[by_field(key).setting or key]):
-                setting = by_field(key).setting or key
-                notes.append(f"{label} {values[key]} is a setting (Settings tab); current: {self.app.settings[setting]}")
+            current = self.app.settings[by_field(key).setting or key]
+            if key in values and str(values[key]) != str(current):
+                notes.append(f"{label} {values[key]} is a setting (Settings tab); current: {current}")
         model = values.get("_model_name") or values.get("checkpoint")
         if model and model_note:
             notes.append(f"Model: {model} (choose it in the checkpoint list to switch)")

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from modules import infotext
 from modules.errors import ValidationError
-from modules.params import PARAMS, REQUEST_DEFAULT, InfotextContext, Keys, Param, params_for
+from modules.params import PARAMS, REQUEST_DEFAULT, InfotextContext, Keys, Param, by_field, params_for
 from modules.requests import GenerationRequest, Img2ImgRequest
 from modules.version import VERSION
 
@@ -85,19 +85,12 @@ def read_infotext(text: str, kind: str = "txt2img") -> tuple[dict[str, object], 
         raw = p.read(parsed, written) if p.read is not None else _default_read(p, parsed, written)
         for name, value in raw.items():
             try:
-                values[name] = coerce(by_field_name(name), value)
+                values[name] = coerce(by_field(name), value)
             except ValidationError as exc:
                 notes.append(f"ignored {exc}")
     if "Model" in written and parsed.get("Model") and "Model hash" in written:
         values["_model_name"] = str(parsed["Model"])  # a second way to find the checkpoint when the hash fails
     return values, notes
-
-
-def by_field_name(name: str) -> Param:
-    for p in PARAMS:
-        if p.field == name:
-            return p
-    raise KeyError(name)
 
 
 # -- values -> request -------------------------------------------------------------------------------------------
@@ -175,7 +168,7 @@ def request_from_values(cls: type[R], values: Mapping[str, object], base: R | No
         if name not in fields:
             raise ValidationError(f"{name}: not a parameter of {cls.__name__}", field=name)
         try:
-            p = by_field_name(name)
+            p = by_field(name)
         except KeyError:  # images and server-set fields pass as they are
             changes[name] = value
             continue

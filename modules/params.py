@@ -61,6 +61,8 @@ class Param:
     request body names that set it, first non-null wins (``None``: the field's own name; ``()``: not in the body);
     ``api_default`` is what A1111's API uses when the body leaves it out. ``setting`` names the option that supplies
     the value when a request does not (A1111 keeps clip skip, RNG, ENSD, VAE and the model in the settings).
+    ``label`` is the UI's label, ``axis`` A1111's X/Y/Z axis name (its values are of ``type``, one of ``choices``
+    when given), ``cli`` the CompVis command line's flag, and ``scope`` the kinds of request that have it.
     """
 
     field: str

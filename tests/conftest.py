@@ -176,6 +176,17 @@ def live_server(data_dir, model_store):
         server.stop()
 
 
+@pytest.fixture
+def api(live_server):
+    """An HTTP client of a live server with a tiny SD 1.x model loaded; ``api.server`` is the server."""
+    import httpx
+
+    server = live_server()
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        client.server = server  # type: ignore[attr-defined]
+        yield client
+
+
 @contextlib.contextmanager
 def running_app(data_dir: Path, model_store, names: tuple[str, ...] = ("tiny",)):
     """An App over ``data_dir`` with tiny SD 1.x models installed under ``names``, its worker running."""

@@ -35,14 +35,6 @@ def _image(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64)))
 
 
-@pytest.fixture
-def api(live_server):
-    server = live_server()
-    with httpx.Client(base_url=server.url, timeout=120) as client:
-        client.server = server
-        yield client
-
-
 def test_txt2img_as_webuiapi_sends_it(api):
     r = api.post("/sdapi/v1/txt2img", json=WEBUIAPI_TXT2IMG)
     assert r.status_code == 200, r.text

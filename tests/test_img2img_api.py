@@ -6,7 +6,6 @@ import base64
 import io
 import json
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -45,14 +44,6 @@ def webuiapi_body(image: Image.Image, mask: Image.Image | None = None) -> dict:
     if mask is not None:
         body["mask"] = data_url(mask)
     return body
-
-
-@pytest.fixture
-def api(live_server):
-    server = live_server()
-    with httpx.Client(base_url=server.url, timeout=120) as client:
-        client.server = server
-        yield client
 
 
 def test_webuiapi_img2img_and_inpaint(api):

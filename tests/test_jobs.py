@@ -157,3 +157,57 @@ def test_half_precision_vae_nans_fall_back_to_fp32(data_dir, model_store, monkey
     result = engine.txt2img(GenerationRequest(prompt="x", seed=1, **SMALL)).result
     assert result.images and any("float32" in w for w in result.warnings)
     assert next(vae.parameters()).dtype == torch.bfloat16  # restored afterwards
+
+
+def test_every_job_kind_is_a_serialisable_spec_with_one_handler(tmp_path):
+    """Specs are plain frozen data (they pickle, so they can go to another process or machine), and each kind has
+    exactly one handler, registered in one place."""
+    import dataclasses
+    import pickle
+    import typing
+
+    from PIL import Image
+
+    from modules import job_types
+    from modules.job_handlers import builtin_handlers
+    from modules.merge.service import MergeRequest
+    from modules.output_options import OutputOptions
+    from modules.requests import Img2ImgRequest
+
+    image = Image.new("RGB", (8, 8), (200, 10, 10))
+    specs = [
+        job_types.Txt2ImgJob(GenerationRequest(prompt="x"), OutputOptions.under(tmp_path), 5, True),
+        job_types.Img2ImgJob(Img2ImgRequest(init_images=(image,), mask=image.convert("L"))),
+        job_types.Img2ImgBatchJob(Img2ImgRequest(), (tmp_path / "a.png",), tmp_path),
+        job_types.LoadModelJob("tiny"), job_types.ReloadModelJob(), job_types.UnloadModelJob(),
+        job_types.DeviceConfigJob("fp32", "sdp"), job_types.MergeJob(MergeRequest(primary_model_name="a")),
+    ]
+    assert {type(s) for s in specs} == set(typing.get_args(job_types.JobSpec))
+    handlers = builtin_handlers()
+    assert sorted(handlers.kinds()) == sorted(s.kind for s in specs)
+    for spec in specs:
+        assert dataclasses.is_dataclass(spec) and type(spec).__dataclass_params__.frozen
+        copy = pickle.loads(pickle.dumps(spec))
+        assert type(copy) is type(spec) and copy.kind == spec.kind
+    again = pickle.loads(pickle.dumps(specs[1]))
+    assert again.request.init_images[0].tobytes() == image.tobytes()
+    with pytest.raises(ValueError, match="already registered"):
+        handlers.register(job_types.LoadModelJob, lambda app, spec, control: None)
+
+
+def test_progress_is_a_stream_of_events():
+    import dataclasses
+
+    from modules.generation.control import JobControl
+
+    control = JobControl()
+    seen = []
+    unsubscribe = control.subscribe(seen.append)
+    control.update(job_count=2, sampling_steps=10)
+    control.update(sampling_step=3)
+    unsubscribe()
+    control.update(sampling_step=4)
+    assert [(e.seq, e.sampling_step) for e in seen] == [(1, 0), (2, 3)]
+    assert seen[1].sampling_steps == 10 and control.progress.sampling_step == 4
+    with pytest.raises(dataclasses.FrozenInstanceError):  # events are immutable snapshots
+        seen[0].sampling_step = 9

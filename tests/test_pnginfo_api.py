@@ -7,9 +7,7 @@ import io
 import json
 import random
 
-import httpx
 import numpy as np
-import pytest
 from PIL import Image
 
 from modules.metadata import read_metadata
@@ -18,14 +16,6 @@ from tests.test_metadata import IMAGES, INFOTEXT, jpeg, png, text_chunk
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-@pytest.fixture
-def api(live_server):
-    server = live_server()
-    with httpx.Client(base_url=server.url, timeout=120) as client:
-        client.server = server
-        yield client
 
 
 def _info(api, image: str):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from modules.engine import Engine
-from modules.errors import ValidationError
+from modules.errors import ValidationError, WebUIError
 from modules.hashing import HashCache
 from modules.job_handlers import builtin_handlers
 from modules.job_types import DeviceConfigJob, Img2ImgJob, JobResult, JobSpec, LoadModelJob, Txt2ImgJob
@@ -59,6 +59,14 @@ class StartOptions:
     precision: str | None = None  # overrides the setting when given on the command line
     skip_load_model: bool = False
     exposed: bool = False
+    admin_users: tuple[str, ...] = ()  # who may change settings and models; empty: every user (see is_admin)
+
+
+class Forbidden(WebUIError):
+    """The user may not do this (settings and models are for the administrators)."""
+
+
+ADMIN_ONLY = "only an administrator (--admin-users) may change settings or models"
 
 
 @dataclass
@@ -93,19 +101,33 @@ class App:
         self.handlers = builtin_handlers()
         self.queue = JobQueue(self._run_job, max_size=self.settings["queue_max_size"])
         self.model_status = ModelStatus()
+        self.admin_users = frozenset(options.admin_users)
         self.launch_flags: dict[str, Any] = {}
         self.settings.on_change(self._setting_changed)
 
     # -- lifecycle
     def start(self) -> None:
+        self.paths.remove_leftovers(self.settings.output_dirs())
         self.queue.start()
         if not self.options.skip_load_model:
             wanted = self.options.ckpt or self.settings["sd_model_checkpoint"] or None
+            if self.options.ckpt:
+                self.models.allow_path(Path(self.options.ckpt))
             if wanted or self.registry.list():
                 self.queue.submit(LoadModelJob(wanted))
 
     def stop(self) -> None:
         self.queue.stop()
+
+    # -- users
+    def is_admin(self, user: str | None) -> bool:
+        """Whether ``user`` may change settings and models: the single local user (``None``, no auth) may; with
+        auth, the users named by ``--admin-users``, or every user when none is named."""
+        return user is None or not self.admin_users or user in self.admin_users
+
+    def require_admin(self, user: str | None) -> None:
+        if not self.is_admin(user):
+            raise Forbidden(ADMIN_ONLY)
 
     # -- settings-derived snapshots
     def _checkpoint_titles(self) -> list[str]:
@@ -204,12 +226,15 @@ class App:
         self.model_status = ModelStatus("unloaded", None)
 
     # -- settings
-    def update_settings(self, changes: Mapping[str, Any], save: bool = True) -> SettingsChange:
+    def update_settings(self, changes: Mapping[str, Any], save: bool = True, user: str | None = None
+                        ) -> SettingsChange:
         """Validate and apply ``changes`` together; the keys that changed and the jobs they need (a model switch,
-        a reload), already queued.
+        a reload), already queued, owned by ``user``.
 
-        A checkpoint that does not exist is refused before anything changes.
+        A user who is not an administrator gets :class:`Forbidden`; a checkpoint that does not exist is refused
+        before anything changes.
         """
+        self.require_admin(user)
         wanted = changes.get("sd_model_checkpoint")
         if wanted:
             info = self.registry.find(str(wanted))
@@ -223,10 +248,10 @@ class App:
             cur = self.models.current
             title = self.settings["sd_model_checkpoint"]
             if not (cur is not None and cur.info is not None and title in cur.info.aliases()):
-                jobs.append(self.queue.submit(LoadModelJob(title)))
+                jobs.append(self.queue.submit(LoadModelJob(title), user))
         if {"cross_attention_optimization", "precision"} & set(changed) and self.models.current is not None:
             jobs.append(self.queue.submit(DeviceConfigJob(self.settings["precision"],
-                                                          self.settings["cross_attention_optimization"])))
+                                                          self.settings["cross_attention_optimization"]), user))
         return SettingsChange(changed, jobs)
 
     def _setting_changed(self, key: str, value: Any) -> None:

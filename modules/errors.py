@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from enum import Enum
+
 
 class WebUIError(Exception):
     """Base of every error whose message is safe and useful to show to a user."""
@@ -29,3 +32,35 @@ class GenerationError(WebUIError):
 
 class Interrupted(WebUIError):
     """The job was interrupted by the user; partial results may be attached."""
+
+
+class ErrorKind(str, Enum):
+    """Why a job failed, as the API reports it: whose fault it is decides the HTTP status."""
+
+    INVALID = "invalid"  # a parameter is out of bounds or unknown
+    MODEL = "model"  # a checkpoint or VAE is missing, unreadable or refused
+    OUT_OF_MEMORY = "out_of_memory"
+    NANS = "nans"  # the model produced NaNs with these settings
+    FAILED = "failed"  # any other error with a user-facing message
+    INTERNAL = "internal"  # an unexpected exception: a bug
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's and the host's out-of-memory errors, whatever library raised them."""
+    name = type(exc).__name__
+    return name == "OutOfMemoryError" or isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def error_kind(exc: BaseException) -> ErrorKind:
+    """The kind of a job's failure."""
+    if isinstance(exc, ValidationError):
+        return ErrorKind.INVALID
+    if isinstance(exc, ModelLoadError):
+        return ErrorKind.MODEL
+    if is_out_of_memory(exc):
+        return ErrorKind.OUT_OF_MEMORY
+    if isinstance(exc, GenerationError) and re.search(r"\bnans?\b", str(exc), re.IGNORECASE):
+        return ErrorKind.NANS
+    if isinstance(exc, WebUIError):
+        return ErrorKind.FAILED
+    return ErrorKind.INTERNAL

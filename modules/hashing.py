@@ -9,14 +9,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import threading
 from pathlib import Path
 
-from modules.fileio import atomic_write_text
+from modules.fileio import atomic_write_text, load_json_object
 
 log = logging.getLogger(__name__)
 _BLOCK = 1024 * 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256_of_files(paths: list[Path]) -> str:
@@ -38,6 +41,15 @@ def legacy_hash(path: Path) -> str:
         return "NOFILE"
 
 
+def _valid_entry(entry: object) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    size, mtime, digest = entry.get("size"), entry.get("mtime"), entry.get("sha256")
+    return isinstance(size, int) and not isinstance(size, bool) and size >= 0 \
+        and isinstance(mtime, (int, float)) and not isinstance(mtime, bool) and math.isfinite(mtime) \
+        and isinstance(digest, str) and _SHA256.fullmatch(digest) is not None
+
+
 class HashCache:
     """sha256 values keyed by absolute path, valid while size and mtime are unchanged; persisted as JSON."""
 
@@ -46,11 +58,23 @@ class HashCache:
         self._lock = threading.Lock()
         self._data: dict[str, dict[str, object]] = {}
         if path is not None and path.is_file():
-            try:
-                self._data = json.loads(path.read_text(encoding="utf-8")).get("hashes", {})
-            except (OSError, ValueError, AttributeError):
-                log.warning("hash cache %s is unreadable; starting a new one", path)
-                self._data = {}
+            self._data = self._read(path)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, dict[str, object]]:
+        """The valid entries of the cache file; a corrupt file is ignored and a corrupt entry dropped, each with
+        a message (the file is written again with the next new hash)."""
+        try:
+            hashes = load_json_object(path).get("hashes", {})
+            if not isinstance(hashes, dict):
+                raise ValueError("'hashes' is not an object")
+        except (OSError, ValueError) as exc:
+            log.warning("hash cache %s is unreadable (%s); starting a new one", path, exc)
+            return {}
+        entries = {key: entry for key, entry in hashes.items() if _valid_entry(entry)}
+        if len(entries) < len(hashes):
+            log.warning("hash cache %s: %d invalid entries ignored", path, len(hashes) - len(entries))
+        return entries
 
     @staticmethod
     def _stamp(files: list[Path]) -> tuple[int, float]:

@@ -48,6 +48,7 @@ STRING_KEYS: frozenset[str] = frozenset({
     "VAE Decoder",
 })
 
+# What :func:`find_params` finds; that function gives this regex's ``findall`` result in linear time.
 RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 RE_IMAGESIZE = re.compile(r"^(\d+)x(\d+)$")
 _RE_INT = re.compile(r"[+-]?[0-9]+")
@@ -189,6 +190,55 @@ def _restore_old_hires_fix(res: dict[str, object]) -> None:
     res["Hires resize-1"], res["Hires resize-2"] = width, height
 
 
+def _is_key_char(char: str) -> bool:
+    return char.isalnum() or char in "_ -/"
+
+
+def _value_end(line: str, start: int) -> tuple[str, int]:
+    """The value at ``start`` (after ``Key:`` and spaces) and where the next pair may begin."""
+    n = len(line)
+    if start < n and line[start] == '"':
+        j = start + 1
+        while j < n and line[j] != '"':
+            if line[j] == "\\":
+                if j + 1 >= n or line[j + 1] == "\n":
+                    break
+                j += 1
+            j += 1
+        if j > start + 1 and j < n and line[j] == '"' and (j + 1 == n or line[j + 1] == ","):
+            return line[start:j + 1], min(j + 2, n)
+    comma = line.find(",", start)
+    if comma < 0:
+        return line[start:], n
+    return line[start:comma], comma + 1
+
+
+def find_params(line: str) -> list[tuple[str, str]]:
+    """``RE_PARAM.findall(line)`` for one line, in time linear in its length (the regex itself is quadratic)."""
+    found: list[tuple[str, str]] = []
+    n = len(line)
+    pos = 0
+    while pos < n:
+        key_start = pos
+        while key_start < n and line[key_start].isspace():
+            key_start += 1
+        if key_start >= n or not (line[key_start].isalnum() or line[key_start] == "_"):
+            pos = key_start + 1
+            continue
+        key_end = key_start + 1
+        while key_end < n and _is_key_char(line[key_end]):
+            key_end += 1
+        if key_end - key_start < 2 or key_end >= n or line[key_end] != ":":
+            pos = max(key_end, pos + 1)
+            continue
+        value_start = key_end + 1
+        while value_start < n and line[value_start].isspace():
+            value_start += 1
+        value, pos = _value_end(line, value_start)
+        found.append((line[key_start:key_end], value))
+    return found
+
+
 def parse_infotext(text: str) -> dict[str, object]:
     """Parse an infotext, A1111's ``parse_generation_parameters`` semantics with typed values.
 
@@ -215,7 +265,8 @@ def parse_infotext(text: str) -> dict[str, object]:
     """
     res: dict[str, object] = {}
     *lines, last = text.strip().split("\n")
-    if len(RE_PARAM.findall(last)) < 3:
+    pairs = find_params(last)
+    if len(pairs) < 3:
         lines.append(last)
         last = ""
 
@@ -231,7 +282,7 @@ def parse_infotext(text: str) -> dict[str, object]:
     res["Prompt"] = "\n".join(prompt_lines)
     res["Negative prompt"] = "\n".join(negative_lines)
 
-    for key, raw in RE_PARAM.findall(last):
+    for key, raw in pairs if last else []:
         quoted = len(raw) >= 2 and raw[0] == '"' and raw[-1] == '"'
         value = unquote(raw) if quoted else raw
         size = RE_IMAGESIZE.match(value)
@@ -253,14 +304,14 @@ def parse_infotext(text: str) -> dict[str, object]:
     }
     if "Hires resize-1" not in res:
         res["Hires resize-1"], res["Hires resize-2"] = 0, 0
-    for key, value in defaults.items():
-        res.setdefault(key, value)
+    for key, default in defaults.items():
+        res.setdefault(key, default)
     _restore_old_hires_fix(res)
     _split_legacy_sampler(res)
-    for key, value in {"RNG": "GPU", "Schedule type": "Automatic", "Schedule max sigma": 0, "Schedule min sigma": 0,
+    for key, default in {"RNG": "GPU", "Schedule type": "Automatic", "Schedule max sigma": 0, "Schedule min sigma": 0,
                        "Schedule rho": 0, "VAE Encoder": "Full", "VAE Decoder": "Full", "FP8 weight": "Disable",
                        "Emphasis": "Original"}.items():
-        res.setdefault(key, value)
+        res.setdefault(key, default)
     if "Cache FP16 weight for LoRA" not in res and res["FP8 weight"] != "Disable":
         res["Cache FP16 weight for LoRA"] = False
     return res

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from modules.errors import Interrupted, WebUIError
+from modules.errors import ErrorKind, Interrupted, ValidationError, WebUIError, error_kind, is_out_of_memory
 from modules.generation.control import JobControl
 from modules.job_types import JobResult, JobSpec
 
@@ -56,6 +56,8 @@ class Job:
     finished: float | None = None
     result: JobResult | None = None
     error: str | None = None
+    error_kind: ErrorKind | None = None  # why it failed: decides the HTTP status the API answers with
+    error_field: str | None = None  # the parameter a ValidationError named
     cancel_requested: bool = False
     done: threading.Event = field(default_factory=threading.Event)
     _callbacks: list[Callable[[Job], None]] = field(default_factory=list, repr=False)
@@ -93,9 +95,14 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, WebUIError):
         return str(exc)
     name = type(exc).__name__
-    if name == "OutOfMemoryError" or isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+    if is_out_of_memory(exc):
         return "out of memory: lower the size, batch size or hires scale, or free other models"
     return f"{name}: {str(exc).splitlines()[0][:200]}" if str(exc) else name
+
+
+def owns(user: str | None, job: Job) -> bool:
+    """Whether ``user`` may act on ``job``: ``None`` is the single local user (no auth), who may act on any."""
+    return user is None or job.owner == user
 
 
 def free_memory() -> None:
@@ -153,15 +160,25 @@ class JobQueue:
     def current(self) -> Job | None:
         return self._current
 
-    def pending(self) -> int:
+    def pending(self, owner: str | None = None) -> int:
+        """The jobs waiting or running: all of them, or ``owner``'s only."""
         with self._lock:
-            return len(self._waiting) + (1 if self._current is not None else 0)
+            jobs = [*self._waiting, *([self._current] if self._current is not None else [])]
+        return sum(1 for job in jobs if owns(owner, job))
+
+    def current_of(self, owner: str | None) -> Job | None:
+        """The running job when ``owner`` may act on it (``None``: a single local user, any job)."""
+        job = self._current
+        return job if job is not None and owns(owner, job) else None
 
     # -- control
-    def cancel(self, job_id: str) -> Job | None:
-        """Remove a queued job, or interrupt a running one (its partial result is kept)."""
+    def cancel(self, job_id: str, owner: str | None = None) -> Job | None:
+        """Remove a queued job, or interrupt a running one (its partial result is kept). With ``owner``, only
+        that user's job: another's is left alone and ``None`` returned."""
         with self._lock:
             job = self._jobs.get(job_id)
+            if job is not None and not owns(owner, job):
+                return None
             if job is None or job.state.finished:
                 return job
             job.cancel_requested = True
@@ -172,14 +189,16 @@ class JobQueue:
         job.control.interrupt()
         return job
 
-    def interrupt(self) -> Job | None:
-        job = self._current
+    def interrupt(self, owner: str | None = None) -> Job | None:
+        """Interrupt the running job (with ``owner``: only when it is that user's)."""
+        job = self.current_of(owner)
         if job is not None:
             job.control.interrupt()
         return job
 
-    def skip(self) -> Job | None:
-        job = self._current
+    def skip(self, owner: str | None = None) -> Job | None:
+        """Skip the running job's current batch (with ``owner``: only when it is that user's)."""
+        job = self.current_of(owner)
         if job is not None:
             job.control.skip()
         return job
@@ -225,8 +244,11 @@ class JobQueue:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             job.error = describe_error(exc)
+            job.error_kind = error_kind(exc)
+            job.error_field = getattr(exc, "field", None) if isinstance(exc, ValidationError) else None
             state = JobState.FAILED
-            log.error("job %s (%s) failed: %s", job.id, job.kind, job.error, exc_info=not isinstance(exc, WebUIError))
+            log.error("job %s (%s) failed: %s", job.id, job.kind, job.error,
+                      exc_info=job.error_kind is ErrorKind.INTERNAL)
         finally:
             if state is JobState.FAILED:
                 free_memory()

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import string
+import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
@@ -230,6 +231,25 @@ class FilenameGenerator:
                 continue
             out.append(text + (f"[{token}]" if replacement is None else str(replacement)))
         return "".join(out)
+
+
+_SAMPLE_VALUES: Mapping[str, object] = types.MappingProxyType({
+    "seed": 1, "seeds": [1, 2], "steps": 20, "cfg_scale": 7, "width": 512, "height": 512, "styles": ["style"],
+    "sampler": "Euler", "scheduler": "Automatic", "model_hash": "0123456789", "model_name": "model",
+    "prompt": "prompt", "negative_prompt": "negative", "batch_number": 1, "generation_number": 1, "clip_skip": 1,
+    "denoising_strength": 0.5,
+})
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why the file name ``pattern`` is refused as a setting: its expansion (with sample values; the real ones are
+    sanitised) holds NUL, a path separator or ``..``. ``None`` when it names a file in the target folder."""
+    if "\0" in pattern:
+        return "contains a NUL character"
+    expanded = FilenameGenerator(_SAMPLE_VALUES).apply(pattern)
+    if any(bad in expanded for bad in ("/", "\\", "\0", "..")):
+        return "must name a file, without '/', '\\' or '..'"
+    return None
 
 
 def _truncate_utf8(text: str, max_bytes: int) -> str:

@@ -1,11 +1,19 @@
-"""The folders the product reads and writes, A1111's layout: ``models/Stable-diffusion``, ``outputs``, ..."""
+"""The folders the product reads and writes, A1111's layout: ``models/Stable-diffusion``, ``outputs``, ...
+
+Also the checks that keep names and folders coming from a request inside these folders.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
+from modules import fileio
+
+log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,6 +25,41 @@ def default_data_dir() -> Path:
     if (PROJECT_ROOT / "pyproject.toml").is_file() and os.access(PROJECT_ROOT, os.W_OK):
         return PROJECT_ROOT
     return Path.cwd()
+
+
+def under(root: Path, value: str) -> Path:
+    """``value`` as a folder setting is read: ``~`` expanded, relative values taken from ``root``."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` is ``root`` or below it once both are resolved (symbolic links and ``..`` followed)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, ValueError, RuntimeError):  # NUL, a symlink loop
+        return False
+
+
+def folder_problem(value: str, root: Path) -> str | None:
+    """Why ``value`` may not be a folder below ``root`` (NUL, an absolute path elsewhere, ``..`` leaving it, a link
+    pointing out); ``None`` when it stays inside. Backslashes count as separators too, as on Windows."""
+    if "\0" in value:
+        return "contains a NUL character"
+    if not is_inside(under(root, value.replace("\\", "/")), root) or not is_inside(under(root, value), root):
+        return "must stay inside the data folder"
+    return None
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a model name relative to a model folder (NUL, absolute, ``..``); ``None`` if fine."""
+    if "\0" in name:
+        return "contains a NUL character"
+    if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
+        return "must be a model name, not a path"
+    if ".." in name.replace("\\", "/").split("/"):
+        return "must not contain '..'"
+    return None
 
 
 @dataclass(frozen=True)
@@ -65,3 +108,25 @@ class Paths:
     @property
     def hash_cache_file(self) -> Path:
         return self.data_dir / "cache" / "hashes.json"
+
+    def data_path(self, value: str) -> Path:
+        """An output folder setting as a path (relative values are below the data folder)."""
+        return under(self.data_dir, value)
+
+    def remove_leftovers(self, output_dirs: Iterable[str] = ()) -> tuple[int, int]:
+        """Remove the temporary files that killed saves and merges left in the output and model folders (and the
+        data and cache folders themselves); logs and returns how many and their bytes."""
+        trees = [self.outputs_dir, self.models_dir, *self.extra_ckpt_dirs, self.embeddings_dir]
+        for value in output_dirs:
+            try:
+                trees.append(self.data_path(value))
+            except (ValueError, RuntimeError):
+                continue
+        flat = [self.data_dir, self.hash_cache_file.parent]
+        flat += [t for t in trees if is_inside(self.data_dir, t)]  # the data folder or above: never walked through
+        trees = [t for t in trees if not is_inside(self.data_dir, t)]
+        count, size = fileio.remove_leftovers(trees, flat)
+        if count:
+            log.info("removed %d leftover temporary file(s) of interrupted saves and merges (%d bytes, %.1f MiB)",
+                     count, size, size / 2**20)
+        return count, size

@@ -147,11 +147,15 @@ def validate(req: GenerationRequest, limits: Limits = Limits()) -> None:
                f"must be 0 (off) or between {limits.min_size} and {limits.max_size}")
     _check(1 <= req.clip_skip <= 12, "clip_skip", "must be between 1 and 12")
     _check(req.randn_source in ("CPU", "GPU"), "randn_source", "must be CPU or GPU")
+    _check(0 <= req.eta_noise_seed_delta <= 2**31 - 1, "eta_noise_seed_delta", "must be between 0 and 2147483647")
     _check(req.eta is None or 0 <= req.eta <= 1, "eta", "must be between 0 and 1")
     _check(req.s_noise >= 0 and req.s_churn >= 0 and req.s_tmin >= 0, "s_noise", "sampler parameters must be >= 0")
     samplers.resolve_sampler(req.sampler_name, req.scheduler)
     if req.enable_hr:
         _validate_hires(req, limits)
+    from modules.generation.prompts import prepare_prompts  # the prompt parsers, bounded: refuse here, not later
+
+    prepare_prompts(req, 1)
 
 
 def _validate_hires(req: GenerationRequest, limits: Limits) -> None:

@@ -1,13 +1,19 @@
 """Typed options with defaults in sections, validated, persisted atomically to ``config.json`` (A1111's names).
 
-A corrupt ``config.json`` is moved aside and the defaults are used, with a message. Unknown keys found in the file
-(an A1111 config copied over) are kept when saving but otherwise ignored.
+A corrupt ``config.json`` (unreadable, not an object, nested too deeply) is moved aside and the defaults are used,
+with a message; a value that is invalid (NaN, NUL, a wrong type...) is ignored with a warning. Unknown keys found in
+the file (an A1111 config copied over) are kept when saving but otherwise ignored.
+
+Where a value comes from matters for folders and file name patterns: a value in ``config.json`` is the user's own
+choice and may point anywhere, while a change through :meth:`Settings.validate`/:meth:`Settings.update` (the API,
+the UI, ``override_settings``) must stay inside the data folder (output folders) or name a plain file (patterns).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -16,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from modules.errors import ValidationError
-from modules.fileio import atomic_write_text
+from modules.fileio import atomic_write_text, json_finite, load_json_object
+from modules.outputs import pattern_problem
+from modules.paths import folder_problem, name_problem
 
 log = logging.getLogger(__name__)
 Choices = Callable[[], list[str]] | tuple[str, ...] | None
@@ -35,6 +43,7 @@ class Option:
     step: float | None = None
     locked_when_exposed: bool = False  # output paths: not changeable by remote users
     strict_choices: bool = True  # dynamic lists (checkpoints) may name something not present yet
+    confine: str = ""  # "folder": stays in the data folder, "pattern": a file name, "name": a model name
 
     def choice_list(self) -> list[str]:
         if self.choices is None:
@@ -47,6 +56,13 @@ class Option:
             value = self._convert(value)
         except (TypeError, ValueError):
             raise ValidationError(f"{self.key}: expected {self.kind}, got {value!r}", field=self.key) from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValidationError(f"{self.key}: must be a finite number (got {value})", field=self.key)
+        if isinstance(value, str) and "\0" in value:
+            raise ValidationError(f"{self.key}: must not contain a NUL character", field=self.key)
+        problem = name_problem(value) if self.confine == "name" and isinstance(value, str) else None
+        if problem:
+            raise ValidationError(f"{self.key}: {problem} (got {value!r})", field=self.key)
         if self.kind in ("int", "float"):
             if (self.minimum is not None and value < self.minimum) or (
                     self.maximum is not None and value > self.maximum):
@@ -95,7 +111,7 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
     """Every option, in section order. ``checkpoints``/``vaes`` list the current choices."""
     return (
         Option("sd_model_checkpoint", "", "Stable Diffusion checkpoint", _SD, "choice", checkpoints,
-               strict_choices=False),
+               strict_choices=False, confine="name"),
         Option("sd_checkpoints_limit", 1, "Maximum number of checkpoints loaded at the same time", _SD, "int",
                minimum=1, maximum=10, step=1),
         Option("sd_vae", "Automatic", "SD VAE", _SD, "choice", lambda: ["Automatic", "None", *vaes()]),
@@ -110,7 +126,8 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
                ("auto", "fp16", "bf16", "fp32")),
         Option("samples_save", True, "Always save all generated images", _SAVE, "bool"),
         Option("samples_format", "png", "File format for images", _SAVE, "choice", ("png", "jpg", "webp")),
-        Option("samples_filename_pattern", "", "Images filename pattern (empty: [seed])", _SAVE, "str"),
+        Option("samples_filename_pattern", "", "Images filename pattern (empty: [seed])", _SAVE, "str",
+               confine="pattern"),
         Option("save_to_dirs", True, "Save images to a subdirectory per day", _SAVE, "bool"),
         Option("grid_save", True, "Always save all generated image grids", _SAVE, "bool"),
         Option("grid_format", "png", "File format for grids", _SAVE, "choice", ("png", "jpg", "webp")),
@@ -121,13 +138,13 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
         Option("jpeg_quality", 80, "Quality for saved jpeg and webp images", _SAVE, "int", minimum=1, maximum=100,
                step=1),
         Option("outdir_txt2img_samples", "outputs/txt2img-images", "Output directory for txt2img images", _PATHS,
-               "str", locked_when_exposed=True),
+               "str", locked_when_exposed=True, confine="folder"),
         Option("outdir_txt2img_grids", "outputs/txt2img-grids", "Output directory for txt2img grids", _PATHS,
-               "str", locked_when_exposed=True),
+               "str", locked_when_exposed=True, confine="folder"),
         Option("outdir_img2img_samples", "outputs/img2img-images", "Output directory for img2img images",
-               _PATHS, "str", locked_when_exposed=True),
+               _PATHS, "str", locked_when_exposed=True, confine="folder"),
         Option("outdir_img2img_grids", "outputs/img2img-grids", "Output directory for img2img grids", _PATHS,
-               "str", locked_when_exposed=True),
+               "str", locked_when_exposed=True, confine="folder"),
         Option("live_previews_enable", True, "Show live previews of the created image", _PREVIEW, "bool"),
         Option("show_progress_every_n_steps", 5, "Live preview display period (sampling steps)", _PREVIEW, "int",
                minimum=1, maximum=32, step=1),
@@ -145,8 +162,10 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
 class Settings:
     """The live option values; thread-safe. ``on_change(key, value)`` hooks apply changes without a restart."""
 
-    def __init__(self, path: Path | None, options: Iterable[Option], exposed: bool = False) -> None:
+    def __init__(self, path: Path | None, options: Iterable[Option], exposed: bool = False,
+                 root: Path | None = None) -> None:
         self.path = path
+        self.root = (root or (path.parent if path is not None else Path.cwd())).resolve()  # the data folder
         self.options = {o.key: o for o in options}
         self.exposed = exposed
         self._lock = threading.RLock()
@@ -161,9 +180,7 @@ class Settings:
         if not path.exists():
             return
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
+            data = load_json_object(path)
         except (OSError, ValueError) as exc:
             aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
             try:
@@ -176,13 +193,19 @@ class Settings:
             return
         for key, value in data.items():
             option = self.options.get(key)
-            if option is None:
+            if option is None and not json_finite(value):
+                log.warning("ignoring the saved value of %s: it holds NaN or an infinity", key)
+            elif option is None:
                 self._foreign[key] = value
-                continue
-            try:
-                self._values[key] = option.coerce(value)
-            except ValidationError as exc:
-                log.warning("ignoring the saved value of %s: %s", key, exc)
+            else:
+                self._load_value(option, value)
+
+    def _load_value(self, option: Option, value: Any) -> None:
+        """A value from the file: the user's own, so folders and patterns may point anywhere (but not hold NUL)."""
+        try:
+            self._values[option.key] = option.coerce(value)
+        except ValidationError as exc:
+            log.warning("ignoring the saved value of %s: %s", option.key, exc)
 
     def on_change(self, hook: Callable[[str, Any], None]) -> None:
         self._hooks.append(hook)
@@ -209,8 +232,23 @@ class Settings:
             if option.locked_when_exposed and self.exposed and coerced != self.get(key):
                 raise ValidationError(f"{key} cannot be changed while the server is reachable from the network",
                                       field=key)
+            self._check_confined(option, coerced)
             out[key] = coerced
         return out
+
+    def _check_confined(self, option: Option, value: Any) -> None:
+        """Refuse a requested folder outside the data folder or a pattern naming anything but a file; the current
+        value and the default are kept as they are (the current one may come from the user's config.json)."""
+        if not option.confine or not isinstance(value, str) or value in (self.get(option.key), option.default):
+            return
+        if option.confine == "folder":
+            problem = folder_problem(value, self.root)
+            hint = "; another folder can be set in config.json while the server is stopped"
+        else:
+            problem = pattern_problem(value) if option.confine == "pattern" else None
+            hint = ""
+        if problem:
+            raise ValidationError(f"{option.key}: {problem} (got {value!r}){hint}", field=option.key)
 
     def update(self, changes: dict[str, Any], save: bool = True) -> list[str]:
         """Validate all of ``changes``, then apply them together and save; returns the keys that changed."""
@@ -235,6 +273,11 @@ class Settings:
         with self._lock:
             data = {**self._foreign, **self._values}
             atomic_write_text(self.path, json.dumps(data, indent=4, ensure_ascii=False))
+
+    def output_dirs(self) -> list[str]:
+        """The current values of the output folder options (``outdir_*``)."""
+        with self._lock:
+            return [str(self._values[k]) for k, o in self.options.items() if o.confine == "folder"]
 
     def sections(self) -> dict[str, list[Option]]:
         out: dict[str, list[Option]] = {}

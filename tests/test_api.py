@@ -233,6 +233,10 @@ def test_async_cancel_queued_and_running(api):
     assert _job(api, first).wait(60)
     detail = api.get(f"/sdapi/v2/jobs/{first}").json()
     assert detail["state"] == "cancelled" and len(detail["result"]["images"]) >= 1
+    assert detail["interrupted"] is True
+    assert any(w.startswith("interrupted: ") and w.endswith(" of 20 images generated") for w in detail["warnings"])
+    queued = api.get(f"/sdapi/v2/jobs/{second['id']}").json()
+    assert queued["state"] == "cancelled" and queued["interrupted"] is False and queued["result"] is None
 
 
 def test_interrupt_and_skip_mid_job(api):
@@ -255,7 +259,25 @@ def test_interrupt_and_skip_mid_job(api):
     info = json.loads(r.json()["info"])
     assert len(r.json()["images"]) == 2  # the skipped batch's image + the interrupted batch's image, no grid
     assert info["all_seeds"][:2] == [info["seed"], info["seed"] + 1]
+    assert info["interrupted"] is True and "interrupted: 2 of 4 images generated" in info["warnings"]
     assert api.post("/sdapi/v1/txt2img", json={"prompt": "after", **SMALL}).status_code == 200
+
+
+def test_v2_job_cut_by_interrupt_says_so(api):
+    """/interrupt keeps what was made (A1111): the job succeeded, marked interrupted, with a warning."""
+    r = api.post("/sdapi/v2/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 60, "n_iter": 5})
+    job = _job(api, r.json()["id"])
+    wait_for_progress(job, lambda p: p.job_no >= 1 and p.sampling_step > 0)
+    api.post("/sdapi/v1/interrupt")
+    assert job.wait(60)
+    detail = api.get(f"/sdapi/v2/jobs/{job.id}").json()
+    assert detail["state"] == "succeeded" and detail["interrupted"] is True and detail["error_kind"] is None
+    assert "interrupted: 2 of 5 images generated" in detail["warnings"]
+    info = json.loads(detail["result"]["info"])
+    assert info["interrupted"] is True and "interrupted: 2 of 5 images generated" in info["warnings"]
+    whole = api.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL})
+    assert json.loads(whole.json()["info"])["interrupted"] is False
+    assert not any(w.startswith("interrupted") for w in json.loads(whole.json()["info"])["warnings"])
 
 
 def test_grid_only_when_a1111_returns_one(api):
@@ -310,7 +332,7 @@ def test_failing_job_then_good_job(api):
     api.post("/sdapi/v1/refresh-checkpoints")
     r = api.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL,
                                             "override_settings": {"sd_model_checkpoint": "broken.safetensors"}})
-    assert r.status_code == 500
+    assert r.status_code == 422 and r.json()["field"] == "sd_model_checkpoint"
     assert "broken.safetensors" in r.json()["detail"] and "Traceback" not in r.text
     good = api.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL})
     assert good.status_code == 200

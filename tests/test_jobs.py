@@ -10,7 +10,7 @@ from typing import ClassVar
 import pytest
 import torch
 
-from modules.errors import GenerationError
+from modules.errors import ErrorKind, GenerationError, ModelLoadError, UnsafeCheckpointError, ValidationError
 from modules.jobs import JobQueue, JobState, QueueFull
 from modules.requests import GenerationRequest
 
@@ -91,6 +91,36 @@ def test_failure_is_reported_and_next_job_runs(monkeypatch):
     assert jobs["ours"].error.startswith("the UNet produced NaNs")
     assert jobs["ok1"].result == jobs["ok2"].result == "fine"
     assert len(freed) == 3
+    assert [jobs[n].error_kind for n in ("oom", "crash", "ours", "ok1")] == [
+        ErrorKind.OUT_OF_MEMORY, ErrorKind.INTERNAL, ErrorKind.NANS, None]
+    q.stop()
+
+
+@pytest.mark.parametrize("exc,kind,status", [
+    (ValidationError("steps: must be between 1 and 150", field="steps"), ErrorKind.INVALID, 422),
+    (ModelLoadError("broken.safetensors could not be loaded"), ErrorKind.MODEL, 422),
+    (UnsafeCheckpointError("evil.ckpt was refused"), ErrorKind.MODEL, 422),
+    (GenerationError("the VAE produced NaNs; try another VAE"), ErrorKind.NANS, 422),
+    (GenerationError("the finance of sampling failed"), ErrorKind.FAILED, 400),
+    (MemoryError(), ErrorKind.OUT_OF_MEMORY, 507),
+    (RuntimeError("CUDA error: out of memory"), ErrorKind.OUT_OF_MEMORY, 507),
+    (KeyError("unet"), ErrorKind.INTERNAL, 500),
+])
+def test_a_failed_job_keeps_its_kind_and_answers_by_it(exc, kind, status):
+    from webui.api.waiting import failure_body, failure_response
+
+    def runner(job):
+        raise exc
+
+    q = make_queue(runner)
+    job = q.submit(Echo(None))
+    assert job.wait(10) and job.state is JobState.FAILED and job.error_kind is kind
+    assert failure_response(job).status_code == status
+    body = failure_body(job)
+    assert body["kind"] == kind.value and body["job_id"] == job.id and "Traceback" not in body["detail"]
+    assert body.get("field") == ("steps" if kind is ErrorKind.INVALID else
+                                 "sd_model_checkpoint" if kind is ErrorKind.MODEL else
+                                 "sd_vae" if kind is ErrorKind.NANS else None)
     q.stop()
 
 

@@ -35,11 +35,13 @@ def test_ui_login_protects_ui_api_and_files(live_server, files):
 
 
 def test_without_auth_only_outputs_are_served(live_server, files):
+    link = files["output"].parent / "00001-2.png"
+    link.symlink_to(files["secret"])  # inside the outputs folder, pointing outside it
     server = live_server(nowebui=False, load=False)
     with httpx.Client(base_url=server.url, timeout=60) as c:
         assert c.get("/").status_code == 200
         assert c.get(f"/gradio_api/file={files['output']}").status_code == 200
-        for path in (files["config"], files["secret"], "/etc/passwd"):
+        for path in (files["config"], files["secret"], "/etc/passwd", link):
             assert c.get(f"/gradio_api/file={path}").status_code in (403, 404), path
 
 

@@ -13,13 +13,17 @@ from typing import TYPE_CHECKING
 
 from modules.errors import WebUIError
 from webui.launch_options import (
+    API_AUTH_ENV,
+    UI_AUTH_ENV,
     LaunchError,
     LaunchParser,
     ServerConfig,
     add_launch_flags,
+    admin_warning,
     attention_from_flags,
     device_from_flags,
     ignored_flags,
+    parse_admin_users,
     precision_from_flags,
     server_config,
 )
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("webui")
 _SHORT_SWITCHES = ("-f", "-h")
+_PASSWORD_FLAGS = ("--api-auth", "--gradio-auth")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +90,15 @@ def warning_line(args: argparse.Namespace, unknown: Sequence[str]) -> str | None
     return "; ".join(parts) or None
 
 
+def password_warning(argv: Sequence[str]) -> str | None:
+    """A warning when passwords were given on the command line, where every user of the machine sees them."""
+    given = sorted({w.split("=", 1)[0] for w in argv if w.split("=", 1)[0] in _PASSWORD_FLAGS})
+    if not given:
+        return None
+    return (f"{' and '.join(given)} on the command line: other users of this machine can read the passwords "
+            f"(ps); use --api-auth-file / --gradio-auth-path or {API_AUTH_ENV} / {UI_AUTH_ENV} instead")
+
+
 def _log_level(name: str | None) -> int:
     level = logging.getLevelName((name or "INFO").strip().upper())
     return level if isinstance(level, int) else logging.INFO
@@ -92,17 +106,19 @@ def _log_level(name: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
+    words = sys.argv[1:] if argv is None else argv
     try:
-        args, unknown = parse_launch_args(sys.argv[1:] if argv is None else argv, os.environ)
-        config = server_config(args)
+        args, unknown = parse_launch_args(words, os.environ)
+        config = server_config(args, os.environ)
     except LaunchError as exc:
         print(f"webui: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=_log_level(args.loglevel or os.environ.get("SD_WEBUI_LOG_LEVEL")),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    line = warning_line(args, unknown)
-    if line:
-        log.warning(line)
+    for line in (warning_line(args, unknown), password_warning(words),
+                 admin_warning(parse_admin_users(args.admin_users), config)):
+        if line:
+            log.warning(line)
     if config.exposed and not config.auth_enabled:
         log.warning("listening on %s WITHOUT authentication (--insecure): anyone who can reach this port can "
                     "use it", config.host)
@@ -115,14 +131,13 @@ def start_options(args: argparse.Namespace, exposed: bool) -> StartOptions:
 
     return StartOptions(data_dir=args.data_dir, models_dir=args.models_dir, ckpt_dirs=tuple(args.ckpt_dir),
                         ckpt=args.ckpt, device=device_from_flags(args), precision=precision_from_flags(args),
-                        skip_load_model=args.skip_load_model_at_start or args.ui_debug_mode, exposed=exposed)
+                        skip_load_model=args.skip_load_model_at_start or args.ui_debug_mode, exposed=exposed,
+                        admin_users=parse_admin_users(args.admin_users))
 
 
 def _serve(args: argparse.Namespace, config: ServerConfig, t0: float) -> int:
-    import uvicorn
-
     from modules.app import App
-    from webui.server import create_server
+    from webui.server import create_server, serve
 
     try:
         app = App(start_options(args, config.exposed))
@@ -141,7 +156,5 @@ def _serve(args: argparse.Namespace, config: ServerConfig, t0: float) -> int:
         print(f"Running on {where} ({'API only' if config.nowebui else 'UI and API'}); "
               f"started in {time.monotonic() - t0:.1f}s", flush=True)
 
-    server = create_server(app, config, on_started=started)
-    uvicorn.run(server, host=config.host, port=config.port, log_level="warning",
-                timeout_keep_alive=args.timeout_keep_alive)
+    serve(app, config, create_server(app, config, on_started=started), args.timeout_keep_alive)
     return 0

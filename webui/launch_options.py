@@ -6,14 +6,19 @@ import argparse
 import ipaddress
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from modules.errors import WebUIError
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 REDACTED = "<redacted>"
+API_AUTH_ENV = "SD_WEBUI_API_AUTH"
+UI_AUTH_ENV = "SD_WEBUI_GRADIO_AUTH"
+DEFAULT_PORTS = {"http": 80, "https": 443}
 _SECRET_FLAGS = ("api_auth", "gradio_auth", "ngrok", "ngrok_options", "tls_keyfile")
 
 # One row per flag: (names, kind, default, help). Several names are split by "|" (the first gives the key).
@@ -32,9 +37,18 @@ HONOURED: tuple[FlagRow, ...] = (
     ("--ckpt", "str", None, "checkpoint to load at start (path or name)"),
     ("--nowebui", "on", None, "serve the API only"),
     ("--api", "on", None, "accepted for compatibility: the API is always on"),
-    ("--api-auth", "str", None, 'API credentials "user:pass[,user2:pass2]"'),
-    ("--gradio-auth", "str", None, 'UI credentials "user:pass[,user2:pass2]"'),
-    ("--gradio-auth-path", "str", None, "file with credentials, one user:pass a line"),
+    ("--api-auth", "str", None, f'API credentials "user:pass[,user2:pass2]" (visible in ps: prefer '
+     f'--api-auth-file or {API_AUTH_ENV})'),
+    ("--api-auth-file", "str", None, "file with API credentials, one user:pass a line"),
+    ("--gradio-auth", "str", None, f'UI credentials "user:pass[,user2:pass2]" (visible in ps: prefer '
+     f'--gradio-auth-path or {UI_AUTH_ENV})'),
+    ("--gradio-auth-path", "str", None, "file with UI credentials, one user:pass a line"),
+    ("--admin-users", "str", None, "users (comma-separated) who may change settings and models: POST /options, "
+     "refresh/unload/reload-checkpoint, merge-checkpoints, the Settings tab, the checkpoint list and the merger; "
+     "other users get 403. With auth but no --admin-users every user may (as in A1111); without auth the one "
+     "local user may. Every user may still override settings for their own jobs"),
+    ("--allowed-hosts", "str", None, "more Host names the server answers to, comma-separated: name (any port), "
+     "name:port, or * for any (turns off the DNS-rebinding check)"),
     ("--insecure", "on", None, "allow listening on the network without auth"),
     ("--skip-load-model-at-start", "on", None, "do not load a model at start-up"),
     ("--ui-debug-mode", "on", None, "start without loading a model (as --skip-load-model-at-start)"),
@@ -249,6 +263,7 @@ class ServerConfig:
     ui_users: dict[str, str]
     insecure: bool
     flags: dict[str, Any]
+    allowed_hosts: tuple[str, ...] = ()
 
     @property
     def exposed(self) -> bool:
@@ -273,6 +288,43 @@ def _check(users: dict[str, str], user: str, password: str) -> bool:
     return ok
 
 
+def parse_authority(text: str, scheme: str) -> tuple[str, int | None] | None:
+    """``name[:port]`` or ``[v6]:port`` -> (lower-case name, port, else the scheme's default); None if malformed."""
+    if not text or any(c in text for c in "/?#@\\ "):
+        return None
+    try:
+        parts = urlsplit(f"//{text}")
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    return parts.hostname, port if port is not None else DEFAULT_PORTS.get(scheme)
+
+
+def parse_admin_users(text: str | None) -> tuple[str, ...]:
+    """``--admin-users a,b`` -> ("a", "b")."""
+    return tuple(dict.fromkeys(u.strip() for u in (text or "").split(",") if u.strip()))
+
+
+def admin_warning(admins: tuple[str, ...], config: ServerConfig) -> str | None:
+    """A start-up warning when ``--admin-users`` cannot do what it says: no auth, or names no user has."""
+    if not admins:
+        return None
+    if not config.auth_enabled:
+        return "--admin-users has no effect without --api-auth or --gradio-auth: the one local user may do anything"
+    unknown = [u for u in admins if u not in config.api_users and u not in config.ui_users]
+    return f"--admin-users names unknown users: {', '.join(unknown)}" if unknown else None
+
+
+def parse_allowed_hosts(text: str | None) -> tuple[str, ...]:
+    hosts = tuple(h.strip().lower() for h in (text or "").split(",") if h.strip())
+    for host in hosts:
+        if host != "*" and parse_authority(host, "") is None:
+            raise LaunchError(f"--allowed-hosts: {host!r} is not a host name or host:port")
+    return hosts
+
+
 def is_loopback(host: str) -> bool:
     if host in LOOPBACK_NAMES:
         return True
@@ -282,24 +334,42 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def server_config(args: argparse.Namespace) -> ServerConfig:
+def _read_secret_file(path: str | None, flag: str) -> str:
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LaunchError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+
+
+def _users(sources: list[tuple[str | None, str]]) -> dict[str, str]:
+    """Credentials from (text, where it came from) pairs, merged in order."""
+    users: dict[str, str] = {}
+    for text, where in sources:
+        users.update(parse_credentials(text, where))
+    return users
+
+
+def server_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """The server's settings from the flags and, for credentials, ``environ`` (``SD_WEBUI_*_AUTH``)."""
+    env = environ or {}
     host = args.server_name or ("0.0.0.0" if args.listen else "127.0.0.1")
     port = args.port or (7861 if args.nowebui else 7860)
-    api_users = parse_credentials(args.api_auth, "--api-auth")
-    ui_text = args.gradio_auth or ""
-    if args.gradio_auth_path:
-        try:
-            ui_text = ",".join(filter(None, [ui_text, Path(args.gradio_auth_path).read_text(encoding="utf-8")]))
-        except OSError as exc:
-            raise LaunchError(f"--gradio-auth-path: cannot read {args.gradio_auth_path}: {exc.strerror}") from None
-    ui_users = parse_credentials(ui_text, "--gradio-auth")
+    api_users = _users([(args.api_auth, "--api-auth"),
+                        (_read_secret_file(args.api_auth_file, "--api-auth-file"), "--api-auth-file"),
+                        (env.get(API_AUTH_ENV), API_AUTH_ENV)])
+    ui_users = _users([(args.gradio_auth, "--gradio-auth"),
+                       (_read_secret_file(args.gradio_auth_path, "--gradio-auth-path"), "--gradio-auth-path"),
+                       (env.get(UI_AUTH_ENV), UI_AUTH_ENV)])
     flags = _redact({k: v for k, v in vars(args).items() if k != "command"})
-    config = ServerConfig(host, port, bool(args.nowebui), api_users, ui_users, bool(args.insecure), flags)
+    config = ServerConfig(host, port, bool(args.nowebui), api_users, ui_users, bool(args.insecure), flags,
+                          parse_allowed_hosts(args.allowed_hosts))
     if config.exposed and not config.auth_enabled and not config.insecure:
         raise LaunchError(
             f"refusing to listen on {host} without authentication: anyone on the network could use this "
-            f"machine. Add --api-auth user:password (and --gradio-auth user:password for the UI), or "
-            f"--insecure to accept the risk.")
+            f"machine. Add --api-auth-file FILE (and --gradio-auth-path FILE for the UI), set {API_AUTH_ENV}, "
+            f"or give --insecure to accept the risk (--api-auth user:password works too, but shows in ps).")
     return config
 
 

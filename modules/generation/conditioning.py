@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from modules.errors import ValidationError
 from modules.models.loader import ModelParts
 from modules.prompts import chunks as prompt_chunks
 from modules.prompts import parser as prompt_parser
@@ -93,6 +94,10 @@ class TextEncoder:
             new_mean = zi.mean()
             restored.append(zi * (original_mean / new_mean) if new_mean != 0 else zi)
         context = torch.cat(restored, dim=0).unsqueeze(0)
+        if not bool(torch.isfinite(context).all()):
+            # never hand NaN or inf to the UNet: extreme weights that cancel out can blow up the mean restore
+            raise ValidationError("prompt: the attention weights make the text conditioning overflow; use "
+                                  "weights closer to 1", field="prompt")
         return context, (pooled[:1].float() if pooled is not None else None)
 
     @torch.no_grad()
@@ -117,7 +122,9 @@ class TextEncoder:
         return cond
 
     def schedule(self, text: str, steps: int, hires_steps: int | None, negative: bool = False) -> Schedule:
-        scheduled = prompt_parser.get_learned_conditioning_prompt_schedules([text], steps, hires_steps)[0]
+        what, name = ("negative prompt", "negative_prompt") if negative else ("prompt", "prompt")
+        scheduled = prompt_parser.get_learned_conditioning_prompt_schedules([text], steps, hires_steps, what=what,
+                                                                             field=name)[0]
         zero = negative and self.parts.family.is_xl
         return [ScheduledCond(end, self.encode(t, zero_if_empty=zero)) for end, t in scheduled]
 

@@ -29,6 +29,17 @@ def _clean(text: str) -> tuple[str, list[tuple[str, list[str]]]]:
     return prompt_parser.extract_extra_networks(text)
 
 
+def check_prompt(text: str, steps: int, what: str, field: str) -> None:
+    """Refuse, quickly and with a message naming ``field``, a prompt too deeply nested or with too many variants.
+
+    Runs the same parsers generation runs (each linear in the prompt's length), so nothing slower is left for later.
+    """
+    for part, _ in prompt_parser.split_and(text):
+        for _, variant in prompt_parser.get_learned_conditioning_prompt_schedules([part], steps, what=what,
+                                                                                   field=field)[0]:
+            prompt_parser.parse_prompt_attention(variant, what, field)
+
+
 def prepare_prompts(req: GenerationRequest, count: int) -> PreparedPrompts:
     prompt = prompt_parser.strip_comments(req.prompt)
     negative = prompt_parser.strip_comments(req.negative_prompt)
@@ -36,6 +47,8 @@ def prepare_prompts(req: GenerationRequest, count: int) -> PreparedPrompts:
     negative_clean, neg_networks = _clean(negative)
     hr_prompt = prompt_parser.strip_comments(req.hr_prompt) if req.hr_prompt else prompt
     hr_negative = prompt_parser.strip_comments(req.hr_negative_prompt) if req.hr_negative_prompt else negative
+    check_prompt(positive_clean, req.steps, "prompt", "prompt")
+    check_prompt(negative_clean, req.steps, "negative prompt", "negative_prompt")
     warnings = []
     kinds = sorted({kind for kind, _ in networks + neg_networks})
     if kinds:

@@ -136,8 +136,18 @@ def _parsed(value: str | None) -> Any:
         return None
     try:
         return json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
+
+
+def parse_metadata_json(text: str | None) -> Any:
+    """The user's extra metadata JSON; invalid or too deeply nested JSON is a ValidationError, never a crash."""
+    try:
+        return json.loads(text or "{}")
+    except ValueError as exc:
+        raise ValidationError(f"metadata JSON is invalid: {exc}", field="metadata_json") from None
+    except RecursionError:
+        raise ValidationError("metadata JSON is invalid: nested too deeply", field="metadata_json") from None
 
 
 class Merge:
@@ -242,10 +252,7 @@ class Merge:
         if o.copy_metadata_fields:
             for role in roles:
                 meta.update(self.sources[role].metadata)
-        try:
-            extra = json.loads(o.metadata_json or "{}")
-        except ValueError as exc:
-            raise ValidationError(f"metadata JSON is invalid: {exc}", field="metadata_json") from None
+        extra = parse_metadata_json(o.metadata_json)
         if isinstance(extra, dict):
             meta.update({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
         meta["format"] = "pt"

@@ -10,13 +10,13 @@ for Weighted sum / Add difference).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from modules.errors import ModelLoadError, ValidationError
+from modules.merge.key_filter import KeyPattern, compile_user_regex
 from modules.merge.sources import TensorSource
 from modules.models.families import FAMILIES, UNET_IN_KEY, detect_base
 
@@ -34,14 +34,11 @@ def method_id(value: str) -> str:
                           field="interp_method")
 
 
-def compile_discard(pattern: str | None) -> re.Pattern[str] | None:
+def compile_discard(pattern: str | None) -> KeyPattern | None:
+    """The discard-weights pattern (``re.search`` on each key, as in A1111), on RE2 so it runs in linear time."""
     if not pattern:
         return None
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ValidationError(f"invalid regular expression for discard weights {pattern!r}: {exc}",
-                              field="discard_weights") from None
+    return compile_user_regex(pattern, "discard_weights", "discard weights")
 
 
 def family_label(source: TensorSource, role: str) -> tuple[str, str]:
@@ -198,7 +195,7 @@ def _c_dtype(key: str, b: TensorSource, c: TensorSource) -> torch.dtype | None:
 
 def build_plan(method: str, multiplier: float, a: TensorSource, b: TensorSource | None, c: TensorSource | None,
                vae: TensorSource | None = None, save_as_half: bool = False,
-               discard: re.Pattern[str] | None = None) -> Plan:
+               discard: KeyPattern | None = None) -> Plan:
     """Every output key with its shape, dtype and how it is made; raises on any mismatch before data is read."""
     sources = {"A": a, **({"B": b} if b is not None else {}), **({"C": c} if c is not None else {})}
     plan = Plan(method, float(multiplier), base=check_families(sources))

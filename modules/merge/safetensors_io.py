@@ -73,6 +73,8 @@ class SafetensorsReader:
             header = json.loads(os.pread(self._fd, length, 8))
         except ValueError as exc:
             raise ModelLoadError(f"{self.path.name} has an unreadable safetensors header ({exc})") from None
+        except RecursionError:
+            raise ModelLoadError(f"{self.path.name} has an unreadable safetensors header (nested too deeply)") from None
         self._data_start = 8 + length
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, torch.dtype] = {}

@@ -6,14 +6,13 @@ reading tensor data (names, families, shapes, regex, output name) is checked bef
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modules.errors import ValidationError
-from modules.merge.merger import CONFIG_SOURCES, Merge, MergeOptions, MergeResult, ModelRef
+from modules.merge.merger import CONFIG_SOURCES, Merge, MergeOptions, MergeResult, ModelRef, parse_metadata_json
 from modules.merge.plan import method_id
 from modules.models.vae import list_vaes
 
@@ -110,10 +109,7 @@ def open_merge(app: App, req: MergeRequest) -> Merge:
         if method == "add_difference" else None
     vae = resolve_vae(app, req.bake_in_vae)
     if req.save_metadata:
-        try:
-            json.loads(req.metadata_json or "{}")
-        except ValueError as exc:
-            raise ValidationError(f"metadata JSON is invalid: {exc}", field="metadata_json") from None
+        parse_metadata_json(req.metadata_json)
     fmt = str(req.checkpoint_format or "safetensors").lower().lstrip(".")
     options = MergeOptions(
         method=method, multiplier=multiplier, save_as_half=bool(req.save_as_half), checkpoint_format=fmt,

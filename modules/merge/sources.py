@@ -211,7 +211,7 @@ def _component_files(folder: Path) -> list[Path]:
             if index.is_file():
                 try:
                     weight_map = json.loads(index.read_text())["weight_map"]
-                except (OSError, ValueError, KeyError, TypeError) as exc:
+                except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
                     raise ModelLoadError(f"cannot read {index}: {exc}") from None
                 names = sorted(set(weight_map.values()))
                 if any("/" in n or "\\" in n or n.startswith(".") for n in names):
@@ -228,7 +228,7 @@ def _component_files(folder: Path) -> list[Path]:
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ModelLoadError(f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"cannot read {path}: not a JSON object")

@@ -66,6 +66,7 @@ class ModelManager:
         self.cache_limit = max(1, int(cache_limit))
         self._loader = loader or load_model
         self._config_overrides: dict[Path, Path] = {}
+        self._allowed_paths: set[str] = set()
         self._lock = threading.RLock()
         self._current: ModelParts | None = None
         self._last: CheckpointInfo | None = None
@@ -78,14 +79,19 @@ class ModelManager:
     def current(self) -> ModelParts | None:
         return self._current
 
+    def allow_path(self, path: Path) -> None:
+        """Let ``path``, a checkpoint outside the model folders that the user named on the command line, be loaded
+        by that name; no other path is ever followed."""
+        self._allowed_paths.add(str(path))
+
     def resolve(self, name: str | None) -> CheckpointInfo:
-        """The checkpoint for a title, name or hash; ``None`` means the current one, else the first found."""
+        """The checkpoint for a title, name or hash among the scanned ones; ``None`` means the current one, else the
+        first found. A path is followed only when :meth:`allow_path` allowed it."""
         if name:
             info = self.registry.find(name)
             if info is None:
-                path = Path(name)
-                if path.exists():
-                    return self.registry.from_path(path)
+                if name in self._allowed_paths and Path(name).exists():
+                    return self.registry.from_path(Path(name))
                 raise ModelLoadError(f"checkpoint not found: {name!r}")
             return info
         if self._current is not None and self._current.info is not None:

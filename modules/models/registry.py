@@ -8,11 +8,14 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modules.errors import ModelLoadError
 from modules.hashing import HashCache, legacy_hash
+from modules.paths import name_problem
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+DIRECT_SUFFIXES = (*CHECKPOINT_SUFFIXES, ".pt", ".pth", ".bin")  # files that --ckpt PATH may name
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
@@ -101,9 +104,13 @@ class CheckpointRegistry:
         return info.sha256
 
     def find(self, query: str) -> CheckpointInfo | None:
-        """Look a checkpoint up as A1111 does: title, name, model name, hashes, then the shortest matching title."""
+        """Look a checkpoint up as A1111 does: title, name, model name, hashes, then the shortest matching title.
+
+        Only the scanned checkpoints are searched; a query that is a path (absolute, with ``..``, with NUL) matches
+        nothing, so it is never followed outside the model folders.
+        """
         query = query.strip()
-        if not query:
+        if not query or name_problem(query):
             return None
         items = self.list()
         for info in items:
@@ -117,8 +124,17 @@ class CheckpointRegistry:
         return matches[0] if matches else None
 
     def from_path(self, path: Path) -> CheckpointInfo:
-        """An entry for a file or folder given directly (``--ckpt PATH``), whether or not it is in a model folder."""
+        """An entry for a file or folder given directly (``--ckpt PATH``), whether or not it is in a model folder.
+
+        Only a checkpoint may be named: a file with a model suffix (``.safetensors``, ``.ckpt``, ``.pt``, ``.pth``,
+        ``.bin``) or a diffusers folder; anything else raises :class:`ModelLoadError` before it is read or hashed.
+        """
         path = Path(path)
+        if "\0" in str(path):
+            raise ModelLoadError("checkpoint not found: the path contains a NUL character")
+        if not (is_diffusers_model(path) if path.is_dir() else path.suffix.lower() in DIRECT_SUFFIXES):
+            raise ModelLoadError(f"{path.name or path} is not a checkpoint (a .safetensors or .ckpt file or a "
+                                 "diffusers folder)")
         resolved = path.resolve()
         for info in self.list():
             if info.path.resolve() == resolved:

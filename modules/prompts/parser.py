@@ -7,27 +7,20 @@ same fragments, weights and schedules here.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
-import lark
-
-# Prompt editing / alternation grammar. It has the same rules, in the same order, as A1111's, and is run with the
-# same (default Earley) parser, so ambiguous prompts resolve the same way.
-SCHEDULE_GRAMMAR = r"""
-!start: (prompt | /[][():]/+)*
-prompt: (emphasized | scheduled | alternate | plain | WHITESPACE)*
-!emphasized: "(" prompt ")"
-        | "(" prompt ":" prompt ")"
-        | "[" prompt "]"
-scheduled: "[" [prompt ":"] prompt ":" [WHITESPACE] NUMBER [WHITESPACE] "]"
-alternate: "[" prompt ("|" [prompt])+ "]"
-WHITESPACE: /\s+/
-plain: /([^\\\[\]():|]|\\.)+/
-%import common.SIGNED_NUMBER -> NUMBER
-"""
-
-SCHEDULE_PARSER = lark.Lark(SCHEDULE_GRAMMAR)
+from modules.errors import ValidationError
+from modules.prompts.schedule import (
+    MAX_NESTING,
+    StepRule,
+    check_schedule_size,
+    nesting_error,
+    parse_schedule,
+    schedule_from_nodes,
+)
+from modules.prompts.schedule_lark import LARK_MAX_CHARS, lark_schedule
 
 # Attention syntax tokens, tried in this order: escapes, a lone backslash, openers, an explicit-weight closer
 # ``:1.2)``, closers, a run of ordinary text, and a stray colon.
@@ -43,12 +36,12 @@ _ATTENTION_TOKEN = re.compile(
     """,
     re.X,
 )
-_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+_BREAK_WORD = re.compile(r"\bBREAK\b")
 _ROUND_MULTIPLIER = 1.1
 _SQUARE_MULTIPLIER = 1 / 1.1
 
 _AND = re.compile(r"\bAND\b")
-_AND_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+_AND_NUMBER = re.compile(r"[-+]?(?:\d+\.?|\d*\.\d+)")
 
 _WHOLE_LINE_COMMENT = re.compile(r"(^|\n)#[^\n]*(\n|$)")
 _TRAILING_COMMENT = re.compile(r"#[^\n]*(\n|$)")
@@ -56,6 +49,9 @@ _TRAILING_COMMENT = re.compile(r"#[^\n]*(\n|$)")
 _EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 
 BREAK_WEIGHT = -1.0
+# The largest attention weight accepted: 1.1 ** 96; more would swamp the text encoder's output, and nesting a few
+# hundred brackets would overflow to inf (or underflow to 0) and give NaNs. Such prompts are refused, not clamped.
+MAX_ATTENTION_WEIGHT = 1e4
 
 
 @dataclass(slots=True)
@@ -66,10 +62,12 @@ class _Fragment:
     weight: float
 
 
-def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
+def parse_prompt_attention(text: str, what: str = "prompt", field: str = "prompt") -> list[tuple[str, float]]:
     """Split a prompt into (text, weight) fragments: ``(x)`` x1.1, ``[x]`` /1.1, ``(x:w)`` xw, ``\\(`` literal.
 
-    ``BREAK`` becomes a ``("BREAK", -1.0)`` fragment; adjacent fragments of equal weight are merged.
+    ``BREAK`` becomes a ``("BREAK", -1.0)`` fragment; adjacent fragments of equal weight are merged. Brackets open
+    more than :data:`MAX_NESTING` deep, or a weight beyond :data:`MAX_ATTENTION_WEIGHT`, raise a ValidationError
+    naming ``field``.
     """
     fragments: list[_Fragment] = []
     open_round: list[int] = []
@@ -86,10 +84,10 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
 
         if token[0] == "\\":
             fragments.append(_Fragment(token[1:], 1.0))
-        elif token == "(":
-            open_round.append(len(fragments))
-        elif token == "[":
-            open_square.append(len(fragments))
+        elif token in ("(", "["):
+            (open_round if token == "(" else open_square).append(len(fragments))
+            if len(open_round) + len(open_square) > MAX_NESTING:
+                raise nesting_error(what, field)
         elif explicit is not None and open_round:
             scale_from(open_round.pop(), explicit)
         elif token == ")" and open_round:
@@ -97,7 +95,7 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
         elif token == "]" and open_square:
             scale_from(open_square.pop(), _SQUARE_MULTIPLIER)
         else:
-            for i, part in enumerate(_BREAK.split(token)):
+            for i, part in enumerate(_split_break(token)):
                 if i:
                     fragments.append(_Fragment("BREAK", BREAK_WEIGHT))
                 fragments.append(_Fragment(part, 1.0))
@@ -116,7 +114,36 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
             merged[-1].text += fragment.text
         else:
             merged.append(fragment)
+    _check_weights(merged, what, field)
     return [(f.text, float(f.weight)) for f in merged]
+
+
+def _check_weights(fragments: list[_Fragment], what: str, field: str) -> None:
+    for fragment in fragments:
+        if not math.isfinite(fragment.weight) or abs(fragment.weight) > MAX_ATTENTION_WEIGHT:
+            raise ValidationError(f"{what}: the attention weight of {fragment.text[:40]!r} is {fragment.weight:g}; "
+                                  f"weights must stay between {-MAX_ATTENTION_WEIGHT:g} and "
+                                  f"{MAX_ATTENTION_WEIGHT:g}", field=field)
+
+
+def _split_break(token: str) -> list[str]:
+    """``re.split(r"\\s*\\bBREAK\\b\\s*", token)`` in linear time (that regex is quadratic on long spaces)."""
+    if "BREAK" not in token:
+        return [token]
+    parts: list[str] = []
+    pos = 0
+    for match in _BREAK_WORD.finditer(token):
+        start, end = match.start(), match.end()
+        if start < pos:
+            continue
+        while start > pos and token[start - 1].isspace():
+            start -= 1
+        while end < len(token) and token[end].isspace():
+            end += 1
+        parts.append(token[pos:start])
+        pos = end
+    parts.append(token[pos:])
+    return parts
 
 
 def _to_float(value: str) -> float | None:
@@ -131,76 +158,57 @@ def get_learned_conditioning_prompt_schedules(
     base_steps: int,
     hires_steps: int | None = None,
     use_old_scheduling: bool = False,
+    *,
+    what: str = "prompt",
+    field: str = "prompt",
 ) -> list[list[tuple[int, str]]]:
     """For each prompt, the list of (last step, prompt text) pairs that prompt editing and alternation produce.
 
     ``[from:to:when]``: an integer ``when`` is a step, a number with a dot a fraction of the steps. With
     ``hires_steps`` (and not ``use_old_scheduling``) the schedule is for the hires pass: integers count from the end
-    of the first pass and fractions from 1.0.
+    of the first pass and fractions from 1.0. Runs in time linear in the prompt; refuses (ValidationError naming
+    ``field``) brackets nested too deep and schedules whose distinct texts would be too large.
     """
     if hires_steps is None or use_old_scheduling:
-        steps, int_offset, float_offset = base_steps, 0, 0.0
+        rule = StepRule(base_steps, old_scheduling=use_old_scheduling, what=what, field_name=field)
     else:
-        steps, int_offset, float_offset = hires_steps, base_steps, 1.0
-
-    def switch_step(node: lark.Tree[lark.Token]) -> int:
-        number = str(node.children[-2])
-        value = float(number)
-        if use_old_scheduling:
-            value = value * steps if value < 1 else value
-        elif "." in number:
-            value = (value - float_offset) * steps
-        else:
-            value = value - int_offset
-        return min(steps, int(value))
-
-    def render(node: lark.Tree[lark.Token] | lark.Token | None, step: int) -> str:
-        if node is None:
-            return ""
-        if isinstance(node, lark.Token):
-            return str(node)
-        if node.data == "scheduled":
-            before, after = node.children[0], node.children[1]
-            return render(before if step <= switch_step(node) else after, step)
-        if node.data == "alternate":
-            return render(node.children[(step - 1) % len(node.children)], step)
-        return "".join(render(child, step) for child in node.children)
-
-    def schedule(prompt: str) -> list[tuple[int, str]]:
-        try:
-            tree = SCHEDULE_PARSER.parse(prompt)
-        except lark.exceptions.LarkError:
-            return [(steps, prompt)]
-        boundaries = {steps}
-        for node in tree.iter_subtrees():
-            if node.data == "scheduled":
-                when = switch_step(node)
-                if when >= 1:
-                    boundaries.add(when)
-            elif node.data == "alternate":
-                boundaries.update(range(1, steps + 1))
-        return [(step, render(tree, step)) for step in sorted(boundaries)]
-
+        rule = StepRule(hires_steps, base_steps, 1.0, what=what, field_name=field)
     cache: dict[str, list[tuple[int, str]]] = {}
     result = []
     for prompt in prompts:
         if prompt not in cache:
-            cache[prompt] = schedule(prompt)
+            cache[prompt] = _prompt_schedule(prompt, rule)
         result.append(list(cache[prompt]))
     return result
 
 
+def _prompt_schedule(prompt: str, rule: StepRule) -> list[tuple[int, str]]:
+    if "[" not in prompt and "(" not in prompt:
+        return [(rule.steps, prompt)]
+    parsed = parse_schedule(prompt, rule.what, rule.field_name)  # refuses brackets nested too deep
+    if "[" not in prompt:
+        return [(rule.steps, prompt)]  # no [from:to:when] or [a|b] possible
+    if not parsed.clean and len(prompt) <= LARK_MAX_CHARS:
+        return check_schedule_size(lark_schedule(prompt, rule), rule)
+    if not parsed.nodes:
+        return [(rule.steps, prompt)]
+    return schedule_from_nodes(prompt, parsed.nodes, rule)
+
+
 def split_and(prompt: str) -> list[tuple[str, float]]:
     """Split a prompt on ``AND`` (composable diffusion); each part may end in ``:weight`` (default 1.0)."""
-    parts = []
-    for subprompt in _AND.split(prompt):
-        match = _AND_WEIGHT.search(subprompt)
-        if match is None:
-            parts.append((subprompt, 1.0))
-            continue
-        text, weight = match.groups()
-        parts.append((text, float(weight) if weight is not None else 1.0))
-    return parts
+    return [_and_weight(subprompt) for subprompt in _AND.split(prompt)]
+
+
+def _and_weight(part: str) -> tuple[str, float]:
+    """A1111's ``^((?:\\s|.)*?)(?:\\s*:\\s*(NUMBER))?\\s*$`` on one part, without its quadratic backtracking."""
+    body = part.rstrip()
+    colon = body.rfind(":")
+    if colon >= 0:
+        number = body[colon + 1:].lstrip()
+        if _AND_NUMBER.fullmatch(number):
+            return body[:colon].rstrip(), float(number)
+    return body, 1.0
 
 
 def strip_comments(text: str) -> str:
@@ -217,4 +225,6 @@ def extract_extra_networks(prompt: str) -> tuple[str, list[tuple[str, list[str]]
         found.append((match.group(1), match.group(2).split(":")))
         return ""
 
-    return _EXTRA_NETWORK.sub(take, prompt), found
+    # a tag needs a closing ">": text after the last one cannot hold a tag, and leaving it out keeps this linear
+    end = prompt.rfind(">") + 1
+    return _EXTRA_NETWORK.sub(take, prompt[:end]) + prompt[end:], found

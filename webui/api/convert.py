@@ -18,7 +18,7 @@ from modules.params import params_for
 from modules.requests import GenerationRequest, Img2ImgRequest
 from modules.styles import apply_styles, load_styles
 from modules.version import VERSION
-from webui.api.images import decode_image
+from webui.api.images import decode_images
 from webui.api.schemas import GenerationBody, Img2ImgBody
 
 _OUTPUT_SETTINGS = {"samples_format", "samples_save", "grid_save", "grid_format", "samples_filename_pattern",
@@ -73,7 +73,17 @@ def _values(app: App, body: GenerationBody, kind: str, warnings: list[str]) -> t
     if coerced.get("sd_model_checkpoint"):
         values["checkpoint"] = _resolve_checkpoint(app, coerced["sd_model_checkpoint"], None, "override_settings")
     values.update({k: v for k, v in settings_to_fields(coerced, kind).items() if k != "checkpoint"})
+    _check_setting_bounds(app, values, kind)
     return values, coerced
+
+
+def _check_setting_bounds(app: App, values: dict[str, object], kind: str) -> None:
+    """Numbers A1111 keeps in the settings (clip skip, ENSD) are held to the settings' bounds, wherever they came
+    from (an infotext too)."""
+    for p in params_for(kind):
+        option = app.settings.options.get(p.setting) if p.setting else None
+        if option is not None and p.type in (int, float) and values.get(p.field) is not None:
+            option.coerce(values[p.field])
 
 
 def _checks(body: GenerationBody, warnings: list[str]) -> None:
@@ -110,7 +120,7 @@ def _finish(app: App, values: dict[str, object], coerced: dict[str, Any]) -> dic
 
 def prepare(app: App, body: GenerationBody, kind: str) -> Prepared:
     """The job spec a txt2img or img2img body describes; raises :class:`ValidationError` before anything is queued."""
-    warnings: list[str] = []
+    warnings: list[str] = list(body.text_warnings)
     _checks(body, warnings)
     values, coerced = _values(app, body, kind, warnings)
     values = _finish(app, values, coerced)
@@ -128,7 +138,8 @@ def prepare(app: App, body: GenerationBody, kind: str) -> Prepared:
 
 
 def _images(body: Img2ImgBody, values: dict[str, object]) -> dict[str, object]:
-    """The decoded init images and mask; their count is checked before any is decoded."""
+    """The decoded init images and mask; their count, each one's size and their total size are checked before any
+    is decoded."""
     images = body.init_images or []
     if not images:
         raise ValidationError("init_images: at least one image is needed", field="init_images")
@@ -136,13 +147,21 @@ def _images(body: Img2ImgBody, values: dict[str, object]) -> dict[str, object]:
     if len(images) > 1 and isinstance(batch, int) and len(images) > max(batch, 1):
         raise ValidationError(f"init_images: {len(images)} images for a batch size of {batch}; give one image or "
                               f"at most batch_size images", field="init_images")
-    decoded = tuple(decode_image(data, f"init_images[{i}]") for i, data in enumerate(images))
-    return {"init_images": decoded, "mask": decode_image(body.mask, "mask") if body.mask else None}
+    named = [(f"init_images[{i}]", data) for i, data in enumerate(images)]
+    decoded = decode_images(named + ([("mask", body.mask)] if body.mask else []))
+    return {"init_images": tuple(decoded[:len(images)]), "mask": decoded[len(images)] if body.mask else None}
 
 
 # -- results -> A1111 responses ----------------------------------------------------------------------------------
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def interruption(result: ImagesResult) -> list[str]:
+    """The warning an interrupted job's result carries: how many of its images were made."""
+    if not result.interrupted:
+        return []
+    return [f"interrupted: {len(result.images)} of {result.request.image_count} images generated"]
 
 
 def info_json(result: ImagesResult, rendering: Rendering, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -167,7 +186,8 @@ def info_json(result: ImagesResult, rendering: Rendering, extra: dict[str, Any] 
         "extra_generation_params": result.extra_params, "index_of_first_image": 1 if with_grid else 0,
         "infotexts": infotexts, "styles": list(req.styles), "job_timestamp": result.job_timestamp,
         "clip_skip": req.clip_skip, "is_using_inpainting_conditioning": False, "version": VERSION,
-        "warnings": list(dict.fromkeys([*rendering.warnings, *result.warnings])),
+        "interrupted": result.interrupted,
+        "warnings": list(dict.fromkeys([*rendering.warnings, *result.warnings, *interruption(result)])),
     }
     out.update(extra or {})
     return out

@@ -43,7 +43,10 @@ def decode_image_field(text: str | None, limit: int) -> bytes:
     except (binascii.Error, ValueError):
         data = b""
         if re.fullmatch(r"[A-Za-z0-9_-]+=*", text):
-            data = base64.urlsafe_b64decode(text)
+            try:
+                data = base64.urlsafe_b64decode(text)
+            except (binascii.Error, ValueError):
+                data = b""
         if not data:
             raise ValidationError("image: not valid base64 (send a data URL or a base64 string)",
                                   field="image") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
 from typing import Any
 
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from modules import samplers
 from modules.app import App
+from modules.errors import WebUIError
 from modules.job_types import ImagesResult, JobSpec, ReloadModelJob, UnloadModelJob
 from modules.jobs import Job, JobState
 from modules.requests import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
@@ -21,6 +23,8 @@ from webui.api.convert import Prepared, prepare, response_body
 from webui.api.schemas import Img2ImgBody, OptionsBody, Txt2ImgBody
 from webui.api.waiting import failure_response, wait_for
 from webui.launch_options import redacted_flags
+
+log = logging.getLogger(__name__)
 
 
 def _owner(request: Request) -> str | None:
@@ -44,10 +48,13 @@ def build_router(app: App) -> APIRouter:
         return app.settings.snapshot()
 
     @r.post("/options")
-    async def set_options(body: OptionsBody) -> Any:
-        for job in app.update_settings(dict(body.model_extra or {})).jobs:
+    async def set_options(body: OptionsBody, request: Request) -> Any:
+        before = app.settings["sd_model_checkpoint"]
+        change = app.update_settings(dict(body.model_extra or {}), user=_owner(request))
+        for job in change.jobs:
             await wait_for(job)
             if job.state is JobState.FAILED:
+                _restore_checkpoint(app, before, change.changed)
                 return failure_response(job)
         return None
 
@@ -120,17 +127,17 @@ def build_router(app: App) -> APIRouter:
         return memory_report()
 
     @r.get("/progress")
-    def progress(skip_current_image: bool = False) -> dict[str, Any]:
-        return progress_report(app, skip_current_image)
+    def progress(request: Request, skip_current_image: bool = False) -> dict[str, Any]:
+        return progress_report(app, skip_current_image, _owner(request))
 
     @r.post("/interrupt")
-    def interrupt() -> dict[str, Any]:
-        app.queue.interrupt()
+    def interrupt(request: Request) -> dict[str, Any]:
+        app.queue.interrupt(_owner(request))  # under auth: the caller's running job only
         return {}
 
     @r.post("/skip")
-    def skip() -> dict[str, Any]:
-        app.queue.skip()
+    def skip(request: Request) -> dict[str, Any]:
+        app.queue.skip(_owner(request))
         return {}
 
     @r.post("/refresh-checkpoints")
@@ -160,6 +167,15 @@ async def _generate(app: App, prepared: Prepared, owner: str | None) -> Any:
     return response_body(job.result, prepared.rendering, {"job_id": job.id})
 
 
+def _restore_checkpoint(app: App, before: str, changed: list[str]) -> None:
+    """A checkpoint that failed to load does not stay the setting (as A1111, which puts the old value back)."""
+    if "sd_model_checkpoint" in changed and app.settings["sd_model_checkpoint"] != before:
+        try:
+            app.settings.update({"sd_model_checkpoint": before})
+        except WebUIError:
+            log.warning("could not restore sd_model_checkpoint to %r", before, exc_info=True)
+
+
 async def _run_in_queue(app: App, spec: JobSpec, owner: str | None) -> Any:
     """Model housekeeping goes through the queue, so it never pulls a model from under a running job."""
     job: Job = app.submit(spec, owner)
@@ -169,10 +185,11 @@ async def _run_in_queue(app: App, spec: JobSpec, owner: str | None) -> Any:
     return None
 
 
-def progress_report(app: App, skip_current_image: bool = False) -> dict[str, Any]:
-    """A1111's global ``/progress``: the running job, if any."""
-    job = app.queue.current
-    waiting = app.queue.pending()
+def progress_report(app: App, skip_current_image: bool = False, owner: str | None = None) -> dict[str, Any]:
+    """A1111's ``/progress``: the running job, if any. Under auth, the caller's own: another user's job reads as
+    idle, and ``job_count`` counts the caller's jobs only."""
+    job = app.queue.current_of(owner)
+    waiting = app.queue.pending(owner)
     if job is None:
         return {"progress": 0.0, "eta_relative": 0.0, "current_image": None, "textinfo": None,
                 "current_task": None,

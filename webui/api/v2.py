@@ -16,20 +16,27 @@ from fastapi.responses import JSONResponse
 from modules.app import App
 from modules.job_types import BatchResult, ImagesResult, MergeResultSummary, ModelResult
 from modules.jobs import Job, JobState
-from webui.api.convert import Rendering, prepare, response_body
+from webui.api.convert import Rendering, interruption, prepare, response_body
 from webui.api.schemas import Img2ImgBody, Txt2ImgBody
+from webui.api.waiting import error_field
 
 
 def _user(request: Request) -> str | None:
     return getattr(request.state, "user", None)
 
 
-def _own(job: Job | None, request: Request) -> Job:
+def _own(app: App, job: Job | None, request: Request, cancel: bool = False) -> Job:
+    """``job`` when the caller may see it (their own, or one without an owner such as the start-up model load)
+    or, with ``cancel``, stop it (their own; one without an owner only for an administrator)."""
     if job is None:
         raise HTTPException(status_code=404, detail="no such job")
     user = _user(request)
-    if job.owner is not None and user is not None and job.owner != user:
+    if user is None or job.owner == user:
+        return job
+    if job.owner is not None:
         raise HTTPException(status_code=403, detail="this job belongs to another user")
+    if cancel and not app.is_admin(user):
+        raise HTTPException(status_code=403, detail="only an administrator may cancel this job")
     return job
 
 
@@ -72,9 +79,28 @@ def job_detail(app: App, job: Job, with_preview: bool = True) -> dict[str, Any]:
         p.preview.save(buf, format="PNG")
         out["preview"] = base64.b64encode(buf.getvalue()).decode("ascii")
     out["error"] = job.error
-    out["warnings"] = list(job.control.warnings)
+    out["error_kind"] = job.error_kind.value if job.error_kind is not None else None
+    out["error_field"] = error_field(job)
+    out["interrupted"] = _interrupted(job)
+    out["warnings"] = _warnings(job)
     out["result"] = result_body(job) if job.state.finished else None
     return out
+
+
+def _interrupted(job: Job) -> bool:
+    """Whether an interrupt or a cancel cut the job short (its result holds what was made until then)."""
+    result = job.result
+    return bool(getattr(result, "interrupted", False)) or (job.state is JobState.CANCELLED and job.started is not None)
+
+
+def _warnings(job: Job) -> list[str]:
+    rendering = job.tag if isinstance(job.tag, Rendering) else Rendering()
+    notes = [*rendering.warnings, *job.control.warnings]
+    if isinstance(job.result, ImagesResult):
+        notes += interruption(job.result)
+    elif isinstance(job.result, BatchResult) and job.result.interrupted:
+        notes.append(f"interrupted: {len(job.result.saved)} image(s) written")
+    return list(dict.fromkeys(notes))
 
 
 def _accepted(app: App, job: Job) -> JSONResponse:
@@ -101,11 +127,11 @@ def build_router(app: App) -> APIRouter:
 
     @r.get("/jobs/{job_id}")
     def get_job(job_id: str, request: Request, preview: bool = True) -> dict[str, Any]:
-        return job_detail(app, _own(app.queue.get(job_id), request), preview)
+        return job_detail(app, _own(app, app.queue.get(job_id), request), preview)
 
     @r.delete("/jobs/{job_id}")
     def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
-        job = _own(app.queue.get(job_id), request)
+        job = _own(app, app.queue.get(job_id), request, cancel=True)
         app.queue.cancel(job.id)
         return job_summary(app, job)
 

@@ -39,6 +39,7 @@ from webui.ui.img2img_inputs import (
     size_for_mode,
 )
 from webui.ui.txt2img import Txt2ImgUI
+from webui.ui.txt2img_handlers import request_user
 
 TAB = "img2img"
 SKETCH_COLORS: list[str | tuple[str, float]] = ["#000000", "#ffffff", "#e03131", "#f08c00", "#ffd43b", "#2f9e44",
@@ -232,8 +233,8 @@ def _wire_generate(ui: Img2ImgUI) -> None:
     for counter, own in zip(counters, MODE_INPUTS, strict=True):
         names = common + list(own)
 
-        def run(*args: Any, names: list[str] = names) -> Any:
-            yield from h.generate_values(dict(zip(names, args, strict=True)))
+        def run(request: gr.Request, *args: Any, names: list[str] = names) -> Any:
+            yield from h.generate_values(dict(zip(names, args, strict=True)), request_user(request))
 
         counter.change(run, inputs=[f[name] for name in names], outputs=ui.outputs(), show_progress="hidden",
                        concurrency_limit=None, concurrency_id="img2img_generate", api_visibility="private")

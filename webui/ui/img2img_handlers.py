@@ -173,11 +173,11 @@ class Img2ImgHandlers(Txt2ImgHandlers):
 
     fields = FIELDS
 
-    def submit(self, values: dict[str, Any]) -> Job:
-        """Queue the job the form describes (checked first: nothing is queued on bad input)."""
+    def submit(self, values: dict[str, Any], owner: str | None = None) -> Job:
+        """Queue the job the form describes for ``owner`` (checked first: nothing is queued on bad input)."""
         if mode_index(values.get("mode", "img2img")) == BATCH:
-            return self.app.submit(plan_batch(self.app, values))
-        return self.app.submit_img2img(build_img2img_request(self.app, values), save=True)
+            return self.app.submit(plan_batch(self.app, values), owner)
+        return self.app.submit_img2img(build_img2img_request(self.app, values), save=True, owner=owner)
 
     def finish(self, job: Job, took: float) -> GenerateUpdate:
         if isinstance(job.spec, Img2ImgBatchJob):

@@ -10,19 +10,20 @@ from __future__ import annotations
 import html
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 
-from modules.app import App
+from modules.app import ADMIN_ONLY, App
 from modules.errors import WebUIError
 from modules.job_types import MergeResultSummary
 from modules.jobs import Job, JobState
 from modules.merge import CONFIG_SOURCES, METHODS, service
 from modules.models.vae import list_vaes
 from webui.ui.common import REFRESH, error_html, progress_html, tool_button, user_message
+from webui.ui.txt2img_handlers import request_user
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
@@ -94,12 +95,21 @@ class MergerHandlers:
         return json.dumps(metadata, indent=4, ensure_ascii=False)
 
     def merge(self, *args: Any) -> Iterator[tuple[Any, ...]]:
-        """The Merge event: (progress, result, A, B, C, quicksettings checkpoint, job id) updates."""
-        values = dict(zip(FIELDS, args, strict=False))
+        """(progress, result, A, B, C, quicksettings checkpoint, job id) updates, as the single local user."""
+        yield from self.merge_values(dict(zip(FIELDS, args, strict=False)))
+
+    def merge_as(self, request: gr.Request | None, *args: Any) -> Iterator[tuple[Any, ...]]:
+        """The Merge event: gradio passes the ``request`` (its logged-in user, who must be an administrator)."""
+        yield from self.merge_values(dict(zip(FIELDS, args, strict=False)), request_user(request))
+
+    def merge_values(self, values: dict[str, Any], user: str | None = None) -> Iterator[tuple[Any, ...]]:
         skip = gr.skip()
+        if not self.app.is_admin(user):
+            yield "", error_html(ADMIN_ONLY), skip, skip, skip, skip, None
+            return
         req = service.MergeRequest.from_dict(values)
         try:
-            job = service.submit(self.app, req)
+            job = service.submit(self.app, req, user)
         except WebUIError as exc:
             yield "", error_html(user_message(exc)), skip, skip, skip, skip, None
             return
@@ -120,9 +130,9 @@ class MergerHandlers:
         update = gr.update(choices=choices)
         yield "", result_html(job.result.as_dict()), update, update, update, update, None
 
-    def interrupt(self, job_id: str | None) -> None:
+    def interrupt(self, job_id: str | None, request: gr.Request | None = None) -> None:
         if job_id:
-            self.app.queue.cancel(job_id)
+            self.app.queue.cancel(job_id, request_user(request))
 
 
 @dataclass
@@ -202,13 +212,14 @@ def build_merger_tab(app: App, checkpoint_dropdown: gr.Dropdown | None = None) -
                            **quiet)
     p["read_metadata"].click(h.read_metadata, inputs=models, outputs=[f["metadata_json"]], queue=False, **quiet)
     outputs = [p["progress"], p["result"], *models, checkpoint_dropdown, p["job_id"]]
-    merge = h.merge
+    merge: Callable[..., Iterator[tuple[Any, ...]]] = h.merge_as
     if checkpoint_dropdown is None:  # no quicksettings bar: leave its slot out
         outputs.pop(5)
 
-        def merge(*args: Any) -> Iterator[tuple[Any, ...]]:
-            for update in h.merge(*args):
+        def without_dropdown(request: gr.Request, *args: Any) -> Iterator[tuple[Any, ...]]:
+            for update in h.merge_as(request, *args):
                 yield update[:5] + update[6:]
+        merge = without_dropdown
     p["merge"].click(merge, inputs=ui.inputs(), outputs=outputs, concurrency_limit=None,
                      concurrency_id="modelmerger_merge", **quiet)
     p["interrupt"].click(h.interrupt, inputs=[p["job_id"]], outputs=None, queue=False, **quiet)

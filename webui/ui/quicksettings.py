@@ -9,9 +9,10 @@ from typing import Any
 
 import gradio as gr
 
-from modules.app import App
+from modules.app import ADMIN_ONLY, App
 from modules.errors import WebUIError
 from webui.ui.common import REFRESH, error_html, tool_button, user_message
+from webui.ui.txt2img_handlers import request_user
 
 STATUS_SECONDS = 1.0
 NOTICE_SECONDS = 8.0  # how long an error from the dropdown stays before the timer's status replaces it
@@ -35,16 +36,19 @@ def model_status_html(app: App) -> str:
     return '<span class="sd-info">No model loaded yet</span>'
 
 
-def select_checkpoint(app: App, title: str | None) -> str:
-    """Switch to ``title`` (queued; the status shows progress); an error message when it does not exist."""
+def select_checkpoint(app: App, title: str | None, user: str | None = None) -> str:
+    """Switch to ``title`` (queued; the status shows progress); an error message when it does not exist or
+    ``user`` may not change the model."""
     if not title:
         return model_status_html(app)
+    if not app.is_admin(user):
+        return error_html(ADMIN_ONLY)
     if app.registry.find(title) is None:
         app.registry.refresh()
         if app.registry.find(title) is None:
             return error_html(f"Checkpoint not found: {title}")
     try:
-        app.update_settings({"sd_model_checkpoint": title})
+        app.update_settings({"sd_model_checkpoint": title}, user=user)
     except WebUIError as exc:
         return error_html(user_message(exc))
     return model_status_html(app)
@@ -93,8 +97,8 @@ def build_quicksettings(app: App) -> QuickSettings:
     notice = gr.State(None)
     quiet: dict[str, Any] = {"show_progress": "hidden", "api_visibility": "private"}
 
-    def on_select(title: str | None) -> tuple[str, tuple[str, float] | None]:
-        message = select_checkpoint(app, title)
+    def on_select(title: str | None, request: gr.Request) -> tuple[str, tuple[str, float] | None]:
+        message = select_checkpoint(app, title, request_user(request))
         return message, ((message, time.monotonic() + NOTICE_SECONDS) if "sd-error" in message else None)
 
     dropdown.input(on_select, inputs=[dropdown], outputs=[status, notice], **quiet)

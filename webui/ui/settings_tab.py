@@ -9,10 +9,11 @@ from typing import Any
 
 import gradio as gr
 
-from modules.app import App
+from modules.app import ADMIN_ONLY, App
 from modules.errors import ValidationError, WebUIError
 from modules.settings import Option
 from webui.ui.common import error_html, user_message, warning_html
+from webui.ui.txt2img_handlers import request_user
 
 MAX_SLIDER_STOPS = 2000  # wider ranges get a number box
 KEEP_ON_RESET = ("sd_model_checkpoint",)  # resetting must not unload the model in use
@@ -81,8 +82,10 @@ class SettingsHandlers:
             out[key] = value
         return out
 
-    def apply_values(self, values: dict[str, Any]) -> str:
-        """Validate and save the changed values together; returns the message HTML."""
+    def apply_values(self, values: dict[str, Any], user: str | None = None) -> str:
+        """Validate and save the changed values together (``user`` must be an administrator); the message HTML."""
+        if not self.app.is_admin(user):
+            return error_html(f"Not saved: {ADMIN_ONLY}")
         changes = self.changes(values)
         checkpoint = changes.get("sd_model_checkpoint")
         if checkpoint and self.app.registry.find(str(checkpoint)) is None:
@@ -90,7 +93,7 @@ class SettingsHandlers:
             if self.app.registry.find(str(checkpoint)) is None:
                 return error_html(f"Not saved: Stable Diffusion checkpoint {checkpoint!r} was not found")
         try:
-            changed = self.app.update_settings(changes).changed
+            changed = self.app.update_settings(changes, user=user).changed
         except ValidationError as exc:
             option = self.app.settings.options.get(exc.field or "")
             label = f"{option.label} ({option.key})" if option else (exc.field or "settings")
@@ -100,11 +103,17 @@ class SettingsHandlers:
         return _changed_html(changed)
 
     def apply(self, *values: Any) -> str:
-        """The Apply event: ``values`` in the order of :attr:`keys`."""
+        """``values`` in the order of :attr:`keys` (as the single local user)."""
         return self.apply_values(dict(zip(self.keys, values, strict=False)))
 
-    def reset(self) -> list[Any]:
+    def apply_as(self, request: gr.Request | None, *values: Any) -> str:
+        """The Apply event: gradio passes the ``request`` (its logged-in user), then the values."""
+        return self.apply_values(dict(zip(self.keys, values, strict=False)), request_user(request))
+
+    def reset(self, request: gr.Request | None = None) -> list[Any]:
         """Restore every default (but the current checkpoint and locked paths); message, then component updates."""
+        if not self.app.is_admin(request_user(request)):
+            return [error_html(f"Not reset: {ADMIN_ONLY}"), *self.component_values()]
         s = self.app.settings
         defaults = {k: o.default for k, o in s.options.items() if k not in KEEP_ON_RESET and not self.locked(k)}
         try:
@@ -165,7 +174,7 @@ def build_settings_tab(app: App) -> SettingsUI:
         with gr.Accordion(section, open=True, elem_id=f"settings_section_{_slug(section)}"):
             for o in options:
                 ui.components[o.key] = component_for(o, snap[o.key], ui.handlers.locked(o.key))
-    p["submit"].click(ui.handlers.apply, inputs=ui.outputs(), outputs=[p["result"]], api_visibility="private",
+    p["submit"].click(ui.handlers.apply_as, inputs=ui.outputs(), outputs=[p["result"]], api_visibility="private",
                       show_progress="hidden")
     p["reset"].click(ui.handlers.reset, outputs=[p["result"], *ui.outputs()], api_visibility="private",
                      show_progress="hidden")

@@ -100,7 +100,7 @@ def _parameters(ui: Txt2ImgUI, d: dict[str, Any]) -> None:
 def _wire(ui: Txt2ImgUI, app: App, counter: TokenCounter) -> None:
     f, p = ui.fields, ui.parts
     for trigger in (p["generate"].click, f["prompt"].submit):
-        trigger(ui.handlers.generate, inputs=ui.inputs(), outputs=ui.outputs(), show_progress="hidden",
+        trigger(ui.handlers.generate_as, inputs=ui.inputs(), outputs=ui.outputs(), show_progress="hidden",
                 concurrency_limit=None, concurrency_id="txt2img_generate", api_visibility="private")
     rows.wire_shared(ui, app, counter)
     res_inputs = [f["width"], f["height"], f["hr_scale"], f["hr_resize_x"], f["hr_resize_y"]]

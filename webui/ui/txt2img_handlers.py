@@ -17,7 +17,7 @@ from modules import samplers
 from modules.app import App
 from modules.errors import WebUIError
 from modules.job_types import ImagesResult
-from modules.jobs import Job, JobState
+from modules.jobs import Job, JobState, owns
 from modules.metadata import text_to_infotext
 from modules.param_io import read_infotext, request_from_values
 from modules.params import by_field, params_for
@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 SAME_SCHEDULER = "Use same scheduler"
 POLL_SECONDS = 0.25
 UPSCALERS: tuple[str, ...] = (*LATENT_UPSCALE_MODES, *PIXEL_UPSCALERS)
+
+
+def request_user(request: gr.Request | None) -> str | None:
+    """The logged-in user of a UI event (gradio sets ``username`` under auth); ``None`` without auth or request."""
+    name = getattr(request, "username", None) if request is not None else None
+    return str(name) if name else None
 
 
 def default_values(app: App) -> dict[str, Any]:
@@ -176,18 +182,22 @@ class Txt2ImgHandlers:
 
     # -- generate
     def generate(self, *args: Any) -> Iterator[GenerateUpdate]:
-        """The Generate event: ``args`` are the form values in the order of :attr:`fields`."""
+        """``args`` are the form values in the order of :attr:`fields` (the job has no owner)."""
         yield from self.generate_values(dict(zip(self.fields, args, strict=True)))
 
-    def submit(self, values: dict[str, Any]) -> Job:
-        """Queue the job the form describes (checked first: nothing is queued on bad input)."""
-        return self.app.submit_txt2img(build_request(self.app, values), save=True)
+    def generate_as(self, request: gr.Request | None, *args: Any) -> Iterator[GenerateUpdate]:
+        """The Generate event: gradio passes the ``request`` (its logged-in user owns the job), then the form."""
+        yield from self.generate_values(dict(zip(self.fields, args, strict=True)), request_user(request))
 
-    def generate_values(self, values: dict[str, Any]) -> Iterator[GenerateUpdate]:
+    def submit(self, values: dict[str, Any], owner: str | None = None) -> Job:
+        """Queue the job the form describes for ``owner`` (checked first: nothing is queued on bad input)."""
+        return self.app.submit_txt2img(build_request(self.app, values), save=True, owner=owner)
+
+    def generate_values(self, values: dict[str, Any], owner: str | None = None) -> Iterator[GenerateUpdate]:
         skip, hidden = gr.skip(), gr.update(visible=False, value=None)
         started = time.monotonic()
         try:
-            job = self.submit(values)
+            job = self.submit(values, owner)
         except WebUIError as exc:
             yield GenerateUpdate(skip, skip, "", hidden, error_html(user_message(exc)), None, skip)
             return
@@ -228,16 +238,16 @@ class Txt2ImgHandlers:
         info = infotext_html(res.images[0].infotext, state["footer"]) if res.images else ""
         return GenerateUpdate(images, info, "", hidden, warning_html(notes), None, state)
 
-    # -- interrupt / skip: only this session's job
-    def interrupt(self, job_id: str | None) -> None:
+    # -- interrupt / skip: only this session's job, and only the logged-in user's
+    def interrupt(self, job_id: str | None, request: gr.Request | None = None) -> None:
         """Stop this session's job after the current step; images finished so far are kept and shown."""
         if job_id:
-            self.app.queue.cancel(job_id)
+            self.app.queue.cancel(job_id, request_user(request))
 
-    def skip(self, job_id: str | None) -> None:
+    def skip(self, job_id: str | None, request: gr.Request | None = None) -> None:
         """Skip the current batch of this session's job (the next batch, if any, still runs)."""
         job = self.app.queue.get(job_id) if job_id else None
-        if job is not None and job.state is JobState.RUNNING:
+        if job is not None and job.state is JobState.RUNNING and owns(request_user(request), job):
             job.control.skip()
 
     # -- ↙️ read generation parameters

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 
-import pytest
 import torch
 from PIL import Image
 

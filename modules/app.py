@@ -97,6 +97,7 @@ class App:
                                      attention=self.settings["cross_attention_optimization"])
         self.models = ModelManager(self.registry, device_config, self.settings["sd_checkpoints_limit"],
                                    vae_dir=self.paths.vae_dir)
+        self.models.preferred = self.settings["sd_model_checkpoint"] or None
         self.engine = Engine(self.models)
         self.handlers = builtin_handlers()
         self.queue = JobQueue(self._run_job, max_size=self.settings["queue_max_size"])
@@ -113,6 +114,7 @@ class App:
             wanted = self.options.ckpt or self.settings["sd_model_checkpoint"] or None
             if self.options.ckpt:
                 self.models.allow_path(Path(self.options.ckpt))
+            self.models.preferred = wanted  # when it cannot be loaded, the next loadable checkpoint is
             if wanted or self.registry.list():
                 self.queue.submit(LoadModelJob(wanted))
 
@@ -204,6 +206,7 @@ class App:
             parts = self.models.get(name)
         except BaseException as exc:
             self.model_status = ModelStatus("failed", name, str(exc))
+            self._keep_resident_setting(name)
             raise
         self.remember_model()
         title = parts.info.title if parts.info else name
@@ -211,16 +214,36 @@ class App:
         return title
 
     def remember_model(self, update_setting: bool = True) -> None:
-        """Show the resident model's status; with ``update_setting``, keep ``sd_model_checkpoint`` naming it, as
-        A1111 does (not after a job that asked for another checkpoint for itself)."""
+        """Show the resident model's status; with ``update_setting`` (or when the setting names a checkpoint that
+        cannot be loaded), keep ``sd_model_checkpoint`` naming it, as A1111 does (not after a job that asked for
+        another checkpoint for itself)."""
         cur = self.models.current
         if cur is not None and cur.info is not None:
             self.model_status = ModelStatus("loaded", cur.info.title)
-            if update_setting and self.settings["sd_model_checkpoint"] != cur.info.title:
+            if not (update_setting or self._default_unloadable()):
+                return
+            self.models.preferred = cur.info.title  # the default from now on: tried first when none is named
+            if self.settings["sd_model_checkpoint"] != cur.info.title:
                 try:
                     self.settings.update({"sd_model_checkpoint": cur.info.title})
                 except Exception:  # saving the setting is a convenience; never fail a job for it
                     log.warning("could not save sd_model_checkpoint", exc_info=True)
+
+    def _keep_resident_setting(self, failed: str | None) -> None:
+        """After ``failed`` could not be loaded, ``sd_model_checkpoint`` names the resident model again (as A1111)."""
+        cur = self.models.current
+        if cur is None or cur.info is None or not failed or self.settings["sd_model_checkpoint"] != failed:
+            return
+        try:
+            self.settings.update({"sd_model_checkpoint": cur.info.title})
+        except Exception:  # the setting is a convenience; the load's own error is what the user sees
+            log.warning("could not restore sd_model_checkpoint", exc_info=True)
+
+    def _default_unloadable(self) -> bool:
+        """Whether ``sd_model_checkpoint`` names a checkpoint that is gone or cannot be loaded."""
+        wanted = self.settings["sd_model_checkpoint"]
+        info = self.registry.find(wanted) if wanted else None
+        return bool(wanted) and (info is None or self.registry.error_of(info) is not None)
 
     def model_unloaded(self) -> None:
         self.model_status = ModelStatus("unloaded", None)

@@ -19,7 +19,6 @@ from webui.launch_options import (
     LaunchParser,
     ServerConfig,
     add_launch_flags,
-    admin_warning,
     attention_from_flags,
     device_from_flags,
     ignored_flags,
@@ -97,6 +96,16 @@ def password_warning(argv: Sequence[str]) -> str | None:
         return None
     return (f"{' and '.join(given)} on the command line: other users of this machine can read the passwords "
             f"(ps); use --api-auth-file / --gradio-auth-path or {API_AUTH_ENV} / {UI_AUTH_ENV} instead")
+
+
+def admin_warning(admins: tuple[str, ...], config: ServerConfig) -> str | None:
+    """A start-up warning when ``--admin-users`` cannot do what it says: no auth, or names no user has."""
+    if not admins:
+        return None
+    if not config.auth_enabled:
+        return "--admin-users has no effect without --api-auth or --gradio-auth: the one local user may do anything"
+    unknown = [u for u in admins if u not in config.api_users and u not in config.ui_users]
+    return f"--admin-users names unknown users: {', '.join(unknown)}" if unknown else None
 
 
 def _log_level(name: str | None) -> int:

@@ -307,16 +307,6 @@ def parse_admin_users(text: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(u.strip() for u in (text or "").split(",") if u.strip()))
 
 
-def admin_warning(admins: tuple[str, ...], config: ServerConfig) -> str | None:
-    """A start-up warning when ``--admin-users`` cannot do what it says: no auth, or names no user has."""
-    if not admins:
-        return None
-    if not config.auth_enabled:
-        return "--admin-users has no effect without --api-auth or --gradio-auth: the one local user may do anything"
-    unknown = [u for u in admins if u not in config.api_users and u not in config.ui_users]
-    return f"--admin-users names unknown users: {', '.join(unknown)}" if unknown else None
-
-
 def parse_allowed_hosts(text: str | None) -> tuple[str, ...]:
     hosts = tuple(h.strip().lower() for h in (text or "").split(",") if h.strip())
     for host in hosts:

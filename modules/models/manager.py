@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from modules.errors import ModelLoadError
+from modules.errors import ModelLoadError, is_out_of_memory
 from modules.models.loader import ModelParts, load_model
 from modules.models.registry import CheckpointInfo, CheckpointRegistry
 
@@ -54,6 +54,15 @@ def xformers_available() -> bool:
     return True
 
 
+def broken_message(info: CheckpointInfo, exc: BaseException) -> str:
+    """A one-line reason a checkpoint could not be loaded (without its name, which the caller adds)."""
+    text = (str(exc).strip().splitlines() or [""])[0][:200]
+    if not isinstance(exc, ModelLoadError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    prefix = f"checkpoint {info.name} cannot be loaded: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
 class ModelManager:
     """Keeps the current model on the device and up to ``cache_limit - 1`` recently used ones in RAM."""
 
@@ -72,6 +81,7 @@ class ModelManager:
         self._last: CheckpointInfo | None = None
         self._ram: OrderedDict[Path, ModelParts] = OrderedDict()
         self._external_vae: tuple[Path, int, AutoencoderKL] | None = None
+        self.preferred: str | None = None  # the default checkpoint (the setting): when it fails, the next one loads
         self.load_count = 0
         self.last_load_seconds = 0.0
 
@@ -93,6 +103,9 @@ class ModelManager:
                 if name in self._allowed_paths and Path(name).exists():
                     return self.registry.from_path(Path(name))
                 raise ModelLoadError(f"checkpoint not found: {name!r}")
+            error = self.registry.error_of(info)
+            if error is not None:
+                raise ModelLoadError(f"checkpoint {info.name} cannot be loaded: {error}")
             return info
         if self._current is not None and self._current.info is not None:
             return self._current.info
@@ -102,13 +115,56 @@ class ModelManager:
         return items[0]
 
     def get(self, name: str | None = None) -> ModelParts:
-        """The model for ``name`` resident on the device, loading or switching if needed."""
-        info = self.resolve(name)
+        """The model for ``name`` resident on the device, loading or switching if needed. With no name, or the
+        default's (:attr:`preferred`): the resident model, else the default, else the next loadable checkpoint."""
+        if name and name != self.preferred:
+            return self._get_info(self.resolve(name))
+        with self._lock:
+            cur = self._current
+            if cur is not None and cur.info is not None and (not name or name in cur.info.aliases()):
+                return cur
+        return self._first_loadable(name)
+
+    def _get_info(self, info: CheckpointInfo) -> ModelParts:
         with self._lock:
             cur = self._current
             if cur is not None and cur.info is not None and cur.info.path.resolve() == info.path.resolve():
                 return cur
             return self._switch(info)
+
+    def _candidates(self, first: str | None) -> list[CheckpointInfo]:
+        """The default checkpoint, the resident one, then every other in order; those known to be broken left out."""
+        out: list[CheckpointInfo] = []
+        if first:
+            try:
+                out.append(self.resolve(first))
+            except ModelLoadError as exc:
+                log.warning("default checkpoint: %s", exc)
+        if self._current is not None and self._current.info is not None:
+            out.append(self._current.info)
+        out += [i for i in self.registry.list() if self.registry.error_of(i) is None]
+        unique: dict[Path, CheckpointInfo] = {}
+        for info in out:
+            unique.setdefault(info.path.resolve(), info)
+        return list(unique.values())
+
+    def _first_loadable(self, first: str | None) -> ModelParts:
+        errors: list[str] = []
+        for info in self._candidates(first):
+            try:
+                parts = self._get_info(info)
+            except ModelLoadError as exc:
+                errors.append(str(exc))
+                log.warning("%s; trying the next checkpoint", exc)
+                continue
+            if errors:
+                log.warning("loaded %s instead of the default checkpoint, which cannot be loaded", info.title)
+            return parts
+        if errors:
+            raise ModelLoadError("no checkpoint can be loaded: " + "; ".join(errors))
+        if first:
+            raise ModelLoadError(f"checkpoint not found: {first!r}")
+        raise ModelLoadError("no checkpoints found: put a .safetensors model in models/Stable-diffusion")
 
     def load_path(self, path: Path, config: Path | None = None) -> ModelParts:
         """Make the checkpoint at ``path`` current, with an optional model config (``.yaml`` or diffusers folder)."""
@@ -142,9 +198,20 @@ class ModelManager:
         return parts
 
     def _load(self, info: CheckpointInfo) -> ModelParts:
+        """Load ``info``; a file that cannot be loaded (not out of memory) is remembered as broken in the registry
+        and reported as a :class:`ModelLoadError` naming it."""
         start = time.monotonic()
-        self.registry.ensure_hash(info)
-        parts = self._loader(info, self.config.dtype, self._config_overrides.get(info.path.resolve()))
+        try:
+            self.registry.ensure_hash(info)
+            parts = self._loader(info, self.config.dtype, self._config_overrides.get(info.path.resolve()))
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+            message = broken_message(info, exc)
+            self.registry.mark_broken(info, message)
+            if isinstance(exc, ModelLoadError) and info.name in str(exc):
+                raise
+            raise ModelLoadError(f"checkpoint {info.name} cannot be loaded: {message}") from exc
         self.load_count += 1
         self.last_load_seconds = time.monotonic() - start
         log.info("loaded %s (%s) in %.1fs", info.title, parts.family.label, self.last_load_seconds)

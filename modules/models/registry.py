@@ -77,6 +77,7 @@ class CheckpointRegistry:
         self.hash_cache = hash_cache
         self._lock = threading.Lock()
         self._items: list[CheckpointInfo] = []
+        self._broken: dict[Path, tuple[tuple[int, int], str]] = {}  # path -> (size and mtime then, the error)
         self.refresh()
 
     def refresh(self) -> list[CheckpointInfo]:
@@ -96,6 +97,20 @@ class CheckpointRegistry:
     def list(self) -> list[CheckpointInfo]:
         with self._lock:
             return list(self._items)
+
+    def mark_broken(self, info: CheckpointInfo, error: str) -> None:
+        """Remember that ``info`` failed to load with ``error`` (until the file changes)."""
+        log.warning("checkpoint %s cannot be loaded: %s", info.name, error)
+        with self._lock:
+            self._broken[info.path.resolve()] = (_stamp(info.path), error)
+
+    def error_of(self, info: CheckpointInfo) -> str | None:
+        """Why ``info`` could not be loaded, while its file is unchanged since; ``None`` when it is not broken."""
+        with self._lock:
+            entry = self._broken.get(info.path.resolve())
+        if entry is None:
+            return None
+        return entry[1] if entry[0] == _stamp(info.path) else None
 
     def ensure_hash(self, info: CheckpointInfo) -> str:
         if info.sha256 is None:
@@ -144,6 +159,15 @@ class CheckpointRegistry:
         if path.exists():
             info.sha256 = self.hash_cache.cached(path, info.weight_files() or [path])
         return info
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """A file's size and modification time (a folder's own), to tell a replaced file from the broken one."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
 
 
 def _scan(folder: Path) -> list[CheckpointInfo]:

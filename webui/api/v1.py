@@ -17,6 +17,7 @@ from modules.app import App
 from modules.errors import WebUIError
 from modules.job_types import ImagesResult, JobSpec, ReloadModelJob, UnloadModelJob
 from modules.jobs import Job, JobState
+from modules.models.registry import CheckpointInfo
 from modules.requests import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
 from modules.styles import load_styles
 from webui.api.convert import Prepared, prepare, response_body
@@ -64,8 +65,7 @@ def build_router(app: App) -> APIRouter:
 
     @r.get("/sd-models")
     def sd_models() -> list[dict[str, Any]]:
-        return [{"title": i.title, "model_name": i.model_name, "hash": i.shorthash, "sha256": i.sha256,
-                 "filename": str(i.path), "config": None} for i in app.registry.list()]
+        return [model_entry(app, i) for i in app.registry.list()]
 
     @r.get("/samplers")
     def list_samplers() -> list[dict[str, Any]]:
@@ -157,6 +157,16 @@ def build_router(app: App) -> APIRouter:
         return await _run_in_queue(app, ReloadModelJob(), _owner(request))
 
     return r
+
+
+def model_entry(app: App, info: CheckpointInfo) -> dict[str, Any]:
+    """A1111's ``/sd-models`` entry; a checkpoint that cannot be loaded has an ``error`` key besides."""
+    out: dict[str, Any] = {"title": info.title, "model_name": info.model_name, "hash": info.shorthash,
+                           "sha256": info.sha256, "filename": str(info.path), "config": None}
+    error = app.registry.error_of(info)
+    if error is not None:
+        out["error"] = error
+    return out
 
 
 async def _generate(app: App, prepared: Prepared, owner: str | None) -> Any:

@@ -11,7 +11,7 @@ from webui.ui.common import CSS, TokenCounter, style_tag
 from webui.ui.img2img import build_img2img_tab, connect_send_to
 from webui.ui.merger import build_merger_tab
 from webui.ui.pnginfo import build_pnginfo_tab
-from webui.ui.quicksettings import build_quicksettings, checkpoint_titles
+from webui.ui.quicksettings import build_quicksettings, checkpoint_choices, checkpoint_titles
 from webui.ui.send_to import connect_pnginfo_send
 from webui.ui.settings_tab import build_settings_tab
 from webui.ui.txt2img import build_txt2img_tab, style_names
@@ -47,7 +47,8 @@ def build_ui(app: App) -> gr.Blocks:
             titles = checkpoint_titles(app)
             if current is not None and current not in titles:
                 titles = [current, *titles]
-            return [gr.update(choices=titles, value=current), gr.update(choices=style_names(app)),
+            return [gr.update(choices=checkpoint_choices(app, titles), value=current),
+                    gr.update(choices=style_names(app)),
                     app.settings["CLIP_stop_at_last_layers"], gr.update(choices=style_names(app)),
                     app.settings["CLIP_stop_at_last_layers"], *settings.handlers.component_values()]
 

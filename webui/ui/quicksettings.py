@@ -22,6 +22,15 @@ def checkpoint_titles(app: App) -> list[str]:
     return [info.title for info in app.registry.list()]
 
 
+def checkpoint_choices(app: App, titles: list[str] | None = None) -> list[tuple[str, str]]:
+    """(label, title) for the dropdown: a checkpoint that cannot be loaded is labelled "(broken: why)"."""
+    labels = {}
+    for info in app.registry.list():
+        error = app.registry.error_of(info)
+        labels[info.title] = f"{info.title} (broken: {error[:80]})" if error else info.title
+    return [(labels.get(t, t), t) for t in (titles if titles is not None else list(labels))]
+
+
 def model_status_html(app: App) -> str:
     st = app.model_status
     title = html.escape(st.title or "")
@@ -57,7 +66,7 @@ def select_checkpoint(app: App, title: str | None, user: str | None = None) -> s
 def refresh_checkpoints(app: App) -> Any:
     app.registry.refresh()
     current = app.settings["sd_model_checkpoint"] or None
-    return gr.update(choices=checkpoint_titles(app), value=current)
+    return gr.update(choices=checkpoint_choices(app), value=current)
 
 
 def tick(app: App, shown: str | None, status: str | None, notice: tuple[str, float] | None = None
@@ -69,8 +78,8 @@ def tick(app: App, shown: str | None, status: str | None, notice: tuple[str, flo
     dropdown: Any = gr.skip()
     if wanted != (shown or None) and app.model_status.state != "loading":
         titles = checkpoint_titles(app)
-        dropdown = gr.update(choices=titles if wanted in titles or wanted is None else [wanted, *titles],
-                             value=wanted)
+        shown_titles = titles if wanted in titles or wanted is None else [wanted, *titles]
+        dropdown = gr.update(choices=checkpoint_choices(app, shown_titles), value=wanted)
     now = model_status_html(app)
     return dropdown, (gr.skip() if now == status else now)
 
@@ -87,9 +96,9 @@ def build_quicksettings(app: App) -> QuickSettings:
     current = app.settings["sd_model_checkpoint"] or None
     titles = checkpoint_titles(app)
     with gr.Row(elem_id="quicksettings", equal_height=False):
-        dropdown = gr.Dropdown(label="Stable Diffusion checkpoint", choices=titles, value=current,
-                               allow_custom_value=True, elem_id="sd_model_checkpoint_dropdown", scale=0,
-                               min_width=360)
+        dropdown = gr.Dropdown(label="Stable Diffusion checkpoint", choices=checkpoint_choices(app, titles),
+                               value=current, allow_custom_value=True, elem_id="sd_model_checkpoint_dropdown",
+                               scale=0, min_width=360)
         refresh = tool_button(REFRESH, "refresh_sd_model_checkpoint")
         status = gr.HTML(model_status_html(app), elem_id="sd_model_status", scale=1, min_width=240)
     timer = gr.Timer(STATUS_SECONDS)

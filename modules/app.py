@@ -114,7 +114,7 @@ class App:
             wanted = self.options.ckpt or self.settings["sd_model_checkpoint"] or None
             if self.options.ckpt:
                 self.models.allow_path(Path(self.options.ckpt))
-            self.models.preferred = wanted  # when it cannot be loaded, the next loadable checkpoint is
+            self.models.preferred = wanted  # when it cannot be loaded, the next loadable checkpoint is used
             if wanted or self.registry.list():
                 self.queue.submit(LoadModelJob(wanted))
 

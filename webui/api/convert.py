@@ -73,17 +73,7 @@ def _values(app: App, body: GenerationBody, kind: str, warnings: list[str]) -> t
     if coerced.get("sd_model_checkpoint"):
         values["checkpoint"] = _resolve_checkpoint(app, coerced["sd_model_checkpoint"], None, "override_settings")
     values.update({k: v for k, v in settings_to_fields(coerced, kind).items() if k != "checkpoint"})
-    _check_setting_bounds(app, values, kind)
     return values, coerced
-
-
-def _check_setting_bounds(app: App, values: dict[str, object], kind: str) -> None:
-    """Numbers A1111 keeps in the settings (clip skip, ENSD) are held to the settings' bounds, wherever they came
-    from (an infotext too)."""
-    for p in params_for(kind):
-        option = app.settings.options.get(p.setting) if p.setting else None
-        if option is not None and p.type in (int, float) and values.get(p.field) is not None:
-            option.coerce(values[p.field])
 
 
 def _checks(body: GenerationBody, warnings: list[str]) -> None:

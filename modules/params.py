@@ -101,9 +101,10 @@ def _same(value: str | None) -> bool:
 
 
 def _schedule_label(sampler: str, schedule: str | None) -> str:
+    """What A1111 records: the chosen type, and for "Automatic" the sampler's own default when it has one."""
     spec, label = samplers.resolve_sampler(sampler, schedule)
-    if label != "Automatic" and samplers.effective_schedule(spec, label) != label:
-        return samplers.effective_schedule(spec, label)
+    if label == "Automatic" and spec.scheduler is not None:
+        return spec.default_schedule
     return label
 
 
@@ -119,9 +120,73 @@ def _w_schedule(req: GenerationRequest, _: InfotextContext) -> object:
     return _schedule_label(req.sampler_name, req.scheduler)
 
 
+def _spec(req: GenerationRequest) -> samplers.SamplerSpec:
+    return samplers.resolve_sampler(req.sampler_name, req.scheduler)[0]
+
+
+def _eta(req: GenerationRequest) -> float | None:
+    """The eta the sampler really uses (None: it takes none)."""
+    spec = _spec(req)
+    if not spec.takes_eta:
+        return None
+    if req.eta is not None:
+        return req.eta
+    return req.eta_ancestral if spec.kind == samplers.K_DIFFUSION else req.eta_ddim
+
+
 def _w_eta(req: GenerationRequest, _: InfotextContext) -> object:
-    name = samplers.resolve_sampler(req.sampler_name, req.scheduler)[0].name
-    return req.eta if req.eta is not None and name == "DDIM" and req.eta != 0 else None
+    spec, eta = _spec(req), _eta(req)
+    return Keys({spec.eta_key: eta}) if eta is not None and eta != spec.eta_default else None
+
+
+def _r_eta(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
+    for key in ("Eta", "Eta DDIM"):
+        if key in written and key in p:
+            return {"eta": p[key]}
+    return {}
+
+
+def _w_ensd(req: GenerationRequest, _: InfotextContext) -> object:
+    uses = _spec(req).uses_ensd and _eta(req) != 0
+    return req.eta_noise_seed_delta if req.eta_noise_seed_delta != 0 and uses else None
+
+
+_SIGMA_DEFAULTS: Final = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0}
+
+
+def _w_sigma(name: str) -> Writer:
+    """``Sigma churn`` and its kin: written for the samplers that take them, when not the default."""
+    def writer(req: GenerationRequest, _: InfotextContext) -> object:
+        value = getattr(req, name) or 0.0
+        return value if name in _spec(req).extra and value != _SIGMA_DEFAULTS[name] else None
+
+    return writer
+
+
+def _k_schedule(req: GenerationRequest) -> str | None:
+    """The schedule type a k-diffusion sampler really runs (None for the timestep samplers)."""
+    spec = _spec(req)
+    if spec.kind != samplers.K_DIFFUSION:
+        return None
+    return samplers.effective_schedule(spec, _schedule_label(req.sampler_name, req.scheduler))
+
+
+def _w_schedule_override(name: str) -> Writer:
+    def writer(req: GenerationRequest, _: InfotextContext) -> object:
+        value = getattr(req, name)
+        return value if value != 0 and _k_schedule(req) not in (None, "Uniform") else None
+
+    return writer
+
+
+def _w_beta(name: str) -> Writer:
+    return lambda req, _ctx: getattr(req, name) if _k_schedule(req) == "Beta" else None
+
+
+def _w_discard(req: GenerationRequest, _: InfotextContext) -> object:
+    spec = _spec(req)
+    keep = req.always_discard_next_to_last_sigma and spec.kind == samplers.K_DIFFUSION
+    return True if keep and not spec.discard_penultimate else None
 
 
 def _w_denoising(req: GenerationRequest, _: InfotextContext) -> object:
@@ -272,14 +337,35 @@ PARAMS: tuple[Param, ...] = (
     Param("clip_skip", int, "Clip skip", write=_when(lambda r: r.clip_skip > 1)("clip_skip"),
           read=_r_or("Clip skip", "clip_skip", 1), api=(),
           setting="CLIP_stop_at_last_layers", label="Clip skip", axis="Clip skip"),
-    Param("eta_noise_seed_delta", int, "ENSD", write=_when(lambda r: r.eta_noise_seed_delta != 0)(
-        "eta_noise_seed_delta"), api=(), setting="eta_noise_seed_delta", label="Eta noise seed delta"),
+    Param("eta_noise_seed_delta", int, "ENSD", write=_w_ensd, api=(), setting="eta_noise_seed_delta",
+          label="Eta noise seed delta"),
     Param("randn_source", str, "RNG", write=_when(lambda r: r.randn_source != "GPU")("randn_source"),
           read=_r_or("RNG", "randn_source", "GPU"), api=(),
           setting="randn_source", label="Random number generator source", axis="RNG source",
-          choices=lambda: ("CPU", "GPU")),
+          choices=lambda: ("GPU", "CPU", "NV")),
     Param("tiling", bool, "Tiling", write=_when(lambda r: r.tiling)("tiling"), api_default=False, label="Tiling"),
-    Param("eta", float, "Eta", write=_w_eta, label="Eta", axis="Eta", nullable=True, cli="--ddim_eta"),
+    Param("eta", float, "Eta", write=_w_eta, read=_r_eta, label="Eta", axis="Eta", nullable=True, cli="--ddim_eta"),
+    Param("eta_ancestral", float, api=(), setting="eta_ancestral", label="Eta for k-diffusion samplers"),
+    Param("eta_ddim", float, api=(), setting="eta_ddim", label="Eta for DDIM"),
+    Param("s_min_uncond", float, "NGMS", write=_when(lambda r: r.s_min_uncond > 0)("s_min_uncond"), api_default=0.0,
+          setting="s_min_uncond", label="Negative Guidance minimum sigma"),
+    Param("sigma_min", float, "Schedule min sigma", write=_w_schedule_override("sigma_min"), api=(),
+          setting="sigma_min", label="sigma min", axis="Schedule min sigma"),
+    Param("sigma_max", float, "Schedule max sigma", write=_w_schedule_override("sigma_max"), api=(),
+          setting="sigma_max", label="sigma max", axis="Schedule max sigma"),
+    Param("rho", float, "Schedule rho", write=_w_schedule_override("rho"), api=(), setting="rho", label="rho",
+          axis="Schedule rho"),
+    Param("beta_dist_alpha", float, "Beta schedule alpha", write=_w_beta("beta_dist_alpha"), api=(),
+          setting="beta_dist_alpha", label="Beta scheduler - alpha"),
+    Param("beta_dist_beta", float, "Beta schedule beta", write=_w_beta("beta_dist_beta"), api=(),
+          setting="beta_dist_beta", label="Beta scheduler - beta"),
+    Param("use_old_karras_scheduler_sigmas", bool, api=(), setting="use_old_karras_scheduler_sigmas",
+          label="Use old karras scheduler sigmas (0.1 to 10)"),
+    Param("always_discard_next_to_last_sigma", bool, "Discard penultimate sigma", write=_w_discard, api=(),
+          setting="always_discard_next_to_last_sigma", label="Always discard next-to-last sigma"),
+    Param("sgm_noise_multiplier", bool, "SGM noise multiplier",
+          write=_when(lambda r: r.sgm_noise_multiplier)("sgm_noise_multiplier"), api=(),
+          setting="sgm_noise_multiplier", label="SGM noise multiplier"),
     # hires fix (txt2img)
     Param("enable_hr", bool, read=_r_enable_hr, api_default=False, label="Hires. fix", scope=TXT2IMG),
     Param("hr_scale", float, "Hires upscale", write=_hires(lambda r: r.hr_scale if _by_scale(r) else None),
@@ -339,10 +425,14 @@ PARAMS: tuple[Param, ...] = (
     Param("batch_size", int, api_default=1, label="Batch size", cli="--n_samples"),
     Param("n_iter", int, api_default=1, label="Batch count"),
     Param("restore_faces", bool, api_default=False, label="Restore faces", axis="Face restore"),
-    Param("s_churn", float, api_default=0.0, label="Sigma churn", axis="Sigma Churn"),
-    Param("s_tmin", float, api_default=0.0, label="Sigma tmin", axis="Sigma min"),
-    Param("s_tmax", float, label="Sigma tmax", axis="Sigma max", nullable=True),
-    Param("s_noise", float, api_default=1.0, label="Sigma noise", axis="Sigma noise"),
+    Param("s_churn", float, "Sigma churn", write=_w_sigma("s_churn"), api_default=0.0, label="Sigma churn",
+          axis="Sigma Churn"),
+    Param("s_tmin", float, "Sigma tmin", write=_w_sigma("s_tmin"), api_default=0.0, label="Sigma tmin",
+          axis="Sigma min"),
+    Param("s_tmax", float, "Sigma tmax", write=_w_sigma("s_tmax"), label="Sigma tmax", axis="Sigma max",
+          nullable=True),
+    Param("s_noise", float, "Sigma noise", write=_w_sigma("s_noise"), api_default=1.0, label="Sigma noise",
+          axis="Sigma noise"),
 )
 
 # request fields that are not parameters: the images of an img2img request and a bound set by the server

@@ -7,6 +7,7 @@ edge, with short messages naming the field.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -66,9 +67,20 @@ class GenerationRequest:
     s_tmin: float = 0.0
     s_tmax: float | None = None
     s_noise: float = 1.0
+    s_min_uncond: float = 0.0
+    eta_ancestral: float = 1.0  # eta when the request has none: k-diffusion samplers ...
+    eta_ddim: float = 0.0  # ... and the timestep samplers
+    sigma_min: float = 0.0  # schedule overrides; 0 = the model's
+    sigma_max: float = 0.0
+    rho: float = 0.0
+    beta_dist_alpha: float = 0.6
+    beta_dist_beta: float = 0.6
+    use_old_karras_scheduler_sigmas: bool = False
+    always_discard_next_to_last_sigma: bool = False
+    sgm_noise_multiplier: bool = False
     clip_skip: int = 1
     eta_noise_seed_delta: int = 0
-    randn_source: str = "CPU"
+    randn_source: str = "GPU"
     checkpoint: str | None = None
     vae: str | None = None  # a file in models/VAE, "Automatic" (None) or "None" (the checkpoint's own)
     # hires fix
@@ -146,7 +158,15 @@ def validate(req: GenerationRequest, limits: Limits = Limits()) -> None:
         _check(value <= 0 or limits.min_size <= value <= limits.max_size, name,
                f"must be 0 (off) or between {limits.min_size} and {limits.max_size}")
     _check(1 <= req.clip_skip <= 12, "clip_skip", "must be between 1 and 12")
-    _check(req.randn_source in ("CPU", "GPU"), "randn_source", "must be CPU or GPU")
+    _check(req.randn_source in ("GPU", "CPU", "NV"), "randn_source", "must be GPU, CPU or NV")
+    for name in ("s_min_uncond", "sigma_min", "sigma_max", "rho"):
+        _check(math.isfinite(getattr(req, name)) and 0 <= getattr(req, name) <= 1000, name,
+               "must be between 0 and 1000")
+    for name in ("beta_dist_alpha", "beta_dist_beta"):
+        _check(math.isfinite(getattr(req, name)) and 0.01 <= getattr(req, name) <= 100, name,
+               "must be between 0.01 and 100")
+    for name in ("eta_ancestral", "eta_ddim"):
+        _check(math.isfinite(getattr(req, name)) and 0 <= getattr(req, name) <= 1, name, "must be between 0 and 1")
     _check(0 <= req.eta_noise_seed_delta <= 2**31 - 1, "eta_noise_seed_delta", "must be between 0 and 2147483647")
     _check(req.eta is None or 0 <= req.eta <= 1, "eta", "must be between 0 and 1")
     _check(req.s_noise >= 0 and req.s_churn >= 0 and req.s_tmin >= 0, "s_noise", "sampler parameters must be >= 0")

@@ -1,124 +1,110 @@
-"""A1111's sampler and schedule-type names mapped onto diffusers schedulers (no sampler maths of our own).
+"""A1111's sampler list: names, aliases, and the options A1111 gives each sampler (default schedule type, dropped
+next-to-last sigma, Brownian noise, ENSD, which of eta / churn / s_noise it takes).
 
 A1111 1.9+ names a sampler ("DPM++ 2M") and a schedule type ("Karras") separately; older combined names such as
-"DPM++ 2M Karras" are split. Each sampler has the default schedule A1111 gives it, used for "Automatic".
+"DPM++ 2M Karras" are split. The maths lives in :mod:`modules.sampling`; this module only describes.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from modules.errors import ValidationError
+from modules.sampling import schedules
 
-if TYPE_CHECKING:
-    from diffusers import SchedulerMixin
+K_DIFFUSION: Final = "k-diffusion"
+TIMESTEPS: Final = "timesteps"
+LCM: Final = "lcm"
+
+_CHURN: Final = frozenset({"s_churn", "s_tmin", "s_tmax", "s_noise"})
+_NOISE: Final = frozenset({"s_noise"})
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
+    """One of A1111's samplers.
+
+    ``kind`` says how it runs (sigma-space k-diffusion sampler, timestep sampler, LCM); ``function`` names the
+    implementation; ``scheduler`` is the schedule type "Automatic" means for it (None: the model's own table,
+    stepped uniformly); ``extra`` the churn / noise options A1111 passes to it; ``takes_eta`` whether it has eta.
+    """
+
     name: str
-    cls_name: str
+    function: str
     aliases: tuple[str, ...] = ()
-    options: Mapping[str, Any] = field(default_factory=dict)
-    default_schedule: str = "Uniform"
-    spacing: str = "linspace"  # timestep spacing A1111's implementation of this sampler uses for "Uniform"
-    seeded_tree: bool = False  # Brownian-tree noise, seeded through the scheduler config
+    kind: str = K_DIFFUSION
+    scheduler: str | None = None
+    discard_penultimate: bool = False
+    brownian_noise: bool = False
+    uses_ensd: bool = False
+    second_order: bool = False
+    solver_type: str | None = None
+    extra: frozenset[str] = frozenset()
+    takes_eta: bool = False
 
     @property
-    def scheduler_cls(self) -> type[SchedulerMixin]:
-        import diffusers
+    def default_schedule(self) -> str:
+        """The label of the schedule type "Automatic" gives this sampler."""
+        if self.scheduler is None:
+            return "Uniform"
+        return schedules.find_schedule(self.scheduler).label
 
-        cls = getattr(diffusers, self.cls_name)
-        if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-            raise TypeError(f"diffusers.{self.cls_name} is not a scheduler")
-        return cls
+    @property
+    def eta_setting(self) -> str:
+        """The option that supplies eta when a request leaves it out (and the infotext key when it differs)."""
+        return "eta_ancestral" if self.kind == K_DIFFUSION else "eta_ddim"
+
+    @property
+    def eta_default(self) -> float:
+        return 1.0 if self.kind == K_DIFFUSION else 0.0
+
+    @property
+    def eta_key(self) -> str:
+        return "Eta" if self.kind == K_DIFFUSION else "Eta DDIM"
+
+    def model_calls_per_step(self) -> int:
+        return 2 if self.second_order else 1
 
 
-_DPM = "DPMSolverMultistepScheduler"
 SAMPLERS: tuple[SamplerSpec, ...] = (
-    SamplerSpec("DPM++ 2M", _DPM, ("k_dpmpp_2m",), {"algorithm_type": "dpmsolver++", "solver_order": 2}, "Karras"),
-    SamplerSpec("DPM++ SDE", "DPMSolverSDEScheduler", ("k_dpmpp_sde",), {}, "Karras", seeded_tree=True),
-    SamplerSpec("DPM++ 2M SDE", _DPM, ("k_dpmpp_2m_sde",),
-                {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, "Exponential"),
-    SamplerSpec("DPM++ 2M SDE Heun", _DPM, ("k_dpmpp_2m_sde_heun",),
-                {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"}, "Exponential"),
-    SamplerSpec("DPM++ 2S a", "DPMSolverSinglestepScheduler", ("k_dpmpp_2s_a",),
-                {"algorithm_type": "dpmsolver++", "solver_order": 2}, "Karras"),
-    SamplerSpec("DPM++ 3M SDE", _DPM, ("k_dpmpp_3m_sde",),
-                {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, "Exponential"),
-    SamplerSpec("Euler a", "EulerAncestralDiscreteScheduler", ("k_euler_a", "k_euler_ancestral")),
-    SamplerSpec("Euler", "EulerDiscreteScheduler", ("k_euler",)),
-    SamplerSpec("LMS", "LMSDiscreteScheduler", ("k_lms",)),
-    SamplerSpec("Heun", "HeunDiscreteScheduler", ("k_heun",)),
-    SamplerSpec("DPM2", "KDPM2DiscreteScheduler", ("k_dpm_2",), {}, "Karras"),
-    SamplerSpec("DPM2 a", "KDPM2AncestralDiscreteScheduler", ("k_dpm_2_a",), {}, "Karras"),
-    SamplerSpec("DDIM", "DDIMScheduler", ("ddim",), {}, "Uniform", spacing="leading"),
-    SamplerSpec("PLMS", "PNDMScheduler", ("plms",), {"skip_prk_steps": True}, "Uniform", spacing="leading"),
-    SamplerSpec("UniPC", "UniPCMultistepScheduler", ("unipc",)),
-    SamplerSpec("LCM", "LCMScheduler", ("k_lcm", "lcm"), {}, "Uniform", spacing="leading"),
+    SamplerSpec("DPM++ 2M", "dpmpp_2m", ("k_dpmpp_2m",), scheduler="karras"),
+    SamplerSpec("DPM++ SDE", "dpmpp_sde", ("k_dpmpp_sde",), scheduler="karras", second_order=True,
+                brownian_noise=True, extra=_NOISE, takes_eta=True),
+    SamplerSpec("DPM++ 2M SDE", "dpmpp_2m_sde", ("k_dpmpp_2m_sde",), scheduler="exponential", brownian_noise=True,
+                extra=_NOISE, takes_eta=True),
+    SamplerSpec("DPM++ 2M SDE Heun", "dpmpp_2m_sde", ("k_dpmpp_2m_sde_heun",), scheduler="exponential",
+                brownian_noise=True, solver_type="heun", extra=_NOISE, takes_eta=True),
+    SamplerSpec("DPM++ 2S a", "dpmpp_2s_ancestral", ("k_dpmpp_2s_a",), scheduler="karras", uses_ensd=True,
+                second_order=True, extra=_NOISE, takes_eta=True),
+    SamplerSpec("DPM++ 3M SDE", "dpmpp_3m_sde", ("k_dpmpp_3m_sde",), scheduler="exponential",
+                discard_penultimate=True, brownian_noise=True, extra=_NOISE, takes_eta=True),
+    SamplerSpec("Euler a", "euler_ancestral", ("k_euler_a", "k_euler_ancestral"), uses_ensd=True, takes_eta=True),
+    SamplerSpec("Euler", "euler", ("k_euler",), extra=_CHURN),
+    SamplerSpec("LMS", "lms", ("k_lms",)),
+    SamplerSpec("Heun", "heun", ("k_heun",), second_order=True, extra=_CHURN),
+    SamplerSpec("DPM2", "dpm_2", ("k_dpm_2",), scheduler="karras", discard_penultimate=True, second_order=True,
+                extra=_CHURN),
+    SamplerSpec("DPM2 a", "dpm_2_ancestral", ("k_dpm_2_a",), scheduler="karras", discard_penultimate=True,
+                uses_ensd=True, second_order=True, extra=_NOISE, takes_eta=True),
+    SamplerSpec("DPM fast", "dpm_fast", ("k_dpm_fast",), uses_ensd=True, extra=_NOISE, takes_eta=True),
+    SamplerSpec("DPM adaptive", "dpm_adaptive", ("k_dpm_ad",), uses_ensd=True, takes_eta=True),
+    SamplerSpec("Restart", "restart", ("restart",), scheduler="karras", second_order=True),
+    SamplerSpec("DDIM", "ddim", ("ddim",), kind=TIMESTEPS, takes_eta=True),
+    SamplerSpec("DDIM CFG++", "ddim_cfgpp", ("ddim_cfgpp",), kind=TIMESTEPS),
+    SamplerSpec("PLMS", "plms", ("plms",), kind=TIMESTEPS),
+    SamplerSpec("UniPC", "unipc", ("unipc",), kind=TIMESTEPS),
+    SamplerSpec("LCM", "lcm", ("k_lcm",), kind=LCM),
 )
-
-
-@dataclass(frozen=True)
-class ScheduleSpec:
-    label: str
-    name: str
-    aliases: tuple[str, ...] = ()
-    flag: str | None = None  # the diffusers constructor flag that selects these sigmas
-    spacing: str | None = None  # or the timestep spacing that gives this schedule
-
-
-SCHEDULES: tuple[ScheduleSpec, ...] = (
-    ScheduleSpec("Automatic", "automatic"),
-    ScheduleSpec("Uniform", "uniform"),
-    ScheduleSpec("Karras", "karras", flag="use_karras_sigmas"),
-    ScheduleSpec("Exponential", "exponential", flag="use_exponential_sigmas"),
-    ScheduleSpec("SGM Uniform", "sgm_uniform", ("SGMUniform",), spacing="trailing"),
-    ScheduleSpec("Beta", "beta", flag="use_beta_sigmas"),
-    ScheduleSpec("DDIM", "ddim", spacing="leading"),
-)
-
-
-@functools.cache
-def _params(fn: Callable[..., Any]) -> frozenset[str]:
-    return frozenset(inspect.signature(fn).parameters)
-
-
-def _init_params(cls: type[Any]) -> frozenset[str]:
-    return _params(cls.__init__)
-
-
-def step_params(cls: type[Any]) -> frozenset[str]:
-    """The keyword arguments ``cls.step`` accepts."""
-    return _params(cls.step)
 
 
 def _key(text: str) -> str:
     return text.strip().lower()
 
 
-def _index() -> dict[str, SamplerSpec]:
-    out: dict[str, SamplerSpec] = {}
-    for spec in SAMPLERS:
-        for n in (spec.name, *spec.aliases):
-            out[_key(n)] = spec
-    return out
-
-
-def _schedule_index() -> dict[str, ScheduleSpec]:
-    out: dict[str, ScheduleSpec] = {}
-    for spec in SCHEDULES:
-        for n in (spec.label, spec.name, *spec.aliases):
-            out[_key(n)] = spec
-    return out
-
-
-_SAMPLER_INDEX = _index()
-_SCHEDULE_INDEX = _schedule_index()
+_SAMPLER_INDEX: Final = {_key(n): s for s in SAMPLERS for n in (s.name, *s.aliases)}
+_SCHEDULE_INDEX: Final = {_key(n): t.label for t in schedules.SCHEDULE_TYPES for n in (t.name, t.label, *t.aliases)}
+_SCHEDULE_INDEX["automatic"] = schedules.AUTOMATIC
 
 
 def sampler_names() -> list[str]:
@@ -126,18 +112,23 @@ def sampler_names() -> list[str]:
 
 
 def schedule_labels() -> list[str]:
-    return [s.label for s in SCHEDULES]
+    return schedules.schedule_labels()
+
+
+def find(name: str) -> SamplerSpec:
+    """The sampler called ``name`` (A1111's label or alias); KeyError for an unknown one."""
+    return _SAMPLER_INDEX[_key(name)]
 
 
 def split_legacy_name(name: str) -> tuple[str, str | None]:
     """"DPM++ 2M Karras" -> ("DPM++ 2M", "Karras"); names that are already plain come back unchanged."""
     if _key(name) in _SAMPLER_INDEX:
         return name, None
-    for spec in SCHEDULES:
-        for label in (spec.label, *spec.aliases):
+    for schedule in schedules.SCHEDULE_TYPES:
+        for label in (schedule.label, *schedule.aliases):
             suffix = " " + label.lower()
             if name.lower().endswith(suffix) and _key(name[: -len(suffix)]) in _SAMPLER_INDEX:
-                return name[: -len(suffix)].strip(), spec.label
+                return name[: -len(suffix)].strip(), schedule.label
     return name, None
 
 
@@ -150,75 +141,52 @@ def resolve_sampler(name: str | None, schedule: str | None = None, field_name: s
         raise ValidationError(
             f"{field_name}: unknown sampler {name!r}; valid samplers: {', '.join(sampler_names())}",
             field=field_name)
-    wanted = schedule if schedule not in (None, "") else (legacy_schedule or "Automatic")
+    wanted = schedule if schedule not in (None, "") else (legacy_schedule or schedules.AUTOMATIC)
     if legacy_schedule and _key(wanted) == "automatic":
         wanted = legacy_schedule
-    sched = _SCHEDULE_INDEX.get(_key(wanted))
-    if sched is None:
+    label = _SCHEDULE_INDEX.get(_key(wanted))
+    if label is None:
         field_sched = "hr_scheduler" if field_name.startswith("hr_") else "scheduler"
         raise ValidationError(
             f"{field_sched}: unknown schedule type {wanted!r}; valid schedule types: "
             f"{', '.join(schedule_labels())}", field=field_sched)
-    return spec, sched.label
-
-
-def supported_schedules(spec: SamplerSpec) -> list[str]:
-    params = _init_params(spec.scheduler_cls)
-    out = ["Automatic"]
-    for sched in SCHEDULES[1:]:
-        if sched.flag and sched.flag in params:
-            out.append(sched.label)
-        elif sched.flag is None and ("timestep_spacing" in params or sched.label == "Uniform"):
-            out.append(sched.label)
-    return out
+    return spec, label
 
 
 def effective_schedule(spec: SamplerSpec, schedule: str) -> str:
-    """The schedule that will really run: "Automatic" becomes the sampler's default; an unsupported one, Uniform."""
-    label = spec.default_schedule if schedule == "Automatic" else schedule
-    return label if label in supported_schedules(spec) else "Uniform"
+    """The schedule type that really runs: "Automatic" becomes the sampler's default. Timestep samplers and LCM
+    step through their own timesteps whatever the schedule type."""
+    return spec.default_schedule if schedule == schedules.AUTOMATIC else schedule
 
 
-def build_scheduler(spec: SamplerSpec, schedule: str, base_config: Mapping[str, Any], prediction_type: str,
-                    seed: int | None = None) -> Any:
-    """A diffusers scheduler for ``spec`` with ``schedule`` applied, from the model's scheduler config."""
-    cls = spec.scheduler_cls
-    params = _init_params(cls)
-    label = effective_schedule(spec, schedule)
-    sched = _SCHEDULE_INDEX[_key(label)]
-    overrides: dict[str, Any] = dict(spec.options)
-    overrides["prediction_type"] = prediction_type
-    for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
-        if flag in params:
-            overrides[flag] = flag == sched.flag
-    if "timestep_spacing" in params:
-        overrides["timestep_spacing"] = sched.spacing or spec.spacing
-    if spec.seeded_tree and seed is not None and "noise_sampler_seed" in params:
-        overrides["noise_sampler_seed"] = int(seed)
-    config = {k: v for k, v in base_config.items() if not k.startswith("_")}
-    config.update(overrides)
-    return cls.from_config(config)
-
-
-def step_kwargs(scheduler: Any, eta: float | None, churn: Mapping[str, float]) -> dict[str, Any]:
-    """Keyword arguments of ``scheduler.step`` for eta and Euler/Heun churn, where the sampler has them."""
-    params = step_params(type(scheduler))
-    out: dict[str, Any] = {}
-    if eta is not None and "eta" in params:
-        out["eta"] = float(eta)
-    for key, value in churn.items():
-        if key in params:
-            out[key] = float(value)
-    return out
+def schedule_name(spec: SamplerSpec, schedule: str) -> str:
+    """The internal name of the schedule type that runs (``uniform`` for the model's own table)."""
+    return schedules.find_schedule(effective_schedule(spec, schedule)).name
 
 
 def samplers_api_list() -> list[dict[str, Any]]:
-    """``GET /sdapi/v1/samplers`` entries as A1111 returns them."""
-    return [{"name": s.name, "aliases": list(s.aliases), "options": {"scheduler": s.default_schedule.lower()}
-             if s.default_schedule != "Uniform" else {}} for s in SAMPLERS]
+    """``GET /sdapi/v1/samplers`` entries as A1111 returns them (its options, values as strings)."""
+    out = []
+    for s in SAMPLERS:
+        options: dict[str, Any] = {}
+        if s.scheduler:
+            options["scheduler"] = s.scheduler
+        for flag, value in (("second_order", s.second_order), ("brownian_noise", s.brownian_noise),
+                            ("uses_ensd", s.uses_ensd), ("discard_next_to_last_sigma", s.discard_penultimate)):
+            if value:
+                options[flag] = "True"
+        if s.solver_type:
+            options["solver_type"] = s.solver_type
+        out.append({"name": s.name, "aliases": list(s.aliases), "options": options})
+    return out
 
 
 def schedulers_api_list() -> list[dict[str, Any]]:
-    """``GET /sdapi/v1/schedulers`` entries as A1111 returns them."""
-    return [{"name": s.name, "label": s.label, "aliases": list(s.aliases) or None, "default_rho": -1,
-             "need_inner_model": False} for s in SCHEDULES]
+    """``GET /sdapi/v1/schedulers`` entries as A1111 returns them, "Automatic" first."""
+    out: list[dict[str, Any]] = [{"name": "automatic", "label": schedules.AUTOMATIC, "aliases": None,
+                                  "default_rho": -1.0, "need_inner_model": False}]
+    for s in schedules.SCHEDULE_TYPES:
+        out.append({"name": s.name, "label": s.label, "aliases": list(s.aliases) or None,
+                    "default_rho": float(s.default_rho) if s.default_rho is not None else -1.0,
+                    "need_inner_model": s.needs_table})
+    return out

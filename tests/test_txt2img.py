@@ -107,14 +107,17 @@ def test_every_schedule_type_runs(sd1_engine, schedule):
 
 
 def test_schedules_change_the_sigmas():
+    from modules.generation.passes import get_sigmas
+    from modules.sampling.schedules import ScheduleOptions, SigmaTable, scaled_linear_alphas_cumprod
+
     spec, _ = samplers.resolve_sampler("Euler")
-    base = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
-    sigmas = {}
-    for label in ("Uniform", "Karras", "Exponential", "SGM Uniform"):
-        s = samplers.build_scheduler(spec, label, base, "epsilon")
-        s.set_timesteps(10)
-        sigmas[label] = s.sigmas.numpy().round(4).tolist()
-    assert len({tuple(v) for v in sigmas.values()}) == 4
+    table = SigmaTable.from_alphas_cumprod(scaled_linear_alphas_cumprod())
+    labels = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "KL Optimal", "Align Your Steps",
+              "Beta")
+    sigmas = {label: tuple(get_sigmas(spec, label, 10, table, ScheduleOptions(), False).numpy().round(4).tolist())
+              for label in labels}
+    assert len(set(sigmas.values())) == len(sigmas) - 1  # every type differs; Automatic is Euler's Uniform
+    assert sigmas["Automatic"] == sigmas["Uniform"]
 
 
 def test_legacy_and_alias_names():
@@ -130,10 +133,12 @@ def test_legacy_and_alias_names():
         samplers.resolve_sampler("Euler", "wobbly")
 
 
-def test_unsupported_schedule_falls_back_and_says_so(sd1_engine):
-    job = sd1_engine.txt2img(GenerationRequest(prompt="x", seed=1, sampler_name="Euler a", scheduler="Karras",
-                                               **SMALL))
-    assert "Schedule type: Uniform," in job.result.infotexts[0]
+def test_every_schedule_type_runs_with_every_k_sampler_and_is_recorded(sd1_engine):
+    req = GenerationRequest(prompt="x", seed=1, sampler_name="Euler a", **SMALL)
+    base = _pixels(sd1_engine.txt2img(req).result.images[0])
+    job = sd1_engine.txt2img(req.replace(scheduler="Karras"))
+    assert "Schedule type: Karras," in job.result.infotexts[0]
+    assert not np.array_equal(base, _pixels(job.result.images[0]))
 
 
 def test_eta_is_honoured_by_ddim(sd1_engine):
@@ -254,7 +259,7 @@ def test_infotext_exact_format(sd1_engine):
         "a red fox, (snow:1.2)\n"
         "Negative prompt: lowres\n"
         f"Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 64x64, "
-        f"Model hash: {info.shorthash}, Model: tiny-sd1, RNG: CPU, Version: sdwebui 0.1.0"
+        f"Model hash: {info.shorthash}, Model: tiny-sd1, Version: sdwebui 0.1.0"
     )
 
 

@@ -1,7 +1,13 @@
-"""The sampling loop: a diffusers scheduler stepping the UNet with classifier-free guidance.
+"""The denoiser the samplers call: a diffusers UNet seen in sigma space, with A1111's classifier-free guidance.
 
-Guidance follows A1111: every ``AND`` part of every image and the negative prompt are evaluated (in as few UNet
-calls as their token lengths allow) and combined as ``uncond + sum(w * cfg * (cond - uncond))``.
+:class:`ModelDenoiser` turns the UNet's noise (or v) prediction into an estimate of the clean latent at a noise level
+sigma (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models": D(x; sigma) with the
+c_in / c_out / c_skip scalings of an epsilon or a v model, over the model's discrete sigma table).
+
+:class:`CFGDenoiser` batches every ``AND`` part of every image with the negative prompts, as A1111 does, and combines
+``uncond + sum(w * cfg * (cond - uncond))``. It follows the prompt-editing schedules one model call at a time (A1111
+counts calls, not sampler steps), skips the negative prompt on alternate steps below ``s_min_uncond`` (NGMS), and
+blends the original latents back outside an inpainting mask after each call.
 """
 
 from __future__ import annotations
@@ -13,96 +19,136 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from modules.generation.conditioning import Cond, ImageConds, cond_at
-from modules.generation.control import JobControl
-from modules.samplers import step_params
+from modules.sampling.schedules import SigmaTable
 
 if TYPE_CHECKING:
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 Tensor = torch.Tensor
-StepCallback = Callable[[int, int, Tensor], None]
+
+
+class SamplingStopped(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised inside a model call when the job is interrupted or the image skipped."""
+
+
+def _expand(v: Tensor, ndim: int) -> Tensor:
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
 @dataclass
-class DenoiseContext:
+class ModelDenoiser:
+    """The UNet as a denoiser D(x, sigma), for a batch whose rows may carry different conditionings."""
+
     unet: UNet2DConditionModel
+    table: SigmaTable
+    v_prediction: bool = False
+    dtype: torch.dtype = torch.float32  # the UNet's, looked up once (diffusers' ``.dtype`` walks every module)
+    time_ids: Tensor | None = None  # SDXL micro-conditioning, one row per image (B, 6)
+    image_cond: Tensor | None = None  # inpainting UNets: mask and masked-image latents per image (B, 5, h, w)
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        return self.table.sigma_to_t(sigma)
+
+    def model_output(self, x_in: Tensor, t: Tensor, contexts: list[Cond], image_idx: list[int]) -> Tensor:
+        """The raw UNet output for already scaled inputs ``x_in`` (N rows) at timesteps ``t``."""
+        inp = x_in
+        if self.image_cond is not None:
+            inp = torch.cat([inp, self.image_cond[image_idx].to(inp)], dim=1)
+        context = torch.cat([c.context for c in contexts]).to(device=inp.device, dtype=self.dtype)
+        kwargs: dict[str, Any] = {}
+        if self.time_ids is not None:
+            pooled = torch.cat([c.require_pooled() for c in contexts]).to(device=inp.device, dtype=self.dtype)
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled,
+                                           "time_ids": self.time_ids[image_idx].to(device=inp.device,
+                                                                                   dtype=self.dtype)}
+        out: Tensor = self.unet(inp.to(self.dtype), t.to(inp.device), encoder_hidden_states=context,
+                                return_dict=False, **kwargs)[0]
+        return out.float()
+
+    def __call__(self, x: Tensor, sigma: Tensor, contexts: list[Cond], image_idx: list[int]) -> Tensor:
+        """D(x, sigma) for N rows: row k is image ``image_idx[k]`` conditioned on ``contexts[k]``."""
+        s = _expand(sigma, x.ndim)
+        c_in = 1 / (s**2 + 1) ** 0.5
+        out = self.model_output(x * c_in, self.sigma_to_t(sigma), contexts, image_idx)
+        if self.v_prediction:
+            return out * (-s * c_in) + x / (s**2 + 1)
+        return x - out * s
+
+
+def _pad_to(context: Tensor, length: int) -> Tensor:
+    """Pad a (1, n, dim) conditioning to ``length`` tokens by repeating its last vector (A1111's batch rule)."""
+    missing = length - context.shape[1]
+    if missing <= 0:
+        return context
+    return torch.cat([context, context[:, -1:].repeat(1, missing, 1)], dim=1)
+
+
+def _same_length(conds: list[Cond]) -> list[Cond]:
+    length = max(c.context.shape[1] for c in conds)
+    return [c if c.context.shape[1] == length else Cond(_pad_to(c.context, length), c.pooled) for c in conds]
+
+
+@dataclass
+class CFGDenoiser:
+    """A1111's classifier-free guidance around a :class:`ModelDenoiser`; call it as ``D(x, sigma)`` for the batch."""
+
+    model: ModelDenoiser
     conds: list[ImageConds]
     cfg_scale: float
-    time_ids: Tensor | None = None  # SDXL micro-conditioning (B, 6)
-    extra_channels: Tensor | None = None  # inpainting UNets: mask and masked-image latents (B, 5, h, w)
-    step_kwargs: dict[str, Any] = field(default_factory=dict)
-    dtype: torch.dtype = torch.float32  # the UNet's, looked up once (diffusers' ``.dtype`` walks every module)
+    s_min_uncond: float = 0.0
+    init_latent: Tensor | None = None  # with ``mask``: blended back after every call
+    mask: Tensor | None = None  # 1 where the image is regenerated (A1111's nmask), broadcastable to the latents
+    should_stop: Callable[[], bool] = lambda: False
+    step: int = 0  # model calls so far: the index into the prompt-editing schedules
+    last_x0: Tensor | None = None  # the first positive prompt's estimate of the last call (returned on interrupt)
+    used_ngms: bool = field(default=False, init=False)
 
+    def _skip_uncond(self, sigma: Tensor) -> bool:
+        if self.cfg_scale == 1.0 and all(len(c.positive) == 1 and c.positive[0][0] == 1.0 for c in self.conds):
+            return True  # uncond + (cond - uncond): the negative prompt cannot change the result
+        if self.s_min_uncond > 0 and self.step % 2 == 1 and float(sigma[0]) < self.s_min_uncond:
+            self.used_ngms = True
+            return True
+        return False
 
-def _unet_call(ctx: DenoiseContext, x: Tensor, t: Tensor, conds: list[Cond], image_idx: list[int]) -> Tensor:
-    unet = ctx.unet
-    dtype = ctx.dtype
-    inp = x[image_idx]
-    if ctx.extra_channels is not None:
-        inp = torch.cat([inp, ctx.extra_channels[image_idx].to(inp.dtype)], dim=1)
-    context = torch.cat([c.context for c in conds]).to(device=inp.device, dtype=dtype)
-    kwargs: dict[str, Any] = {}
-    if ctx.time_ids is not None:
-        pooled = torch.cat([c.require_pooled() for c in conds]).to(device=inp.device, dtype=dtype)
-        kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": ctx.time_ids[image_idx].to(dtype)}
-    out: Tensor = unet(inp.to(dtype), t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
-    return out.float()
-
-
-def guided_noise(ctx: DenoiseContext, x: Tensor, t: Tensor, step: int) -> Tensor:
-    """The guided model output for the batch ``x`` (already scaled by the scheduler) at sampling step ``step``."""
-    entries: list[tuple[int, float | None, Cond]] = []
-    skip_uncond = ctx.cfg_scale == 1.0
-    for i, image in enumerate(ctx.conds):
-        for weight, schedule in image.positive:
-            entries.append((i, weight, cond_at(schedule, step)))
-        if not skip_uncond:
-            entries.append((i, None, cond_at(image.negative, step)))
-    groups: dict[int, list[int]] = {}
-    for n, (_, _, cond) in enumerate(entries):
-        groups.setdefault(cond.context.shape[1], []).append(n)
-    outputs: dict[int, Tensor] = {}  # entry index -> model output
-    for members in groups.values():
-        result = _unet_call(ctx, x, t, [entries[n][2] for n in members], [entries[n][0] for n in members])
-        for k, n in enumerate(members):
-            outputs[n] = result[k]
-    guided: list[Tensor] = []
-    for i in range(len(ctx.conds)):
-        mine = [(w, outputs[n]) for n, (img, w, _) in enumerate(entries) if img == i]
-        uncond = next((o for w, o in mine if w is None), None)
-        conds = [(w, o) for w, o in mine if w is not None]
-        if uncond is None:
-            weighted = torch.zeros_like(conds[0][1])
-            for w, o in conds:
-                weighted += w * o
-            guided.append(weighted / max(sum(w for w, _ in conds), 1e-8))
-            continue
-        total = uncond.clone()
-        for w, o in conds:
-            total += w * ctx.cfg_scale * (o - uncond)
-        guided.append(total)
-    return torch.stack(guided)
-
-
-def run_steps(ctx: DenoiseContext, scheduler: Any, latents: Tensor, timesteps: Tensor, total_steps: int,
-              step_offset: int, control: JobControl, generators: list[torch.Generator] | None,
-              on_step: StepCallback | None = None, after_step: Callable[[Tensor, int], Tensor] | None = None
-              ) -> Tensor:
-    """Step ``latents`` through ``timesteps``; returns the latents reached (early if interrupted or skipped)."""
-    n = len(timesteps)
-    extra = dict(ctx.step_kwargs)
-    if generators is not None and "generator" in step_params(type(scheduler)):
-        extra["generator"] = generators if len(generators) > 1 else generators[0]
-    for i, t in enumerate(timesteps):
-        if control.should_stop():
-            break
-        step = step_offset + (i * (total_steps - step_offset)) // max(n, 1)
-        x_in = scheduler.scale_model_input(latents, t)
-        noise_pred = guided_noise(ctx, x_in, t, step)
-        latents = scheduler.step(noise_pred, t, latents, return_dict=False, **extra)[0]
-        if after_step is not None:
-            latents = after_step(latents, i)
-        if on_step is not None:
-            on_step(i + 1, n, latents)
-    return latents
-
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if self.should_stop():
+            raise SamplingStopped
+        batch = x.shape[0]
+        positive: list[Cond] = []
+        rows: list[int] = []  # image index of each positive row
+        weights: list[list[tuple[int, float]]] = []  # per image: (positive row, weight)
+        for i, image in enumerate(self.conds):
+            mine = []
+            for weight, schedule in image.positive:
+                mine.append((len(positive), weight))
+                positive.append(cond_at(schedule, self.step))
+                rows.append(i)
+            weights.append(mine)
+        positive = _same_length(positive)
+        negative = _same_length([cond_at(image.negative, self.step) for image in self.conds])
+        skip = self._skip_uncond(sigma)
+        x_rows = torch.cat([x[rows], x]) if not skip else x[rows]
+        s_rows = torch.cat([sigma[rows], sigma]) if not skip else sigma[rows]
+        images = rows + list(range(batch)) if not skip else rows
+        if skip or positive[0].context.shape[1] == negative[0].context.shape[1]:
+            out = self.model(x_rows, s_rows, positive + ([] if skip else negative), images)
+        else:  # different token lengths: the positive rows in chunks of twice the batch, then the negatives
+            parts = []
+            for a in range(0, len(positive), 2 * batch):
+                b = min(a + 2 * batch, len(positive))
+                parts.append(self.model(x_rows[a:b], s_rows[a:b], positive[a:b], rows[a:b]))
+            parts.append(self.model(x, sigma, negative, list(range(batch))))
+            out = torch.cat(parts)
+        first_rows = [mine[0][0] for mine in weights]
+        uncond = out[first_rows] if skip else out[len(positive):]
+        scale = 1.0 if skip else self.cfg_scale
+        denoised = uncond.clone()
+        for i, mine in enumerate(weights):
+            for row, weight in mine:
+                denoised[i] += (out[row] - uncond[i]) * (weight * scale)
+        if self.mask is not None and self.init_latent is not None:
+            denoised = self.init_latent * (1 - self.mask) + denoised * self.mask
+        self.last_x0 = out[first_rows]
+        self.step += 1
+        return denoised

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,7 @@ from modules.generation.conditioning import build_conditioning
 from modules.generation.control import JobControl
 from modules.generation.passes import PassSpec, full_mask_conditioning, sample_from_latents
 from modules.generation.result import GenerationResult
-from modules.generation.txt2img import churn_params
+from modules.generation.txt2img import sampling_options
 from modules.models.loader import ModelParts
 from modules.requests import Img2ImgRequest
 
@@ -35,17 +37,17 @@ def _prepare_all(req: Img2ImgRequest, count: int) -> list[image_prep.PreparedIma
     return prepared
 
 
-def _encode(parts: ModelParts, batch: list[image_prep.PreparedImage], req: Img2ImgRequest) -> Tensor:
+def _encode(parts: ModelParts, batch: list[image_prep.PreparedImage], req: Img2ImgRequest,
+            generator: torch.Generator) -> Tensor:
     if req.resize_mode == 3 and batch[0].source is not None:  # encode as is, then upscale in latent space
-        out = []
+        sources = []
         for item in batch:
             src = item.source
             assert src is not None  # every image of a job has the same resize mode
-            src = src.resize((max(8, src.width - src.width % 8), max(8, src.height - src.height % 8)))
-            z = lat.encode(parts.vae, lat.from_pil([src]))
-            out.append(F.interpolate(z, size=(req.height // 8, req.width // 8), mode="bilinear"))
-        return torch.cat(out).to(parts.device)
-    return lat.encode(parts.vae, lat.from_pil([item.image for item in batch])).to(parts.device)
+            sources.append(src.resize((max(8, src.width - src.width % 8), max(8, src.height - src.height % 8))))
+        z = lat.encode(parts.vae, lat.from_pil(sources), generator)
+        return F.interpolate(z, size=(req.height // 8, req.width // 8), mode="bilinear").to(parts.device)
+    return lat.encode(parts.vae, lat.from_pil([item.image for item in batch]), generator).to(parts.device)
 
 
 def _pixel_masks(batch: list[image_prep.PreparedImage]) -> list[Image.Image]:
@@ -64,28 +66,51 @@ def _latent_mask(batch: list[image_prep.PreparedImage], shape: torch.Size, round
     return torch.stack(masks).unsqueeze(1)
 
 
-def _inpaint_conditioning(parts: ModelParts, batch: list[image_prep.PreparedImage], mask: Tensor | None,
-                          req: Img2ImgRequest) -> Tensor | None:
-    """Extra UNet inputs of an inpainting model: the mask and the latents of the image with the mask cut out."""
+def _inpaint_conditioning(parts: ModelParts, batch: list[image_prep.PreparedImage], req: Img2ImgRequest,
+                          latent_shape: torch.Size, generator: torch.Generator) -> Tensor | None:
+    """Extra UNet inputs of an inpainting model: the (rounded) mask at latent size and the latents of the image with
+    the masked area made grey, encoded as A1111 does."""
     if not parts.is_inpaint:
         return None
-    if mask is None:
+    if batch[0].mask is None:
         return full_mask_conditioning(parts, len(batch), req.width, req.height)
     pixels = lat.from_pil([item.image for item in batch])
     full = torch.stack([torch.from_numpy(np.asarray(m.convert("L"), dtype="float32") / 255.0)
-                        for m in _pixel_masks(batch)]).unsqueeze(1).round()
-    masked = lat.encode(parts.vae, pixels * (1 - full) + 0.5 * full).to(parts.device)
-    return torch.cat([mask.to(parts.device), masked], dim=1)
+                        for m in _pixel_masks(batch)]).unsqueeze(1)
+    if req.mask_round:
+        full = full.round()
+    masked = lat.encode(parts.vae, pixels * (1 - full) + 0.5 * full, generator).to(parts.device)
+    small = F.interpolate(full, size=tuple(latent_shape[-2:])).to(parts.device)
+    return torch.cat([small.expand(masked.shape[0], -1, -1, -1), masked], dim=1)
 
 
-def _start_latents(req: Img2ImgRequest, init: Tensor, mask: Tensor | None, seed: int) -> Tensor | None:
-    """A1111's "latent noise" / "latent nothing" masked content: what the masked area starts from."""
-    if mask is None or req.inpainting_fill not in (2, 3):
-        return None
-    m = mask.to(init.device)
-    filler = torch.randn(init.shape, generator=torch.Generator().manual_seed(seed)).to(init.device) \
-        if req.inpainting_fill == 2 else torch.zeros_like(init)
-    return init * (1 - m) + filler * m
+@dataclass
+class _Init:
+    """What A1111 prepares once per job: the images, their latents, the mask and the inpainting conditioning."""
+
+    prepared: list[image_prep.PreparedImage]
+    latents: Tensor
+    mask: Tensor | None
+    image_cond: Tensor | None
+
+
+def _prepare_job(parts: ModelParts, req: Img2ImgRequest, first_seeds: list[int], last_seed: int) -> _Init:
+    prepared = _prepare_all(req, req.batch_size)
+    # A1111 samples the VAE posterior with torch's global generator, last seeded by the previous request's last
+    # image; here a generator seeded by this job's last seed, which gives A1111's result for a repeated request
+    generator = torch.Generator().manual_seed(int(last_seed))
+    init = _encode(parts, prepared, req, generator)
+    mask = _latent_mask(prepared, init.shape, req.mask_round)
+    if mask is not None:
+        m = mask.to(init.device)
+        if req.inpainting_fill == 2:  # latent noise: the first batch's seeds' noise
+            rng = make_rng(req.replace(subseed_strength=0.0, seed_resize_from_w=0, seed_resize_from_h=0), parts,
+                           first_seeds, [], req.width, req.height)
+            init = init * (1 - m) + rng.next() * m
+            generator = torch.Generator().manual_seed(int(first_seeds[-1]))
+        elif req.inpainting_fill == 3:  # latent nothing
+            init = init * (1 - m)
+    return _Init(prepared, init, mask, _inpaint_conditioning(parts, prepared, req, init.shape, generator))
 
 
 def img2img(parts: ModelParts, req: Img2ImgRequest, control: JobControl, preview_every: int = 0,
@@ -96,19 +121,19 @@ def img2img(parts: ModelParts, req: Img2ImgRequest, control: JobControl, preview
         req = req.replace(batch_size=len(req.init_images))
     spec, schedule = samplers.resolve_sampler(req.sampler_name, req.scheduler)
 
+    state: dict[str, _Init] = {}
+
     def sample(batch: Batch) -> Sampled:
         control.update(phase="encoding")
-        prepared = _prepare_all(req, req.batch_size)
-        init = _encode(parts, prepared, req)
-        mask = _latent_mask(prepared, init.shape, req.mask_round)
+        if "init" not in state:
+            state["init"] = _prepare_job(parts, req, batch.seeds, req.seed + req.image_count - 1)
+        init = state["init"]
         rng = make_rng(req, parts, batch.seeds, batch.subseeds, req.width, req.height)
         conds = build_conditioning(batch.encoder, batch.prompts.positive, batch.prompts.negative, req.steps)
-        ps = PassSpec(spec, schedule, req.steps, req.cfg_scale, conds, req.width, req.height, req.eta,
-                      churn_params(req), "sampling", preview_every, _inpaint_conditioning(parts, prepared, mask, req))
-        keep = mask if (mask is not None and not parts.is_inpaint) else None
-        latents = sample_from_latents(parts, ps, init, req.denoising_strength, rng, control,
-                                      req.initial_noise_multiplier, keep_mask=keep,
-                                      start_latents=_start_latents(req, init, mask, batch.seeds[0]))
-        return Sampled(latents, lambda k, image: image_prep.finish(image, prepared[k]))
+        ps = PassSpec(spec, schedule, req.steps, req.cfg_scale, conds, req.width, req.height, sampling_options(req),
+                      "sampling", preview_every, init.image_cond)
+        latents = sample_from_latents(parts, ps, init.latents, req.denoising_strength, rng, control,
+                                      req.initial_noise_multiplier, mask=init.mask)
+        return Sampled(latents, lambda k, image: image_prep.finish(image, init.prepared[k]))
 
     return run_batches(parts, req, control, sample, on_image)

@@ -74,24 +74,34 @@ def _decode_fp32(vae: AutoencoderKL, z: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def encode(vae: AutoencoderKL, images: Tensor) -> Tensor:
-    """Images (B, 3, H, W) in [0, 1] -> scaled latents (mean of the posterior, deterministic), float32."""
+def encode(vae: AutoencoderKL, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Images (B, 3, H, W) in [0, 1] -> scaled latents, float32.
+
+    Without ``generator`` the posterior's mean (deterministic); with one, a sample of the posterior whose noise for
+    the whole batch is one draw from ``generator`` on the CPU, as A1111 samples it (from a generator seeded per job
+    here, where A1111 uses torch's global one)."""
     scale, shift = _scale(vae)
     param = next(vae.parameters())
-    out = []
+    means, stds = [], []
     for i in range(images.shape[0]):
         x = images[i : i + 1].to(device=param.device, dtype=param.dtype) * 2 - 1
         dist = vae.encode(x, return_dict=False)[0]
-        z: Tensor = dist.mode()
-        if not torch.isfinite(z).all() and param.dtype != torch.float32:
+        if not torch.isfinite(dist.mean).all() and param.dtype != torch.float32:
             with _in_float32(vae):
-                z = vae.encode(x.float(), return_dict=False)[0].mode()
-        out.append((z.float() - shift) * scale)
-    return torch.cat(out)
+                dist = vae.encode(x.float(), return_dict=False)[0]
+        means.append(dist.mean.float())
+        stds.append(dist.std.float())
+    mean = torch.cat(means)
+    z = mean
+    if generator is not None:
+        eps = torch.randn(tuple(mean.shape), generator=generator, dtype=torch.float32).to(mean.device)
+        z = mean + torch.cat(stds) * eps
+    return (z - shift) * scale
 
 
 def to_pil(images: Tensor) -> list[Image.Image]:
-    arr = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    """Images in [0, 1] -> 8-bit, as A1111 converts them: scaled by 255 and truncated."""
+    arr = (images.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
     return [Image.fromarray(a) for a in arr]
 
 

@@ -1,20 +1,31 @@
-"""Seeds and noise: one generator per image, variation seeds, seed resize, eta noise seed delta.
+"""Seeds and noise as A1111 makes them: one generator per image, variation seeds, seed resize, eta noise seed delta,
+the RNG sources CPU, GPU and NV, and the Brownian-tree noise of the SDE samplers.
 
-As in A1111, image ``i`` of a job gets seed ``seed + i``; its starting noise depends only on its own seed, so the
-same seed gives the same image whatever the batch size. With ``randn_source`` CPU the noise is drawn on the CPU and
-is the same on every device.
+Image ``i`` of a job gets seed ``seed + i``; its starting noise depends only on its own seed, so the same seed gives
+the same image whatever the batch size. The sampler's own noise (ancestral and SDE steps) continues each image's
+generator, reseeded with ``seed + ENSD`` after the starting noise when an eta noise seed delta is set.
+
+Sources: ``CPU`` is torch's CPU generator (the same numbers on every machine); ``GPU`` is the generator of the device
+the model runs on, which on an NVIDIA GPU is Philox; ``NV`` computes those Philox numbers on the CPU. On a machine
+without CUDA, ``GPU`` is served by ``NV``, so an infotext made on an NVIDIA card (no ``RNG`` key) gives the same noise.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from modules.sampling import philox
+
 MAX_RANDOM_SEED = 4294967294
-Randn = Callable[[torch.Generator, Sequence[int]], torch.Tensor]  # (generator, shape) -> float32 noise
+RANDN_SOURCES = ("GPU", "CPU", "NV")
 
 
 def pick_seed(seed: int) -> int:
@@ -27,70 +38,192 @@ def all_seeds(seed: int, count: int) -> list[int]:
 
 
 def slerp(t: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation between two noise tensors (A1111's variation seeds)."""
+    """Spherical interpolation between two noise tensors, A1111's variation seeds.
+
+    As in A1111, one image's noise (C, H, W) is normalised along its second axis, and nearly parallel inputs fall
+    back to ``low * t + high * (1 - t)`` (A1111's order)."""
     low_norm = low / torch.norm(low, dim=1, keepdim=True)
     high_norm = high / torch.norm(high, dim=1, keepdim=True)
     dot = (low_norm * high_norm).sum(1)
     if dot.mean() > 0.9995:
-        return low * (1 - t) + high * t
+        return low * t + high * (1 - t)
     omega = torch.acos(dot)
     so = torch.sin(omega)
     return (torch.sin((1.0 - t) * omega) / so).unsqueeze(1) * low + (torch.sin(t * omega) / so).unsqueeze(1) * high
 
 
+def effective_source(source: str, device: torch.device) -> str:
+    """The source that really runs: GPU on a device without its own generator of NVIDIA's numbers becomes NV."""
+    if source == "GPU" and device.type != "cuda":
+        return "NV"
+    return source
+
+
+class NoiseGenerator:
+    """One seeded stream of standard normal noise from an RNG source; ``randn`` continues the stream."""
+
+    def __init__(self, seed: int, source: str, device: torch.device) -> None:
+        self.source = source
+        self.device = device
+        self._philox: philox.Generator | None = None
+        self._torch: torch.Generator | None = None
+        if source == "NV":
+            self._philox = philox.Generator(int(seed) % 2**64)
+        else:
+            gen_device = device if source == "GPU" else torch.device("cpu")
+            self._torch = torch.Generator(gen_device).manual_seed(int(seed) % 2**64)
+
+    def randn(self, shape: Sequence[int]) -> torch.Tensor:
+        """Float32 noise of ``shape`` on ``device``."""
+        if self._philox is not None:
+            return torch.from_numpy(self._philox.randn(tuple(shape))).to(self.device)
+        assert self._torch is not None
+        out = torch.randn(tuple(shape), generator=self._torch, device=self._torch.device, dtype=torch.float32)
+        return out.to(self.device)
+
+
+def randn_local(seed: int, shape: Sequence[int], source: str, device: torch.device) -> torch.Tensor:
+    """The first draw of a fresh generator seeded with ``seed``."""
+    return NoiseGenerator(seed, source, device).randn(shape)
+
+
 @dataclass
 class ImageRNG:
-    """Per-image random state for one batch: starting noise, then the sampler's noise from the same generators."""
+    """Per-image random state for one batch: the starting noise, then the sampler's noise from the same streams."""
 
     shape: tuple[int, ...]  # (C, H, W) of one latent
     seeds: Sequence[int]
     subseeds: Sequence[int] = ()
     subseed_strength: float = 0.0
     seed_resize_from: tuple[int, int] = (0, 0)  # latent (h, w) of the resize source, 0 = off
-    source: str = "CPU"
+    source: str = "GPU"
     device: torch.device = torch.device("cpu")
     eta_noise_seed_delta: int = 0
+    _first_done: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
-        gen_device = torch.device("cpu") if self.source == "CPU" else self.device
-        self._gen_device = gen_device
-        self.generators = [torch.Generator(gen_device).manual_seed(int(s)) for s in self.seeds]
+        self.source = effective_source(self.source, self.device)
+        self.generators = [self._generator(s) for s in self.seeds]
 
-    def _randn(self, gen: torch.Generator, shape: Sequence[int]) -> torch.Tensor:
-        return torch.randn(tuple(shape), generator=gen, device=self._gen_device, dtype=torch.float32)
+    def _generator(self, seed: int) -> NoiseGenerator:
+        return NoiseGenerator(seed, self.source, self.device)
+
+    def _local(self, seed: int, shape: Sequence[int]) -> torch.Tensor:
+        return randn_local(seed, shape, self.source, self.device)
 
     def first(self) -> torch.Tensor:
         """The starting noise of the whole batch, shape (B, C, H, W), float32 on ``device``."""
-        out = []
+        self._first_done = True
         src_h, src_w = self.seed_resize_from
-        for i, gen in enumerate(self.generators):
-            shape = self.shape if not (src_h and src_w) else (self.shape[0], src_h, src_w)
-            noise = self._randn(gen, shape)
-            if self.subseed_strength > 0 and i < len(self.subseeds):
-                sub_gen = torch.Generator(self._gen_device).manual_seed(int(self.subseeds[i]))
-                subnoise = self._randn(sub_gen, shape)
-                noise = slerp(self.subseed_strength, noise.unsqueeze(0), subnoise.unsqueeze(0))[0]
-            if shape != tuple(self.shape):
-                noise = _paste_centered(noise, tuple(self.shape), gen, self._randn)
+        noise_shape = self.shape if src_h <= 0 or src_w <= 0 else (self.shape[0], src_h, src_w)
+        out = []
+        for i, (seed, gen) in enumerate(zip(self.seeds, self.generators, strict=True)):
+            subnoise = None
+            if self.subseed_strength != 0:
+                subseed = self.subseeds[i] if i < len(self.subseeds) else 0
+                subnoise = self._local(subseed, noise_shape)
+            noise = gen.randn(noise_shape) if noise_shape == self.shape else self._local(seed, noise_shape)
+            if subnoise is not None:
+                noise = slerp(self.subseed_strength, noise, subnoise)
+            if noise_shape != self.shape:
+                noise = _paste_centered(noise, gen.randn(self.shape))
             out.append(noise)
         if self.eta_noise_seed_delta:
-            self.generators = [torch.Generator(self._gen_device).manual_seed(int(s) + self.eta_noise_seed_delta)
-                               for s in self.seeds]
+            self.generators = [self._generator(int(s) + int(self.eta_noise_seed_delta)) for s in self.seeds]
         return torch.stack(out).to(self.device)
 
-    def sampler_generators(self) -> list[torch.Generator]:
-        """Generators for the sampler's own noise (ancestral/SDE samplers), continuing each image's stream."""
-        return self.generators
+    def next(self) -> torch.Tensor:
+        """The next noise of the batch: the starting noise the first time, then each image's stream continued."""
+        if not self._first_done:
+            return self.first()
+        return torch.stack([gen.randn(self.shape) for gen in self.generators]).to(self.device)
+
+    def noise_sampler(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The sampler's per-step noise (``noise(sigma, sigma_next)``), drawn from the images' streams."""
+        return lambda _sigma, _sigma_next: self.next()
+
+    def brownian_noise(self, x: torch.Tensor, sigmas: torch.Tensor) -> BrownianTreeNoise:
+        """The Brownian-tree noise of the SDE samplers, one tree per image seeded with its seed, over the range of
+        ``sigmas`` (the full schedule, also for img2img), as A1111 builds it."""
+        return BrownianTreeNoise(x, sigmas[sigmas > 0].min(), sigmas.max(), list(self.seeds), self.source)
 
 
-def _paste_centered(noise: torch.Tensor, shape: tuple[int, ...], gen: torch.Generator, randn: Randn
-                    ) -> torch.Tensor:
-    """Noise generated at the "seed resize from" size, placed in the centre of fresh noise of the target size."""
-    target = randn(gen, shape)
+def _paste_centered(noise: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Noise made at the "seed resize from" size, placed in the centre of noise of the target size (cropped centred
+    when larger), as A1111 does."""
     _, sh, sw = noise.shape
-    _, th, tw = shape
-    h, w = min(sh, th), min(sw, tw)
-    dy, dx = (th - h) // 2, (tw - w) // 2
-    sy, sx = (sh - h) // 2, (sw - w) // 2
-    target[:, dy:dy + h, dx:dx + w] = noise[:, sy:sy + h, sx:sx + w]
+    _, th, tw = target.shape
+    dx, dy = (tw - sw) // 2, (th - sh) // 2
+    w = sw if dx >= 0 else sw + 2 * dx
+    h = sh if dy >= 0 else sh + 2 * dy
+    tx, ty = max(dx, 0), max(dy, 0)
+    sx, sy = max(-dx, 0), max(-dy, 0)
+    target[:, ty:ty + h, tx:tx + w] = noise[:, sy:sy + h, sx:sx + w]
     return target
+
+
+# --- Brownian-tree noise -----------------------------------------------------------------------------------------
+
+_tree_source: contextvars.ContextVar[tuple[str, torch.device] | None] = contextvars.ContextVar("_tree_source",
+                                                                                              default=None)
+_patched = False
+
+
+def _install_tree_randn() -> None:
+    """Make torchsde's tree draw its normals from the job's RNG source (as A1111 does), not only torch's own
+    generator of the tree's device. Outside a job the original function runs."""
+    global _patched
+    if _patched:
+        return
+    import torchsde._brownian.brownian_interval as bi  # type: ignore[import-untyped]
+
+    original = bi._randn
+
+    def randn(size: Any, dtype: torch.dtype, device: torch.device, seed: int) -> torch.Tensor:
+        current = _tree_source.get()
+        if current is None:
+            return original(size, dtype, device, seed)  # type: ignore[no-any-return]
+        source, job_device = current
+        return randn_local(seed, tuple(size), source, job_device).to(device=device, dtype=dtype)
+
+    bi._randn = randn
+    _patched = True
+
+
+@contextlib.contextmanager
+def _source(source: str, device: torch.device) -> Iterator[None]:
+    token = _tree_source.set((source, device))
+    try:
+        yield
+    finally:
+        _tree_source.reset(token)
+
+
+class BrownianTreeNoise:
+    """Noise of a Brownian motion W over sigma, normalised: (W(sigma_next) - W(sigma)) / sqrt(|sigma_next - sigma|).
+
+    One torchsde ``BrownianTree`` per image, seeded with the image's seed, so the SDE samplers give the same image
+    whatever the batch size and whatever the order of the queries (Li et al. 2020, "Scalable Gradients for
+    Stochastic Differential Equations", the Brownian tree)."""
+
+    def __init__(self, x: torch.Tensor, sigma_min: torch.Tensor, sigma_max: torch.Tensor, seeds: list[int],
+                 source: str) -> None:
+        import torchsde
+
+        _install_tree_randn()
+        self.source, self.device = source, x.device
+        t0, t1 = torch.as_tensor(sigma_min), torch.as_tensor(sigma_max)
+        self.sign = 1 if t0 < t1 else -1
+        t0, t1 = (t0, t1) if t0 < t1 else (t1, t0)
+        w0 = torch.zeros_like(x[0])
+        with _source(source, self.device):
+            self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=int(s)) for s in seeds]
+
+    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
+        a, b, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
+        with _source(self.source, self.device), warnings.catch_warnings():
+            # torchsde compares the float32 query with its float64 end point and warns about the rounding
+            warnings.filterwarnings("ignore", message="Should have", category=UserWarning)
+            w = torch.stack([tree(a, b) for tree in self.trees]) * (self.sign * sign)
+        return w / (t1 - t0).abs().sqrt()

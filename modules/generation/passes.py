@@ -1,40 +1,71 @@
-"""One sampling pass (txt2img from noise, or img2img from latents with a denoising strength) as named steps."""
+"""One sampling pass (txt2img from noise, or img2img / the hires pass from latents) with A1111's samplers.
+
+The pass builds the model's sigma table, the schedule, the guided denoiser and the noise, then runs one of the
+sampler functions of :mod:`modules.sampling` exactly as A1111 calls it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from modules import samplers
+from modules.errors import ValidationError
 from modules.generation.conditioning import ImageConds
 from modules.generation.control import JobControl
-from modules.generation.denoise import DenoiseContext, StepCallback, run_steps
+from modules.generation.denoise import CFGDenoiser, ModelDenoiser, SamplingStopped
 from modules.generation.latents import preview
 from modules.generation.noise import ImageRNG
 from modules.models.loader import ModelParts
+from modules.samplers import SamplerSpec
+from modules.sampling import schedules
+from modules.sampling.k_common import Sampler, Step
 
 Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """The sampler and schedule parameters of a request (A1111 keeps most of them in its settings)."""
+
+    eta: float | None = None  # None: eta_ancestral for k-diffusion samplers, eta_ddim for the timestep samplers
+    eta_ancestral: float = 1.0
+    eta_ddim: float = 0.0
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0  # 0 means infinity
+    s_noise: float = 1.0
+    s_min_uncond: float = 0.0
+    schedule: schedules.ScheduleOptions = field(default_factory=schedules.ScheduleOptions)
+    sgm_noise_multiplier: bool = False
+
+    def eta_for(self, spec: SamplerSpec) -> float:
+        if self.eta is not None:
+            return self.eta
+        return self.eta_ancestral if spec.kind == samplers.K_DIFFUSION else self.eta_ddim
 
 
 @dataclass
 class PassSpec:
     """Everything a sampling pass needs besides the model and the latents."""
 
-    sampler: samplers.SamplerSpec
+    sampler: SamplerSpec
     schedule: str
     steps: int
     cfg_scale: float
     conds: list[ImageConds]
     width: int
     height: int
-    eta: float | None = None
-    churn: dict[str, float] | None = None
+    options: SamplingOptions = field(default_factory=SamplingOptions)
     phase: str = "sampling"
     preview_every: int = 0
-    extra_channels: Tensor | None = None
+    image_cond: Tensor | None = None
 
 
 def full_mask_conditioning(parts: ModelParts, batch: int, width: int, height: int) -> Tensor | None:
@@ -55,79 +86,133 @@ def sdxl_time_ids(width: int, height: int, batch: int) -> Tensor:
     return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(batch, 1)
 
 
-def _context(parts: ModelParts, spec: PassSpec, scheduler: Any, device: torch.device) -> DenoiseContext:
-    batch = len(spec.conds)
-    time_ids = sdxl_time_ids(spec.width, spec.height, batch).to(device) if parts.family.is_xl else None
-    return DenoiseContext(
-        unet=parts.unet, conds=spec.conds, cfg_scale=spec.cfg_scale, time_ids=time_ids,
-        extra_channels=spec.extra_channels, dtype=parts.dtype,
-        step_kwargs=samplers.step_kwargs(scheduler, spec.eta, spec.churn or {}),
-    )
+def sigma_table(parts: ModelParts) -> schedules.SigmaTable:
+    """The model's discrete sigmas, from its training schedule (scaled linear betas; zero terminal SNR if set)."""
+    cfg = parts.scheduler_config
+    abar = schedules.scaled_linear_alphas_cumprod(float(cfg.get("beta_start", 0.00085)),
+                                                  float(cfg.get("beta_end", 0.012)),
+                                                  int(cfg.get("num_train_timesteps", 1000)))
+    return schedules.SigmaTable.from_alphas_cumprod(abar, bool(cfg.get("rescale_betas_zero_snr", False)))
 
 
-def _on_step(control: JobControl, spec: PassSpec, is_xl: bool) -> StepCallback:
-    def callback(step: int, total: int, latents: Tensor) -> None:
-        changes: dict[str, Any] = {"sampling_step": step, "sampling_steps": total, "phase": spec.phase}
-        if spec.preview_every and (step % spec.preview_every == 0 or step == total):
-            changes["preview"] = preview(latents, is_xl)
+def get_sigmas(spec: SamplerSpec, schedule: str, steps: int, table: schedules.SigmaTable,
+               options: schedules.ScheduleOptions, sdxl: bool) -> Tensor:
+    """The sigmas A1111 samples ``steps`` steps through: the schedule type (or the sampler's default), the model's
+    range and overrides, and the next-to-last sigma dropped where the sampler or the settings say so."""
+    opts = options
+    if spec.discard_penultimate and not opts.discard_penultimate:
+        opts = schedules.ScheduleOptions(**{**opts.__dict__, "discard_penultimate": True})
+    return schedules.build_sigmas(samplers.schedule_name(spec, schedule), steps, table, opts, sdxl)
+
+
+def _sampler_function(spec: SamplerSpec) -> Sampler:
+    if spec.kind != samplers.K_DIFFUSION:
+        raise ValidationError(f"sampler_name: {spec.name} is not available yet", field="sampler_name")
+    name = "sample_" + spec.function + ("_heun" if spec.solver_type == "heun" else "")
+    for module in ("modules.sampling.k_samplers", "modules.sampling.extra_samplers"):
+        try:
+            fn: Sampler | None = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            fn = None
+        if fn is not None:
+            return fn
+    raise ValidationError(f"sampler_name: {spec.name} is not available yet", field="sampler_name")
+
+
+def _sampler_kwargs(spec: SamplerSpec, options: SamplingOptions) -> dict[str, Any]:
+    """The keyword arguments A1111 passes to this sampler: eta where it takes one, and its churn / noise options."""
+    out: dict[str, Any] = {}
+    if spec.takes_eta:
+        out["eta"] = options.eta_for(spec)
+    values = {"s_churn": options.s_churn, "s_tmin": options.s_tmin,
+              "s_tmax": options.s_tmax or math.inf, "s_noise": options.s_noise}
+    for name in spec.extra:
+        out[name] = values[name]
+    return out
+
+
+def _progress(control: JobControl, spec: PassSpec, total: int, is_xl: bool) -> Callable[[Step], None]:
+    def callback(step: Step) -> None:
+        done = step.i + 1
+        changes: dict[str, Any] = {"sampling_step": done, "sampling_steps": total, "phase": spec.phase}
+        if spec.preview_every and (done % spec.preview_every == 0 or done == total):
+            changes["preview"] = preview(step.denoised, is_xl)
             changes["preview_id"] = control.progress.preview_id + 1
         control.update(**changes)
 
     return callback
 
 
+def _denoiser(parts: ModelParts, spec: PassSpec, table: schedules.SigmaTable, control: JobControl,
+              init_latent: Tensor | None = None, mask: Tensor | None = None) -> CFGDenoiser:
+    batch = len(spec.conds)
+    time_ids = sdxl_time_ids(spec.width, spec.height, batch).to(parts.device) if parts.family.is_xl else None
+    model = ModelDenoiser(parts.unet, table, parts.prediction_type == "v_prediction", parts.dtype, time_ids,
+                          spec.image_cond)
+    return CFGDenoiser(model, spec.conds, spec.cfg_scale, spec.options.s_min_uncond, init_latent, mask,
+                       control.should_stop)
+
+
+def _run(spec: PassSpec, cfg: CFGDenoiser, x: Tensor, sigmas: Tensor, full_sigmas: Tensor, rng: ImageRNG,
+         control: JobControl, is_xl: bool, total: int, extra: dict[str, Any] | None = None) -> Tensor:
+    fn = _sampler_function(spec.sampler)
+    noise = rng.brownian_noise(x, full_sigmas) if spec.sampler.brownian_noise else rng.noise_sampler()
+    control.update(sampling_step=0, sampling_steps=total, phase=spec.phase)
+    kwargs = {**_sampler_kwargs(spec.sampler, spec.options), **(extra or {})}
+    try:
+        return fn(cfg, x, sigmas.to(x.device), callback=_progress(control, spec, total, is_xl), noise=noise,
+                  **kwargs)
+    except SamplingStopped:
+        return cfg.last_x0 if cfg.last_x0 is not None else x
+
+
 def sample_from_noise(parts: ModelParts, spec: PassSpec, rng: ImageRNG, control: JobControl) -> Tensor:
-    """txt2img: start from the seeds' noise at full strength."""
+    """txt2img: the seeds' noise scaled to the first sigma, sampled down to zero."""
+    table = sigma_table(parts)
+    sigmas = get_sigmas(spec.sampler, spec.schedule, spec.steps, table, spec.options.schedule, parts.family.is_xl)
+    noise = rng.next()
+    scale = torch.sqrt(1.0 + sigmas[0] ** 2.0) if spec.options.sgm_noise_multiplier else sigmas[0]
+    x = noise * scale.to(noise.device)
+    cfg = _denoiser(parts, spec, table, control)
+    extra: dict[str, Any] = {}
+    if spec.sampler.function in ("dpm_fast", "dpm_adaptive"):  # from noise, these span the model's whole range
+        extra = {"sigma_min": table.sigma_min, "sigma_max": table.sigma_max}
+        if spec.sampler.function == "dpm_fast":
+            extra["n"] = spec.steps
+    return _run(spec, cfg, x, sigmas, sigmas, rng, control, parts.family.is_xl, spec.steps, extra)
+
+
+def img2img_steps(steps: int, strength: float, fixed: bool) -> tuple[int, int]:
+    """(schedule length, t_enc) as A1111 sets them up: normally ``steps`` and ``int(strength * steps)``; for the
+    hires pass (or with "img2img fix steps") the schedule is stretched so that exactly ``steps`` steps run."""
+    if fixed:
+        total = int(steps / min(strength, 0.999)) if strength > 0 else 0
+        return total, steps - 1
+    return steps, int(min(strength, 0.999) * steps)
+
+
+def sample_from_latents(parts: ModelParts, spec: PassSpec, init_latents: Tensor, strength: float, rng: ImageRNG,
+                        control: JobControl, noise_multiplier: float = 1.0, mask: Tensor | None = None,
+                        fixed_steps: bool = False) -> Tensor:
+    """img2img and the hires pass: noise ``init_latents`` to the sigma ``strength`` of the way down the schedule,
+    then sample the rest. With ``mask`` (B or 1, 1, h, w; 1 = regenerate) the original latents are blended back
+    outside it after every model call and at the end (inpainting)."""
     device = parts.device
-    scheduler = samplers.build_scheduler(spec.sampler, spec.schedule, parts.scheduler_config,
-                                         parts.prediction_type, seed=rng.seeds[0])
-    scheduler.set_timesteps(spec.steps, device=device)
-    latents = rng.first() * scheduler.init_noise_sigma
-    ctx = _context(parts, spec, scheduler, device)
-    return run_steps(ctx, scheduler, latents, scheduler.timesteps, spec.steps, 0, control,
-                     rng.sampler_generators(), _on_step(control, spec, parts.family.is_xl))
-
-
-def sample_from_latents(parts: ModelParts, spec: PassSpec, init_latents: Tensor, strength: float,
-                        rng: ImageRNG, control: JobControl, noise_multiplier: float = 1.0,
-                        keep_mask: Tensor | None = None, start_latents: Tensor | None = None) -> Tensor:
-    """img2img and the hires pass: noise ``init_latents`` to ``strength`` and denoise the rest of the schedule.
-
-    ``keep_mask`` (B, 1, h, w; 1 = regenerate) makes every step put the suitably noised ``init_latents`` back
-    outside the mask (inpainting with an ordinary model). ``start_latents`` replaces what gets noised at the start
-    (A1111's "latent noise" / "latent nothing" masked content) while ``init_latents`` stays the reference.
-    """
-    device = parts.device
-    scheduler = samplers.build_scheduler(spec.sampler, spec.schedule, parts.scheduler_config,
-                                         parts.prediction_type, seed=rng.seeds[0])
-    scheduler.set_timesteps(spec.steps, device=device)
-    init_steps = min(int(spec.steps * strength), spec.steps)
-    t_start = max(spec.steps - init_steps, 0)
-    timesteps = scheduler.timesteps[t_start * scheduler.order:]
-    noise = rng.first() * noise_multiplier
+    steps, t_enc = img2img_steps(spec.steps, strength, fixed_steps)
+    noise = rng.next() * noise_multiplier
     init = init_latents.to(device=device, dtype=torch.float32)
-    latents = start_latents.to(device=device, dtype=torch.float32) if start_latents is not None else init
-    if len(timesteps) == 0:
+    if steps <= 0 or t_enc < 0:
         return init
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(t_start * scheduler.order)
-    batch = latents.shape[0]
-    latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(batch))
-    after_step = None
-    if keep_mask is not None:
-        mask = keep_mask.to(device=device, dtype=torch.float32)
-
-        def after_step(x: Tensor, i: int) -> Tensor:
-            reference: Tensor
-            if i + 1 < len(timesteps):
-                reference = scheduler.add_noise(init, noise, timesteps[i + 1:i + 2].repeat(batch))
-            else:
-                reference = init
-            return (1 - mask) * reference + mask * x
-
-    ctx = _context(parts, spec, scheduler, device)
-    return run_steps(ctx, scheduler, latents, timesteps, spec.steps, t_start, control, rng.sampler_generators(),
-                     _on_step(control, spec, parts.family.is_xl), after_step)
+    table = sigma_table(parts)
+    sigmas = get_sigmas(spec.sampler, spec.schedule, steps, table, spec.options.schedule, parts.family.is_xl)
+    sched = sigmas[steps - t_enc - 1:]
+    x = init + noise * sched[0].to(device)
+    m = mask.to(device=device, dtype=torch.float32) if mask is not None else None
+    cfg = _denoiser(parts, spec, table, control, init if m is not None else None, m)
+    out = _run(spec, cfg, x, sched, sigmas, rng, control, parts.family.is_xl, t_enc + 1)
+    if m is not None:
+        out = out * m + init * (1 - m)
+    return out
 
 
 def upscale_latents(latents: Tensor, width: int, height: int, mode: str, antialias: bool) -> Tensor:

@@ -15,6 +15,7 @@ from modules.generation.control import JobControl
 from modules.generation.noise import ImageRNG
 from modules.generation.passes import (
     PassSpec,
+    SamplingOptions,
     crop_latents,
     full_mask_conditioning,
     sample_from_latents,
@@ -25,16 +26,21 @@ from modules.generation.prompts import PreparedPrompts
 from modules.generation.result import GenerationResult
 from modules.models.loader import ModelParts
 from modules.requests import LATENT_UPSCALE_MODES, SAME_SAMPLER, GenerationRequest
+from modules.sampling import schedules
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
 
-def churn_params(req: GenerationRequest) -> dict[str, float]:
-    out = {"s_churn": req.s_churn, "s_tmin": req.s_tmin, "s_noise": req.s_noise}
-    if req.s_tmax is not None and req.s_tmax > 0:
-        out["s_tmax"] = req.s_tmax
-    return {k: v for k, v in out.items() if not (k == "s_noise" and v == 1.0) and not (k != "s_noise" and v == 0)}
+def sampling_options(req: GenerationRequest) -> SamplingOptions:
+    """The request's sampler and schedule parameters."""
+    return SamplingOptions(
+        eta=req.eta, eta_ancestral=req.eta_ancestral, eta_ddim=req.eta_ddim, s_churn=req.s_churn, s_tmin=req.s_tmin,
+        s_tmax=req.s_tmax or 0.0, s_noise=req.s_noise, s_min_uncond=req.s_min_uncond,
+        schedule=schedules.ScheduleOptions(req.sigma_min, req.sigma_max, req.rho, req.beta_dist_alpha,
+                                           req.beta_dist_beta, req.use_old_karras_scheduler_sigmas,
+                                           req.always_discard_next_to_last_sigma),
+        sgm_noise_multiplier=req.sgm_noise_multiplier)
 
 
 def _first_pass(parts: ModelParts, req: GenerationRequest, encoder: TextEncoder, prompts: PreparedPrompts,
@@ -42,7 +48,7 @@ def _first_pass(parts: ModelParts, req: GenerationRequest, encoder: TextEncoder,
     spec, schedule = samplers.resolve_sampler(req.sampler_name, req.scheduler)
     conds = build_conditioning(encoder, prompts.positive, prompts.negative, req.steps,
                                req.hr_second_pass_steps or req.steps if req.enable_hr else None)
-    ps = PassSpec(spec, schedule, req.steps, req.cfg_scale, conds, req.width, req.height, req.eta, churn_params(req),
+    ps = PassSpec(spec, schedule, req.steps, req.cfg_scale, conds, req.width, req.height, sampling_options(req),
                   "sampling", preview_every, full_mask_conditioning(parts, len(conds), req.width, req.height))
     return sample_from_noise(parts, ps, rng, control)
 
@@ -59,7 +65,8 @@ def _hires_pass(parts: ModelParts, req: GenerationRequest, encoder: TextEncoder,
         images = lat.to_pil(lat.decode(parts.vae, latents, control.warn))
         resample = Image.Resampling.NEAREST if req.hr_upscaler == "Nearest" else Image.Resampling.LANCZOS
         images = [im.resize((up_w, up_h), resample) for im in images]
-        latents = lat.encode(parts.vae, lat.from_pil(images)).to(parts.device)
+        generator = torch.Generator().manual_seed(int(seeds[-1]))  # A1111's global RNG, seeded by the last seed
+        latents = lat.encode(parts.vae, lat.from_pil(images), generator).to(parts.device)
     if (up_w, up_h) != (final_w, final_h):
         latents = crop_latents(latents, final_w, final_h)
     steps = req.hr_second_pass_steps or req.steps
@@ -67,10 +74,10 @@ def _hires_pass(parts: ModelParts, req: GenerationRequest, encoder: TextEncoder,
     sched_name = req.hr_scheduler if req.hr_scheduler not in (None, "", SAME_SAMPLER) else req.scheduler
     spec, schedule = samplers.resolve_sampler(sampler_name, sched_name, field_name="hr_sampler_name")
     conds = build_conditioning(encoder, prompts.hr_positive, prompts.hr_negative, req.steps, steps)
-    ps = PassSpec(spec, schedule, steps, req.cfg_scale, conds, final_w, final_h, req.eta, churn_params(req), "hires",
+    ps = PassSpec(spec, schedule, steps, req.cfg_scale, conds, final_w, final_h, sampling_options(req), "hires",
                   preview_every, full_mask_conditioning(parts, len(conds), final_w, final_h))
-    rng = make_rng(req.replace(seed_resize_from_w=0, seed_resize_from_h=0), parts, seeds, subseeds, final_w, final_h)
-    return sample_from_latents(parts, ps, latents, req.denoising_strength, rng, control)
+    rng = make_rng(req, parts, seeds, subseeds, final_w, final_h)
+    return sample_from_latents(parts, ps, latents, req.denoising_strength, rng, control, fixed_steps=True)
 
 
 def txt2img(parts: ModelParts, req: GenerationRequest, control: JobControl, preview_every: int = 0,

@@ -106,17 +106,24 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]], name: str = "",
 
 
 def family_from_ldm_yaml(path: Path) -> tuple[str, str | None]:
-    """(family, prediction override) from an original LDM/SGM inference yaml (A1111's ``<name>.yaml``)."""
+    """(family, prediction override) from an original LDM/SGM inference yaml (A1111's ``<name>.yaml``).
+
+    A quick look at a few keys only; :func:`modules.models.ldm_yaml.read_ldm_yaml` reads the whole config.
+    """
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         params: dict[str, Any] = doc["model"]["params"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"cannot read the model config {path.name}: {exc}") from exc
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"cannot read the model config {path.name}: {exc}") from None
+    except (KeyError, TypeError):
+        raise ModelLoadError(f"model config {path.name}: model.params is missing") from None
     v_prediction = params.get("parameterization") == "v"
     if "network_config" in params:
         unet = params["network_config"].get("params", {})
         base = "sdxl"
-        if "conditioner" in params and len(params["conditioner"].get("params", {}).get("emb_models", [])) < 3:
+        conditioner = params.get("conditioner_config") or params.get("conditioner") or {}
+        models = (conditioner.get("params") or {}).get("emb_models") if isinstance(conditioner, dict) else None
+        if isinstance(models, list) and len(models) < 3:
             raise ModelLoadError("SDXL refiner configs are not supported yet")
     else:
         unet = params.get("unet_config", {}).get("params", {})

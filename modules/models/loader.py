@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from modules.errors import ModelLoadError
 from modules.models import families
 from modules.models.checkpoint_file import CheckpointFile
 from modules.models.families import FAMILIES, Family
+from modules.models.ldm_yaml import LdmConfig, read_ldm_yaml
 from modules.models.registry import CheckpointInfo
 from modules.models.tokenizer import build_clip_tokenizer
 from modules.models.vae import VaeInfo
@@ -49,6 +51,8 @@ class ModelParts:
     info: CheckpointInfo | None = None
     vae_info: VaeInfo | None = None  # an external VAE in use instead of the baked one (per job, see ModelManager)
     vae_hash: str | None = None
+    config_path: Path | None = None  # the config the sizes came from: a <name>.yaml, a config folder, None: bundled
+    ldm_config: LdmConfig | None = None  # that yaml, read: schedule, text encoder layers, zero_terminal_snr...
 
     def modules(self) -> list[torch.nn.Module]:
         mods: list[torch.nn.Module | None] = [self.unet, self.vae, self.text_encoder, self.text_encoder_2]
@@ -85,11 +89,23 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _is_yaml(path: Path) -> bool:
+    return path.suffix.lower() in (".yaml", ".yml") and not path.is_dir()
+
+
+def _config_for(path: Path, config_override: Path | None) -> Path | None:
+    return config_override or families.config_beside(path) or families.yaml_beside(path)
+
+
 def resolve_single_file_config(path: Path, ckpt: CheckpointFile,
                                config_override: Path | None = None) -> tuple[str, str | None, Path]:
-    """(family, prediction override, diffusers config folder) for a single-file checkpoint."""
+    """(family, prediction override, diffusers config folder) for a single-file checkpoint.
+
+    With a ``<name>.yaml`` the folder is the family's bundled one; :func:`load_single_file` takes every size from
+    the yaml itself.
+    """
     family, prediction = families.detect_family(ckpt.shapes, path.name, ckpt.metadata)
-    override = config_override or families.config_beside(path) or families.yaml_beside(path)
+    override = _config_for(path, config_override)
     if override is None:
         return family, prediction, families.bundled_config_dir(family)
     if override.is_dir():
@@ -98,20 +114,24 @@ def resolve_single_file_config(path: Path, ckpt: CheckpointFile,
         if family == "sd2" and _scheduler_config(override).get("prediction_type") == "v_prediction":
             family = "sd2-v"
         return family, None, override
-    if override.suffix.lower() in (".yaml", ".yml"):
-        family, prediction = families.family_from_ldm_yaml(override)
-        return family, prediction, families.bundled_config_dir(family)
+    if _is_yaml(override):
+        ldm = read_ldm_yaml(override, path.parent)
+        default = _scheduler_config(families.bundled_config_dir(ldm.family)).get("prediction_type", "epsilon")
+        return ldm.family, ldm.prediction_type if ldm.prediction_type != default else None, \
+            families.bundled_config_dir(ldm.family)
     raise ModelLoadError(f"unsupported model config {override.name}: give a .yaml or a diffusers config folder")
 
 
-def load_single_file(path: Path, dtype: torch.dtype, config_override: Path | None = None) -> ModelParts:
+_Components = tuple["UNet2DConditionModel", "AutoencoderKL", "CLIPTextModel", "CLIPTextModelWithProjection | None"]
+
+
+def _load_components(path: Path, ckpt: CheckpointFile, family: Family, config_dir: Path,
+                     dtype: torch.dtype) -> _Components:
+    """UNet, VAE and text encoder(s) of ``ckpt``, shaped by the diffusers configs in ``config_dir``."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    ckpt = CheckpointFile(path)
-    family_name, prediction, config_dir = resolve_single_file_config(path, ckpt, config_override)
-    family = FAMILIES[family_name]
     common = {"config": str(config_dir), "local_files_only": True, "torch_dtype": dtype}
     try:
         unet = UNet2DConditionModel.from_single_file(ckpt.tensors(["model.diffusion_model."]), subfolder="unet",
@@ -127,10 +147,55 @@ def load_single_file(path: Path, dtype: torch.dtype, config_override: Path | Non
                 subfolder="text_encoder_2", **common)
     except ModelLoadError:
         raise
-    except (RuntimeError, ValueError, KeyError, OSError) as exc:
+    except (RuntimeError, ValueError, KeyError, OSError, IndexError, TypeError) as exc:
         log.exception("loading %s failed", path)
-        first = str(exc).splitlines()[0][:300]
+        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"{path.name} could not be loaded as {family.label}: {first}") from None
+    for name, module in (("UNet", unet), ("VAE", vae), ("text encoder", text_encoder),
+                         ("second text encoder", text_encoder_2)):
+        if module is None:
+            continue
+        missing = [n for n, p in module.named_parameters() if p.device.type == "meta"]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise ModelLoadError(f"{path.name} has no weights for the {name}'s {', '.join(missing[:3])}{more}: "
+                                 "the checkpoint and its config do not match")
+    return unet, vae, text_encoder, text_encoder_2
+
+
+def _check_yaml_matches(path: Path, ckpt: CheckpointFile, ldm: LdmConfig) -> None:
+    base = families.detect_base(ckpt.shapes.keys())
+    if base != ldm.family_info.base:
+        raise ModelLoadError(f"model config {ldm.path.name} describes an {ldm.family_info.label} model, but the text "
+                             f"encoder weights in {path.name} are those of {FAMILIES[base].label}")
+
+
+def _load_with_yaml(path: Path, ckpt: CheckpointFile, yaml_path: Path, dtype: torch.dtype) -> ModelParts:
+    """A single file shaped by its original LDM/SGM yaml: every size and the schedule come from the yaml."""
+    ldm = read_ldm_yaml(yaml_path, path.parent)
+    _check_yaml_matches(path, ckpt, ldm)
+    family = ldm.family_info
+    with tempfile.TemporaryDirectory(prefix="ldm-config-") as tmp:
+        config_dir = ldm.write_config_folder(Path(tmp))
+        unet, vae, text_encoder, text_encoder_2 = _load_components(path, ckpt, family, config_dir, dtype)
+    tokenizers = [te.tokenizer(family.pad_token if i == 0 else "!") for i, te in enumerate(ldm.text_encoders)]
+    return ModelParts(
+        family=family, prediction_type=ldm.prediction_type,
+        unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizers[0],
+        text_encoder_2=text_encoder_2.eval() if text_encoder_2 is not None else None,
+        tokenizer_2=tokenizers[1] if len(tokenizers) > 1 else None,
+        scheduler_config=dict(ldm.scheduler), config_path=yaml_path, ldm_config=ldm,
+    )
+
+
+def load_single_file(path: Path, dtype: torch.dtype, config_override: Path | None = None) -> ModelParts:
+    ckpt = CheckpointFile(path)
+    override = _config_for(path, config_override)
+    if override is not None and _is_yaml(override):
+        return _load_with_yaml(path, ckpt, override, dtype)
+    family_name, prediction, config_dir = resolve_single_file_config(path, ckpt, config_override)
+    family = FAMILIES[family_name]
+    unet, vae, text_encoder, text_encoder_2 = _load_components(path, ckpt, family, config_dir, dtype)
     sched = _scheduler_config(config_dir)
     if family_name == "sd2" and config_dir == families.bundled_config_dir("sd2") and _predicts_v(unet):
         family, prediction = FAMILIES["sd2-v"], "v_prediction"
@@ -141,7 +206,7 @@ def load_single_file(path: Path, dtype: torch.dtype, config_override: Path | Non
         tokenizer=build_clip_tokenizer(family.pad_token),
         text_encoder_2=text_encoder_2.eval() if text_encoder_2 is not None else None,
         tokenizer_2=build_clip_tokenizer("!") if family.is_xl else None,
-        scheduler_config=sched,
+        scheduler_config=sched, config_path=override,
     )
 
 

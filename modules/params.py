@@ -211,6 +211,8 @@ def _inpaint(write: Callable[[Img2ImgRequest], object]) -> Writer:
 
 
 def _mask_blur(req: Img2ImgRequest) -> object:
+    if req.mask_blur_x <= 0 and req.mask_blur_y <= 0:
+        return None
     if req.mask_blur_x == req.mask_blur_y:
         return req.mask_blur_x
     return Keys({"Mask blur x": req.mask_blur_x, "Mask blur y": req.mask_blur_y})
@@ -227,6 +229,20 @@ def _when(cond: Callable[[GenerationRequest], bool]) -> Callable[[str], Writer]:
 def _r_key(key: str, field: str, convert: Callable[[object], object] = lambda v: v) -> Reader:
     def reader(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
         return {field: convert(p[key])} if key in written and key in p else {}
+
+    return reader
+
+
+_INPAINT_KEYS: Final = frozenset({"Mask blur", "Mask blur x", "Mask blur y", "Mask mode", "Masked content",
+                                   "Inpaint area", "Masked area padding"})
+
+
+def _r_inpaint(key: str, field: str, convert: Callable[[object], object], missing: object) -> Reader:
+    """An inpainting key A1111 leaves out at its default: absent from an inpainting infotext means ``missing``."""
+    def reader(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
+        if key in written and key in p:
+            return {field: convert(p[key])}
+        return {field: missing} if _INPAINT_KEYS & written else {}
 
     return reader
 
@@ -401,18 +417,22 @@ PARAMS: tuple[Param, ...] = (
     Param("mask_blur_x", int, "Mask blur", write=_inpaint(_mask_blur), read=_r_mask_blur,
           api=("mask_blur", "mask_blur_x"), api_default=4, label="Mask blur", scope=IMG2IMG),
     Param("mask_blur_y", int, api=("mask_blur", "mask_blur_y"), api_default=4, scope=IMG2IMG),
-    Param("inpainting_mask_invert", bool, "Mask mode", write=_inpaint(lambda r: MASK_MODES[r.inpainting_mask_invert]),
+    Param("inpainting_mask_invert", bool, "Mask mode",
+          write=_inpaint(lambda r: MASK_MODES[1] if r.inpainting_mask_invert else None),
           read=_r_key("Mask mode", "inpainting_mask_invert", lambda v: v == MASK_MODES[1]), api_default=False,
           label="Mask mode", scope=IMG2IMG),
-    Param("inpainting_fill", int, "Masked content", write=_inpaint(lambda r: MASKED_CONTENT[r.inpainting_fill]),
-          read=_r_key("Masked content", "inpainting_fill", _label_index(MASKED_CONTENT)), api_default=0,
-          label="Masked content", scope=IMG2IMG),
-    Param("inpaint_full_res", bool, "Inpaint area", write=_inpaint(lambda r: INPAINT_AREAS[r.inpaint_full_res]),
-          read=_r_key("Inpaint area", "inpaint_full_res", lambda v: v == INPAINT_AREAS[1]), api_default=True,
+    Param("inpaint_full_res", bool, "Inpaint area",
+          write=_inpaint(lambda r: INPAINT_AREAS[1] if r.inpaint_full_res else None),
+          read=_r_inpaint("Inpaint area", "inpaint_full_res", lambda v: v == INPAINT_AREAS[1], False),
+          api_default=True,
           label="Inpaint area", scope=IMG2IMG),
     Param("inpaint_full_res_padding", int, "Masked area padding",
           write=_inpaint(lambda r: r.inpaint_full_res_padding if r.inpaint_full_res else None), api_default=0,
           label="Only masked padding, pixels", scope=IMG2IMG),
+    Param("inpainting_fill", int, "Masked content",
+          write=_inpaint(lambda r: MASKED_CONTENT[r.inpainting_fill] if r.inpainting_fill != 1 else None),
+          read=_r_inpaint("Masked content", "inpainting_fill", _label_index(MASKED_CONTENT), 1), api_default=0,
+          label="Masked content", scope=IMG2IMG),
     Param("initial_noise_multiplier", float, "Noise multiplier",
           write=lambda r, c: _i2i(r).initial_noise_multiplier if _i2i(r).initial_noise_multiplier != 1.0 else None,
           label="Noise multiplier", axis="Initial noise multiplier", scope=IMG2IMG),

@@ -91,7 +91,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec("DPM adaptive", "dpm_adaptive", ("k_dpm_ad",), uses_ensd=True, takes_eta=True),
     SamplerSpec("Restart", "restart", ("restart",), scheduler="karras", second_order=True),
     SamplerSpec("DDIM", "ddim", ("ddim",), kind=TIMESTEPS, takes_eta=True),
-    SamplerSpec("DDIM CFG++", "ddim_cfgpp", ("ddim_cfgpp",), kind=TIMESTEPS),
+    SamplerSpec("DDIM CFG++", "ddim_cfgpp", ("ddim_cfgpp",), kind=TIMESTEPS, takes_eta=True),
     SamplerSpec("PLMS", "plms", ("plms",), kind=TIMESTEPS),
     SamplerSpec("UniPC", "unipc", ("unipc",), kind=TIMESTEPS),
     SamplerSpec("LCM", "lcm", ("k_lcm",), kind=LCM),

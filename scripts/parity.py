@@ -3,7 +3,8 @@
     python scripts/parity.py --a1111 http://127.0.0.1:7890 --ours http://127.0.0.1:7861 [--only NAME ...]
 
 Both servers must run the same checkpoint (e.g. the A1111 oracle's tiny model, loaded here with its yaml). Every
-request is sent with ``override_settings`` ``randn_source: CPU`` to both: A1111 on a machine without CUDA makes its
+request is sent with ``override_settings`` ``randn_source: CPU`` (and clip skip and ENSD, which A1111 does not
+always restore after a request) to both: A1111 on a machine without CUDA makes its
 "GPU" noise with torch's CPU generator, which is this server's "CPU" source. img2img requests follow a txt2img
 request with the same seed (A1111 samples the init image's latents from its global generator, which that request
 seeds). For each case it prints the share of pixel values within 1 grey level and the mean and max difference; the
@@ -26,7 +27,8 @@ from PIL import Image
 
 BASE: dict[str, Any] = {"prompt": "a red fox, (autumn forest:1.2)", "negative_prompt": "blurry", "steps": 6,
                         "width": 64, "height": 64, "seed": 42, "cfg_scale": 7, "sampler_name": "Euler a",
-                        "override_settings": {"randn_source": "CPU"}}
+                        "override_settings": {"randn_source": "CPU", "CLIP_stop_at_last_layers": 1,
+                                              "eta_noise_seed_delta": 0}}
 SAMPLERS = ("DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a",
             "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++",
             "PLMS", "UniPC", "LCM")
@@ -60,12 +62,13 @@ def cases() -> list[tuple[str, str, dict[str, Any]]]:
         out.append((f"schedule {sched}", "txt2img", {"sampler_name": "DPM++ 2M", "scheduler": sched}))
     out += [
         ("variation seed", "txt2img", {"subseed": 7, "subseed_strength": 0.3}),
-        ("seed resize", "txt2img", {"seed_resize_from_w": 48, "seed_resize_from_h": 80}),
+        ("seed resize", "txt2img", {"seed_resize_from_w": 96, "seed_resize_from_h": 80}),
         ("batch of 2", "txt2img", {"batch_size": 2}),
         ("non-square", "txt2img", {"width": 96, "height": 64}),
-        ("clip skip 2", "txt2img", {"override_settings": {"randn_source": "CPU", "CLIP_stop_at_last_layers": 2}}),
+        ("clip skip 2", "txt2img", {"override_settings": {**BASE["override_settings"], "CLIP_stop_at_last_layers": 2}}),
         ("prompt editing", "txt2img", {"prompt": "a [red:blue:0.5] fox AND a cat:0.6"}),
-        ("ENSD with Euler a", "txt2img", {"override_settings": {"randn_source": "CPU", "eta_noise_seed_delta": 31337}}),
+        ("ENSD with Euler a", "txt2img", {"override_settings": {**BASE["override_settings"],
+                                                                "eta_noise_seed_delta": 31337}}),
         ("hires latent", "txt2img", {"enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.6,
                                      "hr_upscaler": "Latent"}),
         ("hires lanczos", "txt2img", {"enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.6,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from modules.generation.conditioning import Cond, ImageConds, cond_at
+from modules.sampling import timestep_samplers
 from modules.sampling.schedules import SigmaTable
 
 if TYPE_CHECKING:
@@ -45,6 +46,9 @@ class ModelDenoiser:
     dtype: torch.dtype = torch.float32  # the UNet's, looked up once (diffusers' ``.dtype`` walks every module)
     time_ids: Tensor | None = None  # SDXL micro-conditioning, one row per image (B, 6)
     image_cond: Tensor | None = None  # inpainting UNets: mask and masked-image latents per image (B, 5, h, w)
+    kind: str = "sigma"  # "sigma": D(x, sigma); "eps": the noise at timestep t (timestep samplers); "lcm"
+    alphas_cumprod: Tensor | None = None  # for "eps" with a v model
+    lcm_table: SigmaTable | None = None  # for "lcm"
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         return self.table.sigma_to_t(sigma)
@@ -66,7 +70,18 @@ class ModelDenoiser:
         return out.float()
 
     def __call__(self, x: Tensor, sigma: Tensor, contexts: list[Cond], image_idx: list[int]) -> Tensor:
-        """D(x, sigma) for N rows: row k is image ``image_idx[k]`` conditioned on ``contexts[k]``."""
+        """D(x, sigma) for N rows: row k is image ``image_idx[k]`` conditioned on ``contexts[k]`` (for the timestep
+        samplers ``sigma`` is the timestep and the result the noise; for LCM its consistency-model estimate)."""
+        if self.kind == "eps":
+            out = self.model_output(x, sigma, contexts, image_idx)
+            if self.v_prediction:
+                assert self.alphas_cumprod is not None
+                out = timestep_samplers.eps_from_v(self.alphas_cumprod.to(x.device), x, sigma, out)
+            return out
+        if self.kind == "lcm":
+            assert self.lcm_table is not None
+            return timestep_samplers.lcm_denoise(lambda x_in, t: self.model_output(x_in, t, contexts, image_idx), x,
+                                                 sigma, self.lcm_table)
         s = _expand(sigma, x.ndim)
         c_in = 1 / (s**2 + 1) ** 0.5
         out = self.model_output(x * c_in, self.sigma_to_t(sigma), contexts, image_idx)
@@ -99,8 +114,11 @@ class CFGDenoiser:
     init_latent: Tensor | None = None  # with ``mask``: blended back after every call
     mask: Tensor | None = None  # 1 where the image is regenerated (A1111's nmask), broadcastable to the latents
     should_stop: Callable[[], bool] = lambda: False
+    blend_before: bool = False  # timestep samplers: the mask blends the model's input, not its output
+    scale_multiplier: float = 1.0  # DDIM CFG++ guides with cfg / 12.5
     step: int = 0  # model calls so far: the index into the prompt-editing schedules
     last_x0: Tensor | None = None  # the first positive prompt's estimate of the last call (returned on interrupt)
+    last_uncond: Tensor | None = None  # the negative prompt's output of the last call (DDIM CFG++)
     used_ngms: bool = field(default=False, init=False)
 
     def _skip_uncond(self, sigma: Tensor) -> bool:
@@ -115,6 +133,8 @@ class CFGDenoiser:
         if self.should_stop():
             raise SamplingStopped
         batch = x.shape[0]
+        if self.blend_before and self.mask is not None and self.init_latent is not None:
+            x = x * self.mask + self.init_latent * (1 - self.mask)
         positive: list[Cond] = []
         rows: list[int] = []  # image index of each positive row
         weights: list[list[tuple[int, float]]] = []  # per image: (positive row, weight)
@@ -142,12 +162,13 @@ class CFGDenoiser:
             out = torch.cat(parts)
         first_rows = [mine[0][0] for mine in weights]
         uncond = out[first_rows] if skip else out[len(positive):]
-        scale = 1.0 if skip else self.cfg_scale
+        scale = 1.0 if skip else self.cfg_scale * self.scale_multiplier
+        self.last_uncond = uncond.clone()
         denoised = uncond.clone()
         for i, mine in enumerate(weights):
             for row, weight in mine:
                 denoised[i] += (out[row] - uncond[i]) * (weight * scale)
-        if self.mask is not None and self.init_latent is not None:
+        if not self.blend_before and self.mask is not None and self.init_latent is not None:
             denoised = self.init_latent * (1 - self.mask) + denoised * self.mask
         self.last_x0 = out[first_rows]
         self.step += 1

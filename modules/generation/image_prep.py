@@ -7,6 +7,7 @@ pre-fill of masked content, and the final paste-back and overlay that keep unmas
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,6 +147,45 @@ class PreparedImage:
     source: Image.Image | None = None  # for "Just resize (latent upscale)": the unresized image
 
 
+def _fixed_point_gaussian(size: int, sigma: float, bits: int = 8) -> list[int]:
+    """A sampled Gaussian of odd ``size`` in fixed point with ``bits`` fraction bits that sums to exactly one: the
+    half kernel rounded with error diffusion, the centre taking the remainder (OpenCV's bit-exact 8-bit kernel)."""
+    half = (size - 1) // 2
+    scale = -0.125 / (sigma * sigma)
+    values = [math.exp(float(x * x) * scale) for x in range(1 - size, 1 - size + 2 * half, 2)]
+    total = 2 * sum(values) + 1.0
+    one = 1 << bits
+    out = [0] * size
+    err = 0.0
+    for i, v in enumerate(values):
+        adj = v / total * one + err
+        q = int(np.rint(adj))
+        err = adj - q
+        out[i] = out[size - 1 - i] = q
+    out[half] = one - 2 * sum(out[:half])
+    return out
+
+
+def gaussian_blur_u8(arr: np.ndarray, sigma: float, axis: int) -> np.ndarray:
+    """A1111's mask blur: a 1-D Gaussian of size 2 * int(2.5 * sigma + 0.5) + 1 along ``axis`` of an 8-bit image,
+    with mirrored borders (without repeating the edge) and the integer rounding of OpenCV's ``GaussianBlur``."""
+    size = 2 * int(2.5 * sigma + 0.5) + 1
+    kernel = _fixed_point_gaussian(size, sigma)
+    half = size // 2
+    src = np.asarray(arr, dtype=np.int64)
+    n = src.shape[axis]
+    index = np.arange(-half, n + half)
+    while (index < 0).any() or (index >= n).any():  # reflect-101, repeated for kernels wider than the image
+        index = np.where(index < 0, -index, index)
+        index = np.where(index >= n, 2 * (n - 1) - index, index)
+    padded = np.take(src, index, axis=axis)
+    acc = np.zeros_like(src)
+    for k, c in enumerate(kernel):
+        acc += c * np.take(padded, np.arange(k, k + n), axis=axis)
+    out: np.ndarray = np.clip((acc + 128) >> 8, 0, 255).astype(np.uint8)
+    return out
+
+
 def prepare(image: Image.Image, mask: Image.Image | None, width: int, height: int, resize_mode: int,
             blur: tuple[int, int], invert: bool, masked_content: int, full_res: bool, padding: int,
             round_mask: bool = True) -> PreparedImage:
@@ -160,8 +200,10 @@ def prepare(image: Image.Image, mask: Image.Image | None, width: int, height: in
         mask = resize_image(resize_mode if resize_mode != 3 else 0, mask, *image.size)
     if invert:
         mask = ImageOps.invert(mask)
-    if blur[0] > 0 or blur[1] > 0:
-        mask = mask.filter(ImageFilter.GaussianBlur(blur))
+    if blur[0] > 0:
+        mask = Image.fromarray(gaussian_blur_u8(np.asarray(mask), blur[0], axis=1))
+    if blur[1] > 0:
+        mask = Image.fromarray(gaussian_blur_u8(np.asarray(mask), blur[1], axis=0))
     if full_res:
         region = crop_region(mask, padding)
         if region is not None:

@@ -24,7 +24,7 @@ from modules.generation.latents import preview
 from modules.generation.noise import ImageRNG
 from modules.models.loader import ModelParts
 from modules.samplers import SamplerSpec
-from modules.sampling import schedules
+from modules.sampling import schedules, timestep_samplers
 from modules.sampling.k_common import Sampler, Step
 
 Tensor = torch.Tensor
@@ -86,13 +86,32 @@ def sdxl_time_ids(width: int, height: int, batch: int) -> Tensor:
     return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(batch, 1)
 
 
-def sigma_table(parts: ModelParts) -> schedules.SigmaTable:
-    """The model's discrete sigmas, from its training schedule (scaled linear betas; zero terminal SNR if set)."""
+def alphas_cumprod(parts: ModelParts) -> Tensor:
+    """The model's abar table, from its training schedule (scaled linear betas; zero terminal SNR if set)."""
     cfg = parts.scheduler_config
     abar = schedules.scaled_linear_alphas_cumprod(float(cfg.get("beta_start", 0.00085)),
                                                   float(cfg.get("beta_end", 0.012)),
                                                   int(cfg.get("num_train_timesteps", 1000)))
-    return schedules.SigmaTable.from_alphas_cumprod(abar, bool(cfg.get("rescale_betas_zero_snr", False)))
+    return schedules.rescale_zero_terminal_snr(abar) if cfg.get("rescale_betas_zero_snr") else abar
+
+
+def sigma_table(parts: ModelParts) -> schedules.SigmaTable:
+    """The model's discrete sigmas."""
+    return schedules.SigmaTable.from_alphas_cumprod(alphas_cumprod(parts))
+
+
+def lcm_sigmas(schedule: str, steps: int, abar: Tensor, options: schedules.ScheduleOptions) -> Tensor:
+    """LCM's sigmas: its own 50-entry table stepped through for "Automatic", "Uniform", "Normal" and "SGM Uniform",
+    the other schedule types over that table's range."""
+    table = timestep_samplers.lcm_sigma_table(abar)
+    n = steps + 1 if options.discard_penultimate else steps
+    if schedule in (schedules.AUTOMATIC, "Uniform", "Normal", "SGM Uniform"):
+        sigmas = timestep_samplers.lcm_sigmas(n, table, sgm=schedule == "SGM Uniform")
+    else:
+        sigmas = schedules.build_sigmas(schedules.find_schedule(schedule).name, steps,
+                                        table, options)
+        return sigmas
+    return schedules.discard_penultimate(sigmas) if options.discard_penultimate else sigmas
 
 
 def get_sigmas(spec: SamplerSpec, schedule: str, steps: int, table: schedules.SigmaTable,
@@ -106,10 +125,9 @@ def get_sigmas(spec: SamplerSpec, schedule: str, steps: int, table: schedules.Si
 
 
 def _sampler_function(spec: SamplerSpec) -> Sampler:
-    if spec.kind != samplers.K_DIFFUSION:
-        raise ValidationError(f"sampler_name: {spec.name} is not available yet", field="sampler_name")
     name = "sample_" + spec.function + ("_heun" if spec.solver_type == "heun" else "")
-    for module in ("modules.sampling.k_samplers", "modules.sampling.extra_samplers"):
+    for module in ("modules.sampling.k_samplers", "modules.sampling.extra_samplers",
+                   "modules.sampling.timestep_samplers"):
         try:
             fn: Sampler | None = getattr(importlib.import_module(module), name, None)
         except ImportError:
@@ -147,29 +165,75 @@ def _denoiser(parts: ModelParts, spec: PassSpec, table: schedules.SigmaTable, co
               init_latent: Tensor | None = None, mask: Tensor | None = None) -> CFGDenoiser:
     batch = len(spec.conds)
     time_ids = sdxl_time_ids(spec.width, spec.height, batch).to(parts.device) if parts.family.is_xl else None
+    kind = spec.sampler.kind
+    abar = alphas_cumprod(parts)
     model = ModelDenoiser(parts.unet, table, parts.prediction_type == "v_prediction", parts.dtype, time_ids,
-                          spec.image_cond)
+                          spec.image_cond, kind={samplers.TIMESTEPS: "eps", samplers.LCM: "lcm"}.get(kind, "sigma"),
+                          alphas_cumprod=abar,
+                          lcm_table=timestep_samplers.lcm_sigma_table(abar) if kind == samplers.LCM else None)
+    multiplier = timestep_samplers.CFGPP_SCALE_MULTIPLIER if spec.sampler.function == "ddim_cfgpp" else 1.0
     return CFGDenoiser(model, spec.conds, spec.cfg_scale, spec.options.s_min_uncond, init_latent, mask,
-                       control.should_stop)
+                       control.should_stop, blend_before=kind == samplers.TIMESTEPS, scale_multiplier=multiplier)
 
 
 def _run(spec: PassSpec, cfg: CFGDenoiser, x: Tensor, sigmas: Tensor, full_sigmas: Tensor, rng: ImageRNG,
          control: JobControl, is_xl: bool, total: int, extra: dict[str, Any] | None = None) -> Tensor:
+    """Run the sampler; ``sigmas`` are the timesteps for the timestep samplers."""
     fn = _sampler_function(spec.sampler)
-    noise = rng.brownian_noise(x, full_sigmas) if spec.sampler.brownian_noise else rng.noise_sampler()
+    progress = _progress(control, spec, total, is_xl)
+    last: list[Tensor] = []
+
+    def callback(step: Step) -> None:
+        last[:] = [step.denoised]
+        progress(step)
+
     control.update(sampling_step=0, sampling_steps=total, phase=spec.phase)
     kwargs = {**_sampler_kwargs(spec.sampler, spec.options), **(extra or {})}
     try:
-        return fn(cfg, x, sigmas.to(x.device), callback=_progress(control, spec, total, is_xl), noise=noise,
-                  **kwargs)
+        if spec.sampler.kind == samplers.TIMESTEPS:
+            abar = alphas_cumprod_on(cfg, x.device)
+            call: dict[str, Any] = {"callback": callback}
+            if spec.sampler.takes_eta:
+                call.update(eta=kwargs["eta"], noise=rng.next)
+            if spec.sampler.function == "ddim_cfgpp":
+                call["uncond_eps"] = lambda: _required(cfg.last_uncond)
+            if spec.sampler.function == "unipc":
+                call["is_img2img"] = bool(extra and extra.get("is_img2img"))
+            result: Tensor = getattr(timestep_samplers, "sample_" + spec.sampler.function)(
+                cfg, x, sigmas.to(x.device), abar, **call)
+            return result
+        noise = rng.brownian_noise(x, full_sigmas) if spec.sampler.brownian_noise else rng.noise_sampler()
+        return fn(cfg, x, sigmas.to(x.device), callback=callback, noise=noise, **kwargs)
     except SamplingStopped:
-        return cfg.last_x0 if cfg.last_x0 is not None else x
+        if spec.sampler.kind == samplers.K_DIFFUSION and cfg.last_x0 is not None:
+            return cfg.last_x0
+        return last[0] if last else x
+
+
+def _required(value: Tensor | None) -> Tensor:
+    if value is None:
+        raise RuntimeError("the guidance has not run yet")
+    return value
+
+
+def alphas_cumprod_on(cfg: CFGDenoiser, device: torch.device) -> Tensor:
+    abar = cfg.model.alphas_cumprod
+    assert abar is not None
+    return abar.to(device)
 
 
 def sample_from_noise(parts: ModelParts, spec: PassSpec, rng: ImageRNG, control: JobControl) -> Tensor:
     """txt2img: the seeds' noise scaled to the first sigma, sampled down to zero."""
     table = sigma_table(parts)
-    sigmas = get_sigmas(spec.sampler, spec.schedule, spec.steps, table, spec.options.schedule, parts.family.is_xl)
+    if spec.sampler.kind == samplers.TIMESTEPS:
+        ts = timestep_samplers.timesteps(spec.steps, discard_penultimate=spec.options.schedule.discard_penultimate)
+        cfg = _denoiser(parts, spec, table, control)
+        return _run(spec, cfg, rng.next(), ts, ts, rng, control, parts.family.is_xl, spec.steps)
+    if spec.sampler.kind == samplers.LCM:
+        sigmas = lcm_sigmas(spec.schedule, spec.steps, alphas_cumprod(parts), spec.options.schedule)
+    else:
+        sigmas = get_sigmas(spec.sampler, spec.schedule, spec.steps, table, spec.options.schedule,
+                            parts.family.is_xl)
     noise = rng.next()
     scale = torch.sqrt(1.0 + sigmas[0] ** 2.0) if spec.options.sgm_noise_multiplier else sigmas[0]
     x = noise * scale.to(noise.device)
@@ -204,12 +268,22 @@ def sample_from_latents(parts: ModelParts, spec: PassSpec, init_latents: Tensor,
     if steps <= 0 or t_enc < 0:
         return init
     table = sigma_table(parts)
-    sigmas = get_sigmas(spec.sampler, spec.schedule, steps, table, spec.options.schedule, parts.family.is_xl)
-    sched = sigmas[steps - t_enc - 1:]
-    x = init + noise * sched[0].to(device)
     m = mask.to(device=device, dtype=torch.float32) if mask is not None else None
     cfg = _denoiser(parts, spec, table, control, init if m is not None else None, m)
-    out = _run(spec, cfg, x, sched, sigmas, rng, control, parts.family.is_xl, t_enc + 1)
+    if spec.sampler.kind == samplers.TIMESTEPS:
+        ts = timestep_samplers.timesteps(steps, discard_penultimate=spec.options.schedule.discard_penultimate)
+        abar = alphas_cumprod(parts).to(device)
+        x = timestep_samplers.noise_init_latent(init, noise, abar, int(ts[t_enc]))
+        out = _run(spec, cfg, x, ts[:t_enc], ts, rng, control, parts.family.is_xl, t_enc + 1, {"is_img2img": True})
+    else:
+        if spec.sampler.kind == samplers.LCM:
+            sigmas = lcm_sigmas(spec.schedule, steps, alphas_cumprod(parts), spec.options.schedule)
+        else:
+            sigmas = get_sigmas(spec.sampler, spec.schedule, steps, table, spec.options.schedule,
+                                parts.family.is_xl)
+        sched = sigmas[steps - t_enc - 1:]
+        x = init + noise * sched[0].to(device)
+        out = _run(spec, cfg, x, sched, sigmas, rng, control, parts.family.is_xl, t_enc + 1)
     if m is not None:
         out = out * m + init * (1 - m)
     return out

@@ -3,8 +3,8 @@
     python scripts/parity.py --a1111 http://127.0.0.1:7890 --ours http://127.0.0.1:7861 [--only NAME ...]
 
 Both servers must run the same checkpoint (e.g. the A1111 oracle's tiny model, loaded here with its yaml). Every
-request is sent with ``override_settings`` ``randn_source: CPU`` (and clip skip and ENSD, which A1111 does not
-always restore after a request) to both: A1111 on a machine without CUDA makes its
+request is sent with ``override_settings`` ``randn_source: CPU`` (and every other setting a case changes, at its
+default: A1111 does not always restore overridden settings after a request) to both: A1111 on a machine without CUDA makes its
 "GPU" noise with torch's CPU generator, which is this server's "CPU" source. img2img requests follow a txt2img
 request with the same seed (A1111 samples the init image's latents from its global generator, which that request
 seeds). For each case it prints the share of pixel values within 1 grey level and the mean and max difference; the
@@ -28,7 +28,9 @@ from PIL import Image
 BASE: dict[str, Any] = {"prompt": "a red fox, (autumn forest:1.2)", "negative_prompt": "blurry", "steps": 6,
                         "width": 64, "height": 64, "seed": 42, "cfg_scale": 7, "sampler_name": "Euler a",
                         "override_settings": {"randn_source": "CPU", "CLIP_stop_at_last_layers": 1,
-                                              "eta_noise_seed_delta": 0}}
+                                              "eta_noise_seed_delta": 0, "sgm_noise_multiplier": False,
+                                              "always_discard_next_to_last_sigma": False, "sigma_min": 0.0,
+                                              "sigma_max": 0.0, "rho": 0.0}}
 SAMPLERS = ("DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a",
             "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++",
             "PLMS", "UniPC", "LCM")
@@ -77,6 +79,24 @@ def cases() -> list[tuple[str, str, dict[str, Any]]]:
         ("img2img DPM++ 2M SDE", "img2img", {"denoising_strength": 0.6, "sampler_name": "DPM++ 2M SDE"}),
         ("inpainting", "img2img", {"denoising_strength": 0.75, "mask": "@mask", "mask_blur": 4}),
         ("inpainting latent noise", "img2img", {"denoising_strength": 0.9, "mask": "@mask", "inpainting_fill": 2}),
+        ("inpainting whole picture DDIM", "img2img", {"denoising_strength": 0.8, "mask": "@mask",
+                                                      "inpaint_full_res": False, "sampler_name": "DDIM"}),
+        ("img2img UniPC", "img2img", {"denoising_strength": 0.7, "sampler_name": "UniPC"}),
+        ("img2img LCM", "img2img", {"denoising_strength": 0.7, "sampler_name": "LCM"}),
+        ("DDIM eta 0.6", "txt2img", {"sampler_name": "DDIM", "eta": 0.6}),
+        ("Euler churn", "txt2img", {"sampler_name": "Euler", "s_churn": 0.5, "s_noise": 1.01}),
+        ("NGMS", "txt2img", {"s_min_uncond": 2.0}),
+        ("hires with its own sampler", "txt2img", {"enable_hr": True, "hr_scale": 1.25, "denoising_strength": 0.5,
+                                                   "hr_sampler_name": "DPM++ SDE", "hr_scheduler": "Exponential",
+                                                   "hr_second_pass_steps": 3}),
+        ("batch of 2, variation, SDE", "txt2img", {"batch_size": 2, "subseed": 5, "subseed_strength": 0.5,
+                                                   "sampler_name": "DPM++ 2M SDE"}),
+        ("SGM noise multiplier", "txt2img", {"override_settings": {**BASE["override_settings"],
+                                                                   "sgm_noise_multiplier": True}}),
+        ("always discard penultimate", "txt2img", {"sampler_name": "DPM++ 2M", "override_settings": {
+            **BASE["override_settings"], "always_discard_next_to_last_sigma": True}}),
+        ("schedule overrides", "txt2img", {"sampler_name": "DPM++ 2M", "override_settings": {
+            **BASE["override_settings"], "sigma_min": 0.05, "sigma_max": 10.0, "rho": 5.0}}),
     ]
     return out
 

@@ -80,7 +80,9 @@ def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, 
                 on_image: ImageListener | None = None) -> GenerationResult:
     """Run ``req.n_iter`` batches of ``req.batch_size`` images (``req`` validated, seeds resolved)."""
     total = req.image_count
-    seeds, subseeds = all_seeds(req.seed, total), all_seeds(req.subseed, total)
+    # with a variation seed every image keeps the seed and only the variation seed counts up, as in A1111
+    seeds = [req.seed] * total if req.subseed_strength > 0 else all_seeds(req.seed, total)
+    subseeds = all_seeds(req.subseed, total)
     prompts = prepare_prompts(req, total)
     encoder = TextEncoder(parts, req.clip_skip)
     info = parts.info

@@ -213,14 +213,14 @@ def prepare(image: Image.Image, mask: Image.Image | None, width: int, height: in
             work_mask = resize_image(2, mask.crop(region), width, height)
             prepared = PreparedImage(work, work_mask, base=image, paste=(x1, y1, x2 - x1, y2 - y1),
                                      overlay=_overlay(image, mask))
-            if masked_content == 0:
+            if masked_content != 1:  # A1111 pre-fills for "fill", "latent noise" and "latent nothing"
                 prepared.image = fill_masked(work, work_mask)
             return prepared
     work = resize_image(resize_mode if resize_mode != 3 else 0, image, width, height)
     work_mask = resize_image(resize_mode if resize_mode != 3 else 0, mask, width, height)
     overlay_mask = Image.fromarray(np.clip(np.asarray(work_mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8))
     prepared = PreparedImage(work, work_mask, overlay=_overlay(work, overlay_mask))
-    if masked_content == 0:
+    if masked_content != 1:  # A1111 pre-fills for "fill", "latent noise" and "latent nothing"
         prepared.image = fill_masked(work, work_mask)
     return prepared
 

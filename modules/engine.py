@@ -16,7 +16,7 @@ from PIL import Image
 
 from modules import images as image_utils
 from modules import outputs
-from modules.generation.batches import ImageListener
+from modules.generation.batches import ImageListener, ModelSource
 from modules.generation.control import JobControl
 from modules.generation.img2img import img2img
 from modules.generation.result import GenerationResult
@@ -28,7 +28,7 @@ from modules.requests import GenerationRequest, Img2ImgRequest
 
 __all__ = ["Engine", "JobOutput", "OutputOptions"]
 log = logging.getLogger(__name__)
-Generate = Callable[[ModelParts, Any, JobControl, int, ImageListener | None], GenerationResult]
+Generate = Callable[[ModelParts, Any, JobControl, int, ImageListener | None, ModelSource | None], GenerationResult]
 
 
 @dataclass
@@ -65,7 +65,10 @@ class Engine:
         parts = self.models.with_vae(self.models.get(req.checkpoint), req.vae)
         paths: dict[int, Path] = {}
         listener = _saver(out, paths, control) if out is not None and out.save_samples else None
-        job = JobOutput(generate(parts, req, control, preview_every, listener), paths=paths)
+        def load(name: str) -> ModelParts:  # the hires checkpoint or the refiner, with the job's VAE choice
+            return self.models.with_vae(self.models.get(name), req.vae)
+
+        job = JobOutput(generate(parts, req, control, preview_every, listener, load), paths=paths)
         count = len(job.result.images)
         if grid and count and (count > 1 or (out is not None and not out.grid_only_if_multiple)):
             job.grid = image_utils.image_grid(job.result.images)

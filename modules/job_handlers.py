@@ -17,6 +17,7 @@ from PIL import Image
 from modules import images as image_utils
 from modules.batch import run_batch
 from modules.engine import JobOutput
+from modules.errors import ModelLoadError, ValidationError
 from modules.generation.control import JobControl
 from modules.job_types import (
     DeviceConfigJob,
@@ -35,7 +36,7 @@ from modules.job_types import (
     UnloadModelJob,
 )
 from modules.models.manager import DeviceConfig
-from modules.requests import Img2ImgRequest, validate, validate_img2img
+from modules.requests import SAME_CHECKPOINT, GenerationRequest, Img2ImgRequest, validate, validate_img2img
 
 if TYPE_CHECKING:
     from modules.app import App
@@ -121,12 +122,25 @@ def run_img2img(app: App, spec: Img2ImgJob, control: JobControl) -> ImagesResult
     return images_result(out, spec.return_grid)
 
 
+def _check_other_checkpoints(app: App, req: GenerationRequest) -> None:
+    """The hires checkpoint and the refiner a request names must exist (checked before the job is queued)."""
+    for field, name in (("hr_checkpoint_name", req.hr_checkpoint_name), ("refiner_checkpoint", req.refiner_checkpoint)):
+        if name in (None, "", "None", "none", SAME_CHECKPOINT):
+            continue
+        try:
+            app.models.resolve(str(name))
+        except ModelLoadError as exc:
+            raise ValidationError(f"{field}: {exc}", field=field) from None
+
+
 def check_txt2img(app: App, spec: Txt2ImgJob) -> None:
     validate(spec.request, app.limits())
+    _check_other_checkpoints(app, spec.request)
 
 
 def check_img2img(app: App, spec: Img2ImgJob) -> None:
     validate_img2img(spec.request, app.limits())
+    _check_other_checkpoints(app, spec.request)
 
 
 def check_batch(app: App, spec: Img2ImgBatchJob) -> None:

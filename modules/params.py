@@ -13,7 +13,7 @@ from typing import Final
 
 from modules import samplers
 from modules.generation.image_prep import MASKED_CONTENT, RESIZE_MODES
-from modules.requests import SAME_CHECKPOINT, SAME_SAMPLER, GenerationRequest, Img2ImgRequest
+from modules.requests import NO_REFINER, SAME_CHECKPOINT, SAME_SAMPLER, GenerationRequest, Img2ImgRequest
 
 BOTH: Final = frozenset({"txt2img", "img2img"})
 TXT2IMG: Final = frozenset({"txt2img"})
@@ -189,6 +189,10 @@ def _w_discard(req: GenerationRequest, _: InfotextContext) -> object:
     return True if keep and not spec.discard_penultimate else None
 
 
+def _refiner(req: GenerationRequest) -> str | None:
+    return None if req.refiner_checkpoint in NO_REFINER else req.refiner_checkpoint
+
+
 def _w_denoising(req: GenerationRequest, _: InfotextContext) -> object:
     return req.denoising_strength if req.enable_hr or isinstance(req, Img2ImgRequest) else None
 
@@ -359,6 +363,16 @@ PARAMS: tuple[Param, ...] = (
           read=_r_or("RNG", "randn_source", "GPU"), api=(),
           setting="randn_source", label="Random number generator source", axis="RNG source",
           choices=lambda: ("GPU", "CPU", "NV")),
+    Param("refiner_checkpoint", str, "Refiner", write=lambda r, c: _refiner(r), label="Refiner",
+          axis="Refiner checkpoint", nullable=True),
+    Param("refiner_switch_at", float, "Refiner switch at",
+          write=lambda r, c: r.refiner_switch_at if _refiner(r) else None, label="Switch at",
+          axis="Refiner switch at", nullable=True),
+    Param("hires_fix_refiner_pass", str, "Hires refiner",
+          write=lambda r, c: r.hires_fix_refiner_pass if _refiner(r) and r.enable_hr
+          and r.hires_fix_refiner_pass != "second pass" else None,
+          api=(), setting="hires_fix_refiner_pass", label="Hires fix: which pass to enable refiner for",
+          scope=TXT2IMG),
     Param("tiling", bool, "Tiling", write=_when(lambda r: r.tiling)("tiling"), api_default=False, label="Tiling"),
     Param("eta", float, "Eta", write=_w_eta, read=_r_eta, label="Eta", axis="Eta", nullable=True, cli="--ddim_eta"),
     Param("eta_ancestral", float, api=(), setting="eta_ancestral", label="Eta for k-diffusion samplers"),
@@ -411,7 +425,9 @@ PARAMS: tuple[Param, ...] = (
           write=_hires(lambda r: r.hr_negative_prompt
                        if r.hr_negative_prompt and r.hr_negative_prompt != r.negative_prompt else None),
           api_default="", label="Hires negative prompt", scope=TXT2IMG),
-    Param("hr_checkpoint_name", str, read=_r_hires_choice("Hires checkpoint", "hr_checkpoint_name", SAME_CHECKPOINT),
+    Param("hr_checkpoint_name", str, "Hires checkpoint",
+          write=_hires(lambda r: None if r.hr_checkpoint_name in (None, "", SAME_CHECKPOINT) else r.hr_checkpoint_name),
+          read=_r_hires_choice("Hires checkpoint", "hr_checkpoint_name", SAME_CHECKPOINT),
           label="Hires checkpoint", nullable=True, scope=TXT2IMG),
     # img2img and inpainting
     Param("mask_blur_x", int, "Mask blur", write=_inpaint(_mask_blur), read=_r_mask_blur,

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 from modules import samplers
 from modules.errors import ValidationError
 
+REFINER_PASSES = ("first pass", "second pass", "both passes")
+NO_REFINER = (None, "", "None", "none")
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
     "Latent": ("bilinear", False),
     "Latent (antialiased)": ("bilinear", True),
@@ -96,6 +98,10 @@ class GenerationRequest:
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
     hr_checkpoint_name: str | None = None
+    # refiner: another checkpoint takes over once this share of the schedule is done
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    hires_fix_refiner_pass: str = "second pass"
 
     def replace(self: _R, **changes: Any) -> _R:
         return dataclasses.replace(self, **changes)
@@ -169,6 +175,10 @@ def validate(req: GenerationRequest, limits: Limits = Limits()) -> None:
         _check(math.isfinite(getattr(req, name)) and 0 <= getattr(req, name) <= 1, name, "must be between 0 and 1")
     _check(0 <= req.eta_noise_seed_delta <= 2**31 - 1, "eta_noise_seed_delta", "must be between 0 and 2147483647")
     _check(req.eta is None or 0 <= req.eta <= 1, "eta", "must be between 0 and 1")
+    _check(req.refiner_switch_at is None or (math.isfinite(req.refiner_switch_at) and 0 <= req.refiner_switch_at <= 1),
+           "refiner_switch_at", "must be between 0 and 1")
+    _check(req.hires_fix_refiner_pass in REFINER_PASSES, "hires_fix_refiner_pass",
+           f"must be one of: {', '.join(REFINER_PASSES)}")
     _check(req.s_noise >= 0 and req.s_churn >= 0 and req.s_tmin >= 0, "s_noise", "sampler parameters must be >= 0")
     samplers.resolve_sampler(req.sampler_name, req.scheduler)
     if req.enable_hr:
@@ -193,8 +203,6 @@ def _validate_hires(req: GenerationRequest, limits: Limits) -> None:
     up_w, up_h, _, _ = req.hires_target()
     _check(up_w <= limits.max_size * 2 and up_h <= limits.max_size * 2, "hr_scale",
            f"the hires size {up_w}x{up_h} exceeds {limits.max_size * 2} pixels per side")
-    _check(req.hr_checkpoint_name in (None, "", SAME_CHECKPOINT), "hr_checkpoint_name",
-           "a separate hires checkpoint is not supported yet; use 'Use same checkpoint'")
     if req.hr_sampler_name not in (None, "", SAME_SAMPLER) or req.hr_scheduler not in (None, "", SAME_SAMPLER):
         name = req.hr_sampler_name if req.hr_sampler_name not in (None, "", SAME_SAMPLER) else req.sampler_name
         sched = req.hr_scheduler if req.hr_scheduler not in (None, "", SAME_SAMPLER) else None

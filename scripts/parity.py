@@ -2,13 +2,13 @@
 
     python scripts/parity.py --a1111 http://127.0.0.1:7890 --ours http://127.0.0.1:7861 [--only NAME ...]
 
-Both servers must run the same checkpoint (e.g. the A1111 oracle's tiny model, loaded here with its yaml). Every
-request is sent with ``override_settings`` ``randn_source: CPU`` (and every other setting a case changes, at its
-default: A1111 does not always restore overridden settings after a request) to both: A1111 on a machine without CUDA makes its
-"GPU" noise with torch's CPU generator, which is this server's "CPU" source. img2img requests follow a txt2img
-request with the same seed (A1111 samples the init image's latents from its global generator, which that request
-seeds). For each case it prints the share of pixel values within 1 grey level and the mean and max difference; the
-exit status is 1 when any case is under 99%.
+Both servers must run the same checkpoint (e.g. the A1111 oracle's tiny model, loaded here with its yaml).
+Every request is sent with ``override_settings`` ``randn_source: CPU`` to both, and every other setting a case
+changes is pinned at its default in every request (A1111 does not always restore overridden settings). A1111 on a
+machine without CUDA makes its "GPU" noise with torch's CPU generator, which is this server's "CPU" source.
+img2img requests follow a txt2img request with the same seed (A1111 samples the init image's latents from its
+global generator, which that request seeds). For each case it prints the share of pixel values within 1 grey
+level and the mean and max difference; the exit status is 1 when any case is under 99%.
 """
 
 from __future__ import annotations

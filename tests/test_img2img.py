@@ -114,7 +114,9 @@ def test_whole_picture_inpaint_keeps_unmasked_pixels(engine, content):
     assert np.abs(out - px(src))[far].max() <= 1
     assert np.abs(out - px(src))[20:36, 20:36].mean() > 5  # the masked area was regenerated
     text = engine.img2img(req).result.infotexts[0]
-    assert f"Masked content: {image_prep.MASKED_CONTENT[content]}" in text and "Inpaint area: Whole picture" in text
+    # as A1111: "original" masked content and the whole-picture area are its defaults and not written
+    assert (f"Masked content: {image_prep.MASKED_CONTENT[content]}" in text) == (content != 1)
+    assert "Inpaint area" not in text
 
 
 @needs_photos
@@ -210,7 +212,8 @@ def test_batch_from_folder_with_masks_png_info_and_non_images(engine, tmp_path):
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (10, 10, 30, 30))
     mask.save(masks / "b.png")
-    base = Img2ImgRequest(prompt="painting of", steps=2, width=64, height=64, seed=7, mask_blur_x=0, mask_blur_y=0)
+    base = Img2ImgRequest(prompt="painting of", steps=2, width=64, height=64, seed=7, mask_blur_x=0, mask_blur_y=0,
+                          inpainting_fill=0)
     job = Img2ImgBatchJob(base, tuple(list_inputs(inp)), out, mask_dir=masks,
                           png_info_fields=("Prompt", "Seed", "Sampler", "Steps"))
     report = run_batch(engine, job)

@@ -158,11 +158,11 @@ def test_nan_unet_output_fails_the_job_with_a_message(data_dir, model_store, eng
 
     install_model(data_dir, model_store("sd1", "safetensors"), "tiny")
     engine = engine_factory()
-    real = denoise._unet_call
-    monkeypatch.setattr(denoise, "_unet_call", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = denoise.ModelDenoiser.model_output
+    monkeypatch.setattr(denoise.ModelDenoiser, "model_output", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(GenerationError, match="NaN"):
         engine.txt2img(GenerationRequest(prompt="x", seed=1, **SMALL))
-    monkeypatch.setattr(denoise, "_unet_call", real)
+    monkeypatch.setattr(denoise.ModelDenoiser, "model_output", real)
     assert engine.txt2img(GenerationRequest(prompt="x", seed=1, **SMALL)).result.images
 
 

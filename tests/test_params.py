@@ -75,8 +75,11 @@ _unit = st.floats(0.01, 1.0, allow_nan=False)
 
 @st.composite
 def _sampler(draw: st.DrawFn) -> tuple[str, str]:
+    """A sampler and a schedule type as A1111 records them ("Automatic" is written as the sampler's default)."""
     name = draw(st.sampled_from(samplers.sampler_names()))
-    return name, draw(st.sampled_from(samplers.schedule_labels()))
+    spec = samplers.find(name)
+    schedule = draw(st.sampled_from(samplers.schedule_labels()))
+    return name, spec.default_schedule if schedule == "Automatic" and spec.scheduler else schedule
 
 
 @st.composite
@@ -104,7 +107,9 @@ def requests(draw: st.DrawFn, cls: type[GenerationRequest] = GenerationRequest) 
         "prompt": prompt, "negative_prompt": negative, "steps": draw(st.integers(1, 150)), "sampler_name": sampler,
         "scheduler": schedule, "cfg_scale": draw(st.floats(0, 30, allow_nan=False)), "seed": draw(_seed),
         "width": draw(_size), "height": draw(_size), "checkpoint": HASH,
-        "clip_skip": draw(st.integers(1, 12)), "eta_noise_seed_delta": draw(st.integers(0, 2**31 - 1)),
+        "clip_skip": draw(st.integers(1, 12)),
+        # ENSD is recorded for the samplers that use it (A1111's rule)
+        "eta_noise_seed_delta": draw(st.integers(0, 2**31 - 1)) if samplers.find(sampler).uses_ensd else 0,
         "randn_source": draw(st.sampled_from(["CPU", "GPU"])), "tiling": draw(st.booleans()),
     }
     if draw(st.booleans()):
@@ -117,7 +122,7 @@ def requests(draw: st.DrawFn, cls: type[GenerationRequest] = GenerationRequest) 
         values.update(draw(_hires(prompt, negative)))
     if cls is Img2ImgRequest:
         values.update(denoising_strength=draw(_unit), mask=Image.new("L", (8, 8), 255),
-                      mask_blur_x=draw(st.integers(0, 64)), mask_blur_y=draw(st.integers(0, 64)),
+                      mask_blur_x=draw(st.integers(1, 64)), mask_blur_y=draw(st.integers(0, 64)),
                       inpainting_mask_invert=draw(st.booleans()), inpainting_fill=draw(st.integers(0, 3)),
                       inpaint_full_res=draw(st.booleans()), resize_mode=draw(st.sampled_from([0, 3])),
                       initial_noise_multiplier=draw(st.floats(0.0, 1.5, allow_nan=False)))

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from modules import infotext, param_io
-from modules.errors import GenerationError
+from modules.errors import GenerationError, ValidationError
 from modules.generation import latents as lat
 from modules.generation.conditioning import TextEncoder
 from modules.generation.control import JobControl
@@ -49,6 +49,38 @@ class Batch:
 class Sampled:
     latents: Tensor
     finish: Finish | None = None
+    parts: ModelParts | None = None  # the model whose VAE decodes them, when the job switched checkpoints
+
+
+ModelSource = Callable[[str], ModelParts]  # checkpoint name -> the model, loaded (hires checkpoint, refiner)
+
+
+@dataclass
+class JobModels:
+    """The model a job runs on now, and how it switches checkpoints inside the job (hires checkpoint, refiner)."""
+
+    current: ModelParts
+    load: ModelSource | None = None
+
+    def restore(self, parts: ModelParts) -> None:
+        """Back to the job's own model (each batch starts on it)."""
+        if self.current is parts:
+            return
+        if self.load is not None and parts.info is not None:
+            self.current = self.load(parts.info.title)
+        else:
+            self.current = parts
+
+    def switch(self, name: str, field: str) -> ModelParts:
+        if self.load is None:
+            raise ValidationError(f"{field}: switching checkpoints inside a job is not available here", field=field)
+        parts = self.load(name)
+        if parts.family.is_xl != self.current.family.is_xl or parts.unet.config["out_channels"] != \
+                self.current.unet.config["out_channels"]:
+            raise ValidationError(f"{field}: {name} is a {parts.family.label} model; it cannot continue a "
+                                  f"{self.current.family.label} image", field=field)
+        self.current = parts
+        return parts
 
 
 Sample = Callable[[Batch], Sampled]
@@ -105,7 +137,8 @@ def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, 
             if not torch.isfinite(sampled.latents).all():
                 raise GenerationError("the UNet produced NaNs; try the --no-half option or another sampler")
             control.update(phase="decoding")
-            for k, image in enumerate(lat.to_pil(lat.decode(parts.vae, sampled.latents, control.warn))):
+            vae = (sampled.parts or parts).vae
+            for k, image in enumerate(lat.to_pil(lat.decode(vae, sampled.latents, control.warn))):
                 i = batch.first + k
                 result.images.append(sampled.finish(k, image) if sampled.finish else image)
                 ctx = infotext_context(parts, seeds[i], subseeds[i])

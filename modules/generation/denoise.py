@@ -120,6 +120,7 @@ class CFGDenoiser:
     last_x0: Tensor | None = None  # the first positive prompt's estimate of the last call (returned on interrupt)
     last_uncond: Tensor | None = None  # the negative prompt's output of the last call (DDIM CFG++)
     used_ngms: bool = field(default=False, init=False)
+    before_call: Callable[[CFGDenoiser, Tensor], None] | None = None  # e.g. the refiner's switch
 
     def _skip_uncond(self, sigma: Tensor) -> bool:
         if self.cfg_scale == 1.0 and all(len(c.positive) == 1 and c.positive[0][0] == 1.0 for c in self.conds):
@@ -132,6 +133,8 @@ class CFGDenoiser:
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         if self.should_stop():
             raise SamplingStopped
+        if self.before_call is not None:
+            self.before_call(self, sigma)
         batch = x.shape[0]
         if self.blend_before and self.mask is not None and self.init_latent is not None:
             x = x * self.mask + self.init_latent * (1 - self.mask)

@@ -12,12 +12,21 @@ from PIL import Image
 from modules import samplers
 from modules.generation import image_prep
 from modules.generation import latents as lat
-from modules.generation.batches import Batch, ImageListener, Sampled, make_rng, resolve_seeds, run_batches
-from modules.generation.conditioning import build_conditioning
+from modules.generation.batches import (
+    Batch,
+    ImageListener,
+    JobModels,
+    ModelSource,
+    Sampled,
+    make_rng,
+    resolve_seeds,
+    run_batches,
+)
+from modules.generation.conditioning import ImageConds, TextEncoder, build_conditioning
 from modules.generation.control import JobControl
 from modules.generation.passes import PassSpec, full_mask_conditioning, sample_from_latents
 from modules.generation.result import GenerationResult
-from modules.generation.txt2img import sampling_options
+from modules.generation.txt2img import refiner_for, sampling_options
 from modules.models.loader import ModelParts
 from modules.requests import Img2ImgRequest
 
@@ -114,7 +123,7 @@ def _prepare_job(parts: ModelParts, req: Img2ImgRequest, first_seeds: list[int],
 
 
 def img2img(parts: ModelParts, req: Img2ImgRequest, control: JobControl, preview_every: int = 0,
-            on_image: ImageListener | None = None) -> GenerationResult:
+            on_image: ImageListener | None = None, models: ModelSource | None = None) -> GenerationResult:
     """Generate ``n_iter`` batches from the init images. ``req`` must be validated already."""
     req = resolve_seeds(req)
     if len(req.init_images) > 1:  # several init images make one batch of that size, as in A1111
@@ -123,17 +132,24 @@ def img2img(parts: ModelParts, req: Img2ImgRequest, control: JobControl, preview
 
     state: dict[str, _Init] = {}
 
+    job = JobModels(parts, models)
+
     def sample(batch: Batch) -> Sampled:
+        job.restore(parts)
         control.update(phase="encoding")
         if "init" not in state:
             state["init"] = _prepare_job(parts, req, batch.seeds, req.seed + req.image_count - 1)
         init = state["init"]
         rng = make_rng(req, parts, batch.seeds, batch.subseeds, req.width, req.height)
-        conds = build_conditioning(batch.encoder, batch.prompts.positive, batch.prompts.negative, req.steps)
+        def conds_for(p: ModelParts) -> list[ImageConds]:
+            enc = batch.encoder if p is batch.encoder.parts else TextEncoder(p, req.clip_skip)
+            return build_conditioning(enc, batch.prompts.positive, batch.prompts.negative, req.steps)
+
+        conds = conds_for(parts)
         ps = PassSpec(spec, schedule, req.steps, req.cfg_scale, conds, req.width, req.height, sampling_options(req),
-                      "sampling", preview_every, init.image_cond)
+                      "sampling", preview_every, init.image_cond, refiner_for(req, job, False, conds_for))
         latents = sample_from_latents(parts, ps, init.latents, req.denoising_strength, rng, control,
                                       req.initial_noise_multiplier, mask=init.mask)
-        return Sampled(latents, lambda k, image: image_prep.finish(image, init.prepared[k]))
+        return Sampled(latents, lambda k, image: image_prep.finish(image, init.prepared[k]), job.current)
 
     return run_batches(parts, req, control, sample, on_image)

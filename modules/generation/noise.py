@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -166,15 +167,10 @@ def _paste_centered(noise: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 _tree_source: contextvars.ContextVar[tuple[str, torch.device] | None] = contextvars.ContextVar("_tree_source",
                                                                                               default=None)
-_patched = False
-
-
+@functools.cache
 def _install_tree_randn() -> None:
     """Make torchsde's tree draw its normals from the job's RNG source (as A1111 does), not only torch's own
-    generator of the tree's device. Outside a job the original function runs."""
-    global _patched
-    if _patched:
-        return
+    generator of the tree's device. Outside a job the original function runs. Installed once."""
     import torchsde._brownian.brownian_interval as bi  # type: ignore[import-untyped]
 
     original = bi._randn
@@ -187,7 +183,6 @@ def _install_tree_randn() -> None:
         return randn_local(seed, tuple(size), source, job_device).to(device=device, dtype=dtype)
 
     bi._randn = randn
-    _patched = True
 
 
 @contextlib.contextmanager

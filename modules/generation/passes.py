@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from modules import samplers
 from modules.errors import ValidationError
+from modules.generation.batches import JobModels
 from modules.generation.conditioning import ImageConds
 from modules.generation.control import JobControl
 from modules.generation.denoise import CFGDenoiser, ModelDenoiser, SamplingStopped
@@ -52,6 +53,19 @@ class SamplingOptions:
 
 
 @dataclass
+class Refiner:
+    """A checkpoint that takes over a pass once ``switch_at`` of the way is done (A1111's refiner): the switch
+    happens inside the pass, before the first model call at or past that point, and the pass goes on with the
+    refiner's UNet and its text encoders' conditioning."""
+
+    name: str
+    switch_at: float | None
+    models: JobModels
+    conds: Callable[[ModelParts], list[ImageConds]]
+    switched: bool = False
+
+
+@dataclass
 class PassSpec:
     """Everything a sampling pass needs besides the model and the latents."""
 
@@ -66,6 +80,7 @@ class PassSpec:
     phase: str = "sampling"
     preview_every: int = 0
     image_cond: Tensor | None = None
+    refiner: Refiner | None = None
 
 
 def full_mask_conditioning(parts: ModelParts, batch: int, width: int, height: int) -> Tensor | None:
@@ -161,19 +176,46 @@ def _progress(control: JobControl, spec: PassSpec, total: int, is_xl: bool) -> C
     return callback
 
 
-def _denoiser(parts: ModelParts, spec: PassSpec, table: schedules.SigmaTable, control: JobControl,
-              init_latent: Tensor | None = None, mask: Tensor | None = None) -> CFGDenoiser:
+def _model_denoiser(parts: ModelParts, spec: PassSpec) -> ModelDenoiser:
     batch = len(spec.conds)
     time_ids = sdxl_time_ids(spec.width, spec.height, batch).to(parts.device) if parts.family.is_xl else None
     kind = spec.sampler.kind
     abar = alphas_cumprod(parts)
-    model = ModelDenoiser(parts.unet, table, parts.prediction_type == "v_prediction", parts.dtype, time_ids,
-                          spec.image_cond, kind={samplers.TIMESTEPS: "eps", samplers.LCM: "lcm"}.get(kind, "sigma"),
-                          alphas_cumprod=abar,
-                          lcm_table=timestep_samplers.lcm_sigma_table(abar) if kind == samplers.LCM else None)
+    return ModelDenoiser(parts.unet, sigma_table(parts), parts.prediction_type == "v_prediction", parts.dtype,
+                         time_ids, spec.image_cond,
+                         kind={samplers.TIMESTEPS: "eps", samplers.LCM: "lcm"}.get(kind, "sigma"), alphas_cumprod=abar,
+                         lcm_table=timestep_samplers.lcm_sigma_table(abar) if kind == samplers.LCM else None)
+
+
+def _refiner_hook(spec: PassSpec, refiner: Refiner) -> Callable[[CFGDenoiser, Tensor], None]:
+    def before_call(cfg: CFGDenoiser, sigma: Tensor) -> None:
+        if refiner.switched:
+            return
+        if spec.sampler.kind == samplers.TIMESTEPS:  # the "sigma" of a timestep sampler is the timestep
+            t = int(sigma.max())
+        else:  # the nearest entry of the model's table (LCM: of its own 50-entry table), as A1111 looks it up
+            table = cfg.model.lcm_table if cfg.model.lcm_table is not None else cfg.model.table
+            t = int(torch.argmin((table.sigmas.to(sigma.device) - sigma.max()).abs()))
+        if refiner.switch_at is not None and (999 - t) / 1000 < refiner.switch_at:
+            return
+        parts = refiner.models.switch(refiner.name, "refiner_checkpoint")
+        cfg.model = _model_denoiser(parts, spec)
+        cfg.conds = refiner.conds(parts)
+        refiner.switched = True
+
+    return before_call
+
+
+def _denoiser(parts: ModelParts, spec: PassSpec, table: schedules.SigmaTable, control: JobControl,
+              init_latent: Tensor | None = None, mask: Tensor | None = None) -> CFGDenoiser:
+    model = _model_denoiser(parts, spec)
     multiplier = timestep_samplers.CFGPP_SCALE_MULTIPLIER if spec.sampler.function == "ddim_cfgpp" else 1.0
-    return CFGDenoiser(model, spec.conds, spec.cfg_scale, spec.options.s_min_uncond, init_latent, mask,
-                       control.should_stop, blend_before=kind == samplers.TIMESTEPS, scale_multiplier=multiplier)
+    cfg = CFGDenoiser(model, spec.conds, spec.cfg_scale, spec.options.s_min_uncond, init_latent, mask,
+                      control.should_stop, blend_before=spec.sampler.kind == samplers.TIMESTEPS,
+                      scale_multiplier=multiplier)
+    if spec.refiner is not None:
+        cfg.before_call = _refiner_hook(spec, spec.refiner)
+    return cfg
 
 
 def _run(spec: PassSpec, cfg: CFGDenoiser, x: Tensor, sigmas: Tensor, full_sigmas: Tensor, rng: ImageRNG,

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from PIL import Image
 
 from modules import samplers
 from modules.generation import latents as lat
-from modules.generation.batches import Batch, ImageListener, Sampled, make_rng, resolve_seeds, run_batches
-from modules.generation.conditioning import TextEncoder, build_conditioning
+from modules.generation.batches import (
+    Batch,
+    ImageListener,
+    JobModels,
+    ModelSource,
+    Sampled,
+    make_rng,
+    resolve_seeds,
+    run_batches,
+)
+from modules.generation.conditioning import ImageConds, TextEncoder, build_conditioning
 from modules.generation.control import JobControl
 from modules.generation.noise import ImageRNG
 from modules.generation.passes import (
     PassSpec,
+    Refiner,
     SamplingOptions,
     crop_latents,
     full_mask_conditioning,
@@ -25,7 +36,14 @@ from modules.generation.passes import (
 from modules.generation.prompts import PreparedPrompts
 from modules.generation.result import GenerationResult
 from modules.models.loader import ModelParts
-from modules.requests import LATENT_UPSCALE_MODES, SAME_SAMPLER, GenerationRequest
+from modules.requests import (
+    LATENT_UPSCALE_MODES,
+    NO_REFINER,
+    SAME_CHECKPOINT,
+    SAME_SAMPLER,
+    GenerationRequest,
+    Img2ImgRequest,
+)
 from modules.sampling import schedules
 
 log = logging.getLogger(__name__)
@@ -43,26 +61,53 @@ def sampling_options(req: GenerationRequest) -> SamplingOptions:
         sgm_noise_multiplier=req.sgm_noise_multiplier)
 
 
-def _first_pass(parts: ModelParts, req: GenerationRequest, encoder: TextEncoder, prompts: PreparedPrompts,
+def refiner_for(req: GenerationRequest, models: JobModels, hires: bool,
+                conds: Callable[[ModelParts], list[ImageConds]]
+                ) -> Refiner | None:
+    """The refiner of a pass, if the request has one for it (with hires fix, A1111's "Hires fix: which pass to
+    enable refiner for" decides)."""
+    if req.refiner_checkpoint in NO_REFINER:
+        return None
+    if req.enable_hr and not isinstance(req, Img2ImgRequest):
+        wanted = ("second pass", "both passes") if hires else ("first pass", "both passes")
+        if req.hires_fix_refiner_pass not in wanted:
+            return None
+    return Refiner(str(req.refiner_checkpoint), req.refiner_switch_at, models, conds)
+
+
+def _first_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder, prompts: PreparedPrompts,
                 rng: ImageRNG, control: JobControl, preview_every: int) -> Tensor:
+    parts = models.current
     spec, schedule = samplers.resolve_sampler(req.sampler_name, req.scheduler)
-    conds = build_conditioning(encoder, prompts.positive, prompts.negative, req.steps,
-                               req.hr_second_pass_steps or req.steps if req.enable_hr else None)
+    hires_steps = req.hr_second_pass_steps or req.steps if req.enable_hr else None
+
+    def conds_for(p: ModelParts) -> list[ImageConds]:
+        enc = encoder if p is encoder.parts else TextEncoder(p, req.clip_skip)
+        return build_conditioning(enc, prompts.positive, prompts.negative, req.steps, hires_steps)
+
+    conds = conds_for(parts)
     ps = PassSpec(spec, schedule, req.steps, req.cfg_scale, conds, req.width, req.height, sampling_options(req),
-                  "sampling", preview_every, full_mask_conditioning(parts, len(conds), req.width, req.height))
+                  "sampling", preview_every, full_mask_conditioning(parts, len(conds), req.width, req.height),
+                  refiner_for(req, models, False, conds_for))
     return sample_from_noise(parts, ps, rng, control)
 
 
-def _hires_pass(parts: ModelParts, req: GenerationRequest, encoder: TextEncoder, prompts: PreparedPrompts,
+def _hires_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder, prompts: PreparedPrompts,
                 latents: Tensor, seeds: list[int], subseeds: list[int], control: JobControl,
                 preview_every: int) -> Tensor:
+    parts = models.current
     up_w, up_h, final_w, final_h = req.hires_target()
-    if req.hr_upscaler in LATENT_UPSCALE_MODES:
+    images = None
+    if req.hr_upscaler not in LATENT_UPSCALE_MODES:  # decoded by the first pass's model
+        control.update(phase="upscaling")
+        images = lat.to_pil(lat.decode(parts.vae, latents, control.warn))
+    if req.hr_checkpoint_name not in (None, "", SAME_CHECKPOINT):
+        control.update(phase="loading model")
+        parts = models.switch(str(req.hr_checkpoint_name), "hr_checkpoint_name")
+    if images is None:
         mode, antialias = LATENT_UPSCALE_MODES[req.hr_upscaler]
         latents = upscale_latents(latents, up_w, up_h, mode, antialias)
     else:
-        control.update(phase="upscaling")
-        images = lat.to_pil(lat.decode(parts.vae, latents, control.warn))
         resample = Image.Resampling.NEAREST if req.hr_upscaler == "Nearest" else Image.Resampling.LANCZOS
         images = [im.resize((up_w, up_h), resample) for im in images]
         generator = torch.Generator().manual_seed(int(seeds[-1]))  # A1111's global RNG, seeded by the last seed
@@ -73,24 +118,33 @@ def _hires_pass(parts: ModelParts, req: GenerationRequest, encoder: TextEncoder,
     sampler_name = req.hr_sampler_name if req.hr_sampler_name not in (None, "", SAME_SAMPLER) else req.sampler_name
     sched_name = req.hr_scheduler if req.hr_scheduler not in (None, "", SAME_SAMPLER) else req.scheduler
     spec, schedule = samplers.resolve_sampler(sampler_name, sched_name, field_name="hr_sampler_name")
-    conds = build_conditioning(encoder, prompts.hr_positive, prompts.hr_negative, req.steps, steps)
+
+    def conds_for(p: ModelParts) -> list[ImageConds]:
+        enc = encoder if p is encoder.parts else TextEncoder(p, req.clip_skip)
+        return build_conditioning(enc, prompts.hr_positive, prompts.hr_negative, req.steps, steps)
+
+    conds = conds_for(parts)
     ps = PassSpec(spec, schedule, steps, req.cfg_scale, conds, final_w, final_h, sampling_options(req), "hires",
-                  preview_every, full_mask_conditioning(parts, len(conds), final_w, final_h))
+                  preview_every, full_mask_conditioning(parts, len(conds), final_w, final_h),
+                  refiner_for(req, models, True, conds_for))
     rng = make_rng(req, parts, seeds, subseeds, final_w, final_h)
     return sample_from_latents(parts, ps, latents, req.denoising_strength, rng, control, fixed_steps=True)
 
 
 def txt2img(parts: ModelParts, req: GenerationRequest, control: JobControl, preview_every: int = 0,
-            on_image: ImageListener | None = None) -> GenerationResult:
-    """Generate ``n_iter`` batches of ``batch_size`` images. ``req`` must be validated already."""
+            on_image: ImageListener | None = None, models: ModelSource | None = None) -> GenerationResult:
+    """Generate ``n_iter`` batches of ``batch_size`` images. ``req`` must be validated already. ``models`` loads
+    the hires checkpoint and the refiner when the request names them."""
     req = resolve_seeds(req)
+    job = JobModels(parts, models)
 
     def sample(batch: Batch) -> Sampled:
+        job.restore(parts)
         rng = make_rng(req, parts, batch.seeds, batch.subseeds, req.width, req.height)
-        latents = _first_pass(parts, req, batch.encoder, batch.prompts, rng, control, preview_every)
+        latents = _first_pass(job, req, batch.encoder, batch.prompts, rng, control, preview_every)
         if req.enable_hr and not control.should_stop():
-            latents = _hires_pass(parts, req, batch.encoder, batch.prompts, latents, batch.seeds, batch.subseeds,
+            latents = _hires_pass(job, req, batch.encoder, batch.prompts, latents, batch.seeds, batch.subseeds,
                                   control, preview_every)
-        return Sampled(latents)
+        return Sampled(latents, parts=job.current)
 
     return run_batches(parts, req, control, sample, on_image)

@@ -9,7 +9,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from modules import samplers
 from modules.app import App
 from modules.errors import ValidationError
 from modules.job_types import ImagesResult, Img2ImgJob, Txt2ImgJob
@@ -84,27 +83,18 @@ def _checks(body: GenerationBody, warnings: list[str]) -> None:
         raise ValidationError(f"script_name: script {body.script_name!r} not found", field="script_name")
     if getattr(body, "restore_faces", None):
         warnings.append("restore_faces: no face restoration model is installed; images were not restored")
-    if body.refiner_checkpoint:
-        warnings.append("refiner_checkpoint: the refiner is not supported yet and was ignored")
     if getattr(body, "image_cfg_scale", None) is not None:
         warnings.append("image_cfg_scale applies to instruct-pix2pix models, which are not supported yet")
 
 
 def _finish(app: App, values: dict[str, object], coerced: dict[str, Any]) -> dict[str, object]:
-    """Styles merged into the prompts, and DDIM's eta from the settings when the body has none (as A1111)."""
+    """Styles merged into the prompts."""
     raw_styles = values.get("styles")
     styles = tuple(str(s) for s in raw_styles) if isinstance(raw_styles, (list, tuple)) else ()
     if styles:
         prompt, negative = apply_styles(load_styles(app.paths.styles_file), styles, str(values.get("prompt") or ""),
                                         str(values.get("negative_prompt") or ""))
         values.update(prompt=prompt, negative_prompt=negative)
-    if values.get("eta") is None:
-        try:
-            name = samplers.resolve_sampler(str(values.get("sampler_name") or "Euler a"), None)[0].name
-        except ValidationError:
-            name = ""
-        if name == "DDIM":
-            values["eta"] = coerced.get("eta_ddim", app.settings["eta_ddim"]) or None
     return values
 
 

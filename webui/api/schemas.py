@@ -91,11 +91,8 @@ class GenerationBody(ClientBody):
 
     do_not_save_samples: bool | None = False
     do_not_save_grid: bool | None = False
-    s_min_uncond: float | None = None
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool | None = True
-    refiner_checkpoint: str | None = None
-    refiner_switch_at: float | None = None
     disable_extra_networks: bool | None = False
     comments: dict[str, Any] | None = None
     force_task_id: str | None = None
@@ -133,8 +130,8 @@ else:
 
 # A1111 fields accepted and not acted on (README lists them); the others are honoured.
 IGNORED_FIELDS: tuple[str, ...] = (
-    "do_not_save_samples", "do_not_save_grid", "s_min_uncond", "override_settings_restore_afterwards",
-    "refiner_checkpoint", "refiner_switch_at", "disable_extra_networks", "comments", "force_task_id",
+    "do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards",
+    "disable_extra_networks", "comments", "force_task_id",
     "firstphase_width", "firstphase_height", "firstpass_image", "latent_mask", "image_cfg_scale", "restore_faces")
 
 

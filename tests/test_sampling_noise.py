@@ -1,0 +1,184 @@
+"""Seeds and noise as A1111 makes them, and A1111's classifier-free guidance, on small tensors (no model files)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from modules.generation.conditioning import Cond, ImageConds, ScheduledCond
+from modules.generation.denoise import CFGDenoiser, SamplingStopped
+from modules.generation.image_prep import gaussian_blur_u8
+from modules.generation.noise import BrownianTreeNoise, ImageRNG, effective_source, slerp
+from modules.sampling import philox
+
+SHAPE = (4, 6, 5)
+
+
+def _cpu(seed: int, shape: tuple[int, ...] = SHAPE) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_first_noise_is_each_seeds_first_draw_and_sampler_noise_continues_the_stream():
+    rng = ImageRNG(SHAPE, [42, 43], source="CPU")
+    first = rng.first()
+    assert torch.equal(first[0], _cpu(42)) and torch.equal(first[1], _cpu(43))
+    gen = torch.Generator().manual_seed(43)
+    torch.randn(SHAPE, generator=gen)
+    assert torch.equal(rng.next()[1], torch.randn(SHAPE, generator=gen))
+
+
+def test_same_seed_same_noise_whatever_the_batch():
+    alone = ImageRNG(SHAPE, [43], source="CPU")
+    batch = ImageRNG(SHAPE, [42, 43], source="CPU")
+    assert torch.equal(alone.next()[0], batch.next()[1])
+    assert torch.equal(alone.next()[0], batch.next()[1])
+
+
+def test_eta_noise_seed_delta_reseeds_the_sampler_noise_only():
+    rng = ImageRNG(SHAPE, [7], source="CPU", eta_noise_seed_delta=31337)
+    assert torch.equal(rng.next()[0], _cpu(7))
+    assert torch.equal(rng.next()[0], _cpu(7 + 31337))
+
+
+def test_variation_seed_is_a1111s_slerp_over_the_second_axis():
+    rng = ImageRNG(SHAPE, [1], subseeds=[2], subseed_strength=0.25, source="CPU")
+    low, high = _cpu(1), _cpu(2)
+    # the spherical interpolation, normalised along H for each (channel, column), written out
+    ln, hn = low / low.norm(dim=1, keepdim=True), high / high.norm(dim=1, keepdim=True)
+    omega = torch.acos((ln * hn).sum(1))
+    want = (torch.sin(0.75 * omega) / torch.sin(omega)).unsqueeze(1) * low + (
+        torch.sin(0.25 * omega) / torch.sin(omega)).unsqueeze(1) * high
+    assert torch.allclose(rng.first()[0], want, atol=1e-6)
+    same = slerp(0.3, low, low)  # parallel inputs: A1111's linear fallback, weights in its order
+    assert torch.allclose(same, low, atol=1e-6)
+
+
+def test_seed_resize_pastes_the_other_sizes_noise_centred_as_a1111():
+    smaller = ImageRNG(SHAPE, [5], seed_resize_from=(3, 2), source="CPU").first()[0]
+    own = _cpu(5)  # outside the pasted block: the seed's own first draw at the full size
+    assert torch.equal(smaller[:, 1:4, 1:3], _cpu(5, (4, 3, 2)))
+    assert torch.equal(smaller[:, 0], own[:, 0]) and torch.equal(smaller[:, :, 3:], own[:, :, 3:])
+    # larger: A1111 floors the negative offsets, so a 9x8 source gives a 5x4 block from (2, 2), the rest own noise
+    larger = ImageRNG(SHAPE, [5], seed_resize_from=(9, 8), source="CPU").first()[0]
+    assert torch.equal(larger[:, 0:5, 0:4], _cpu(5, (4, 9, 8))[:, 2:7, 2:6])
+    assert torch.equal(larger[:, 5], own[:, 5]) and torch.equal(larger[:, :, 4], own[:, :, 4])
+
+
+def test_nv_source_is_philox_and_gpu_without_cuda_means_nv():
+    assert effective_source("GPU", torch.device("cpu")) == "NV"
+    assert effective_source("CPU", torch.device("cpu")) == "CPU"
+    rng = ImageRNG(SHAPE, [11], source="GPU")
+    gen = philox.Generator(11)
+    assert np.array_equal(rng.next()[0].numpy(), gen.randn(SHAPE))
+    assert np.array_equal(rng.next()[0].numpy(), gen.randn(SHAPE))
+
+
+def test_no_global_rng_is_used():
+    state = torch.random.get_rng_state()
+    rng = ImageRNG(SHAPE, [1, 2], subseeds=[3, 4], subseed_strength=0.5, source="CPU")
+    rng.next()
+    rng.next()
+    tree = BrownianTreeNoise(torch.zeros(2, *SHAPE), torch.tensor(0.03), torch.tensor(14.6), [1, 2], "CPU")
+    tree(torch.tensor(14.6), torch.tensor(3.0))
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_brownian_noise_is_per_image_unit_and_order_free():
+    x = torch.zeros(2, *SHAPE)
+    a = BrownianTreeNoise(x, torch.tensor(0.03), torch.tensor(14.6), [1, 2], "CPU")
+    b = BrownianTreeNoise(x[:1], torch.tensor(0.03), torch.tensor(14.6), [2], "CPU")
+    late = a(torch.tensor(2.0), torch.tensor(1.0))
+    early = a(torch.tensor(14.6), torch.tensor(2.0))
+    assert torch.allclose(late[1], b(torch.tensor(2.0), torch.tensor(1.0))[0], atol=1e-6)  # batch independent
+    c = BrownianTreeNoise(x, torch.tensor(0.03), torch.tensor(14.6), [1, 2], "CPU")
+    assert torch.allclose(early, c(torch.tensor(14.6), torch.tensor(2.0)), atol=1e-6)  # query order free
+    big = BrownianTreeNoise(torch.zeros(1, 4, 64, 64), torch.tensor(0.03), torch.tensor(14.6), [9], "CPU")
+    sample = big(torch.tensor(5.0), torch.tensor(4.0))
+    assert abs(float(sample.mean())) < 0.05 and abs(float(sample.std()) - 1) < 0.05  # normalised increments
+    nv = BrownianTreeNoise(x, torch.tensor(0.03), torch.tensor(14.6), [1, 2], "NV")
+    assert not torch.allclose(nv(torch.tensor(2.0), torch.tensor(1.0)), late)  # the source reaches the tree
+
+
+# --- guidance -----------------------------------------------------------------------------------------------------
+
+
+class _Recorder:
+    """A stand-in inner model: D(x, sigma) = x * scale(conditioning) so each row's conditioning shows in the
+    output; it records each call's rows."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[float]] = []
+
+    def __call__(self, x, sigma, contexts, image_idx):
+        scales = torch.tensor([float(c.context[0, 0, 0]) for c in contexts])
+        self.calls.append(scales.tolist())
+        return x * scales.view(-1, 1, 1, 1)
+
+
+def _cond(value: float, tokens: int = 77) -> list[ScheduledCond]:
+    context = torch.full((1, tokens, 2), value)
+    context[0, -1] = value + 100  # a distinct last vector, to see padding
+    return [ScheduledCond(1000, Cond(context))]
+
+
+def test_guidance_combines_and_parts_with_weights_in_one_batched_call():
+    conds = [ImageConds([(1.0, _cond(2.0)), (0.5, _cond(3.0))], _cond(1.0)),
+             ImageConds([(1.0, _cond(4.0))], _cond(1.5))]
+    inner = _Recorder()
+    cfg = CFGDenoiser(inner, conds, cfg_scale=7.0)  # type: ignore[arg-type]
+    x = torch.ones(2, 1, 1, 1)
+    out = cfg(x, torch.tensor([1.0, 1.0]))
+    assert inner.calls == [[2.0, 3.0, 4.0, 1.0, 1.5]]  # positives of every image, then the negatives
+    assert out[0].item() == pytest.approx(1.0 + 7 * (2 - 1) + 0.5 * 7 * (3 - 1))
+    assert out[1].item() == pytest.approx(1.5 + 7 * (4 - 1.5))
+
+
+def test_different_token_lengths_pad_with_the_last_vector_and_split_the_calls():
+    conds = [ImageConds([(1.0, _cond(2.0, 154)), (1.0, _cond(3.0))], _cond(1.0))]
+    inner = _Recorder()
+    seen: list[torch.Tensor] = []
+
+    def model(x, sigma, contexts, idx):
+        seen.extend(c.context for c in contexts)
+        return inner(x, sigma, contexts, idx)
+
+    CFGDenoiser(model, conds, cfg_scale=5.0)(torch.ones(1, 1, 1, 1), torch.tensor([1.0]))  # type: ignore[arg-type]
+    assert inner.calls == [[2.0, 3.0], [1.0]]  # positives together (padded), the negative alone
+    padded = seen[1]
+    assert padded.shape[1] == 154 and torch.equal(padded[0, 77:], padded[0, 76:77].expand(77, 2))
+
+
+def test_ngms_skips_the_negative_on_odd_calls_below_the_sigma():
+    conds = [ImageConds([(1.0, _cond(2.0))], _cond(1.0))]
+    inner = _Recorder()
+    cfg = CFGDenoiser(inner, conds, cfg_scale=7.0, s_min_uncond=5.0)  # type: ignore[arg-type]
+    x = torch.ones(1, 1, 1, 1)
+    for _ in range(3):
+        out = cfg(x, torch.tensor([1.0]))
+    assert inner.calls == [[2.0, 1.0], [2.0], [2.0, 1.0]]
+    assert cfg.used_ngms and out.item() == pytest.approx(1 + 7 * (2 - 1))
+
+
+def test_mask_blends_the_original_after_each_call_and_stop_raises():
+    conds = [ImageConds([(1.0, _cond(2.0))], _cond(2.0))]
+    init = torch.full((1, 1, 1, 2), 9.0)
+    mask = torch.tensor([[[[1.0, 0.0]]]])
+    stop = {"now": False}
+    cfg = CFGDenoiser(_Recorder(), conds, cfg_scale=3.0, init_latent=init, mask=mask,  # type: ignore[arg-type]
+                      should_stop=lambda: stop["now"])
+    out = cfg(torch.ones(1, 1, 1, 2), torch.tensor([1.0]))
+    assert out.flatten().tolist() == [2.0, 9.0]
+    stop["now"] = True
+    with pytest.raises(SamplingStopped):
+        cfg(torch.ones(1, 1, 1, 2), torch.tensor([1.0]))
+
+
+def test_mask_blur_matches_recorded_opencv_values():
+    # cv2.GaussianBlur(a, (ksize, 1), 4) and (1, ksize) with ksize = 2 * int(2.5 * 4 + 0.5) + 1 = 21, recorded
+    # from OpenCV 4.10 on a 1x24 step edge (0 then 255 from column 12) and on its transpose
+    a = np.zeros((1, 24), np.uint8)
+    a[0, 12:] = 255
+    want = [0, 0, 1, 3, 7, 12, 21, 32, 48, 67, 90, 115, 140, 165, 188, 207, 223, 234, 243, 248, 252, 254, 255, 255]
+    assert gaussian_blur_u8(a, 4, axis=1)[0].tolist() == want
+    assert gaussian_blur_u8(a.T, 4, axis=0)[:, 0].tolist() == want

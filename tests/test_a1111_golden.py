@@ -1,11 +1,14 @@
 """Pixels of A1111 v1.10.1, recorded once, against this engine's for the same checkpoint and request.
 
 ``tests/data/a1111_golden/`` holds PNGs that the real A1111 v1.10.1 made (``scripts/record_a1111_golden.py``) from
-the checkpoint :func:`build_golden_checkpoint` writes, and the requests that made them (``cases.json``, A1111 API
-bodies). Each case here rebuilds that checkpoint, runs the same request through the engine and asks that at least
-99% of the pixel values lie within 1 grey level of A1111's (thread counts alone move a few values by 1). A1111
-got each img2img request right after a txt2img request of the same seed, which left its global generator (the one
-that samples the init image's VAE posterior) seeded as this engine seeds it for a single request.
+the checkpoints :func:`build_golden_checkpoint` writes (a tiny SD 1.x model, an inpainting one with a 9-channel UNet
+and a v-prediction one), and the requests that made them (``cases.json``, A1111 API bodies; each names its checkpoint
+in ``override_settings``). Each case here rebuilds those checkpoints, runs the same request through the engine and
+asks that at least 99% of the pixel values lie within 1 grey level of A1111's (thread counts alone move a few values
+by 1). A1111 got each img2img request twice in a row (the second answer was kept), which left its global generator
+(the one that samples the VAE posterior of the init image and of an inpainting model's masked image) seeded as this
+engine seeds it for a single request. Cases where this engine is known to differ from A1111 are listed in
+:data:`KNOWN_GAPS` and expected to fail.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import io
 import json
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,7 @@ from safetensors.torch import save_file
 
 GOLDEN = Path(__file__).parent / "data" / "a1111_golden"
 CASES_FILE = GOLDEN / "cases.json"
-CHECKPOINT_NAME = "tiny"
+CHECKPOINT_NAME = "tiny"  # the plain checkpoint; the others are listed in CHECKPOINTS
 MIN_SHARE = 0.99  # of pixel values within 1 grey level
 
 # ---------------------------------------------------------------- the checkpoint, built the same way every time
@@ -54,15 +58,33 @@ _CLIP: dict[str, Any] = {
 _SEED = 20240727
 
 
-def _ldm_yaml(clip_dir: Path) -> dict[str, Any]:
-    """The LDM inference config (the layout of SD 1.x's v1-inference.yaml) with the tiny model's sizes."""
+@dataclass(frozen=True)
+class GoldenCheckpoint:
+    """One tiny checkpoint: its file name, the seed of its weights and how its yaml differs from SD 1.x's."""
+
+    name: str
+    seed: int
+    inpainting: bool = False  # a 9-channel UNet under LatentInpaintDiffusion, conditioning_key "hybrid"
+    parameterization: str = "eps"  # "v": the UNet predicts v (Salimans & Ho 2022)
+
+
+CHECKPOINTS: dict[str, GoldenCheckpoint] = {c.name: c for c in (
+    GoldenCheckpoint(CHECKPOINT_NAME, _SEED),
+    GoldenCheckpoint("tiny_inpaint", _SEED + 1, inpainting=True),
+    GoldenCheckpoint("tiny_v", _SEED + 2, parameterization="v"),
+)}
+
+
+def _ldm_yaml(clip_dir: Path, spec: GoldenCheckpoint) -> dict[str, Any]:
+    """The LDM inference config (the layout of SD 1.x's v1-inference.yaml, v1-inpainting-inference.yaml for an
+    inpainting model) with the tiny model's sizes."""
     params: dict[str, Any] = {
         "linear_start": 0.00085, "linear_end": 0.012, "num_timesteps_cond": 1, "log_every_t": 200,
         "timesteps": 1000, "first_stage_key": "jpg", "cond_stage_key": "txt", "image_size": 64, "channels": 4,
         "cond_stage_trainable": False, "conditioning_key": "crossattn", "monitor": "val/loss_simple_ema",
         "scale_factor": 0.18215, "use_ema": False,
         "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
-            "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+            "image_size": 32, "in_channels": 9 if spec.inpainting else 4, "out_channels": 4, "model_channels": 32,
             "attention_resolutions": [1], "num_res_blocks": 1, "channel_mult": [1, 2], "num_heads": -1,
             "num_head_channels": 8, "use_spatial_transformer": True, "transformer_depth": 1, "context_dim": 32,
             "use_checkpoint": False, "legacy": False}},
@@ -75,8 +97,13 @@ def _ldm_yaml(clip_dir: Path) -> dict[str, Any]:
         "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
                               "params": {"version": str(clip_dir.resolve())}},
     }
-    return {"model": {"base_learning_rate": 1.0e-4, "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
-                      "params": params}}
+    target = "ldm.models.diffusion.ddpm.LatentDiffusion"
+    if spec.inpainting:  # the 4 extra input channels are the masked image's latents, the 1 more the mask
+        target = "ldm.models.diffusion.ddpm.LatentInpaintDiffusion"
+        params.update(conditioning_key="hybrid", finetune_keys=None)
+    if spec.parameterization != "eps":
+        params["parameterization"] = spec.parameterization
+    return {"model": {"base_learning_rate": 1.0e-4, "target": target, "params": params}}
 
 
 def _byte_symbols() -> list[str]:
@@ -104,7 +131,7 @@ def _write_clip_folder(folder: Path) -> None:
                                                     "model_type": "clip_text_model", **_CLIP}))
 
 
-def _fill(component: str, module: torch.nn.Module) -> None:
+def _fill(component: str, module: torch.nn.Module, seed: int = _SEED) -> None:
     """Overwrite every parameter with numbers drawn from a generator seeded by the parameter's name, so the values
     depend on neither the libraries' init code nor the order modules are built in. Linear and conv layers get
     PyTorch's default range (uniform in +-1/sqrt(fan_in)), norms a random affine map near identity, embeddings
@@ -112,7 +139,7 @@ def _fill(component: str, module: torch.nn.Module) -> None:
     for mod_name, mod in module.named_modules():
         for p_name, param in mod.named_parameters(recurse=False):
             key = f"{component}.{mod_name}.{p_name}"
-            rng = np.random.default_rng([_SEED, zlib.crc32(key.encode())])
+            rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
             shape = tuple(param.shape)
             if isinstance(mod, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
                 values = (1.0 if p_name == "weight" else 0.0) + 0.1 * rng.standard_normal(shape)
@@ -139,7 +166,10 @@ def _scale(module: torch.nn.Module, name: str, factor: float, rows: slice = slic
 
 
 def _rescale(unet: torch.nn.Module, vae: torch.nn.Module) -> None:
-    """Scale a few layers so every request field shows in the pixels (an untrained net lets the noise dominate)."""
+    """Scale a few layers so every request field shows in the pixels (an untrained net lets the noise dominate).
+
+    An inpainting UNet needs nothing more: its first conv gives the mask and masked-image channels weights of the
+    latents' size, and they move its output as much as the latents do."""
     with torch.no_grad():
         # VAE posterior: means of SD's latent size (std ~ 1/scale_factor), so img2img follows its init image, and a
         # log-variance near -2: the posterior's sample (A1111 draws it from torch's global generator) moves pixels.
@@ -154,10 +184,10 @@ def _rescale(unet: torch.nn.Module, vae: torch.nn.Module) -> None:
                 _scale(unet, f"{name}.to_k", 2.0, bias=False)
 
 
-def build_golden_checkpoint(models_dir: Path) -> Path:
-    """Write the tiny SD 1.x checkpoint of the golden images and return its path.
+def build_golden_checkpoint(models_dir: Path, name: str = CHECKPOINT_NAME) -> Path:
+    """Write the tiny checkpoint ``name`` (one of :data:`CHECKPOINTS`) of the golden images and return its path.
 
-    ``models_dir/Stable-diffusion/tiny.safetensors`` (LDM keys), ``tiny.yaml`` beside it (its text encoder's
+    ``models_dir/Stable-diffusion/<name>.safetensors`` (LDM keys), ``<name>.yaml`` beside it (its text encoder's
     ``version`` is the absolute path of ``models_dir/clip-tiny``) and ``models_dir/clip-tiny/`` (CLIP config and
     tokenizer, no weights). The same bytes every run with the same torch and numpy."""
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
@@ -166,23 +196,29 @@ def build_golden_checkpoint(models_dir: Path) -> Path:
 
     from modules.models import convert
 
+    spec = CHECKPOINTS[name]
     clip_dir = models_dir / "clip-tiny"
     ckpt_dir = models_dir / "Stable-diffusion"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     _write_clip_folder(clip_dir)
-    unet = UNet2DConditionModel(**_UNET).eval()
+    unet = UNet2DConditionModel(**{**_UNET, "in_channels": 9 if spec.inpainting else 4}).eval()
     vae = AutoencoderKL(**_VAE).eval()
     text = CLIPTextModel(CLIPTextConfig(**_CLIP)).eval()
     for component, module in (("unet", unet), ("vae", vae), ("text_encoder", text)):
-        _fill(component, module)
+        _fill(component, module, spec.seed)
     _rescale(unet, vae)
     sd = convert.unet_to_ldm(unet.state_dict(), unet.config)
     sd.update(convert.vae_to_ldm(vae.state_dict(), vae.config))
     sd.update(convert.clip_to_ldm(text.state_dict(), "cond_stage_model.transformer."))
-    path = ckpt_dir / f"{CHECKPOINT_NAME}.safetensors"
+    path = ckpt_dir / f"{name}.safetensors"
     save_file({k: v.detach().contiguous().clone() for k, v in sorted(sd.items())}, str(path))
-    path.with_suffix(".yaml").write_text(yaml.safe_dump(_ldm_yaml(clip_dir)))
+    path.with_suffix(".yaml").write_text(yaml.safe_dump(_ldm_yaml(clip_dir, spec)))
     return path
+
+
+def build_golden_checkpoints(models_dir: Path) -> dict[str, Path]:
+    """Write every checkpoint of :data:`CHECKPOINTS` into ``models_dir``; their paths by name."""
+    return {name: build_golden_checkpoint(models_dir, name) for name in CHECKPOINTS}
 
 
 # ---------------------------------------------------------------- the inputs of img2img and inpainting
@@ -197,14 +233,20 @@ def init_image() -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def inpaint_mask() -> Image.Image:
-    """A 64x64 mask: white (regenerate) in a 32x32 square off the centre, black elsewhere."""
+def inpaint_mask(top: int = 16, left: int = 20) -> Image.Image:
+    """A 64x64 mask: white (regenerate) in a 32x32 square off the centre (its corner at ``top``, ``left``), black
+    elsewhere."""
     arr = np.zeros((64, 64), np.uint8)
-    arr[16:48, 20:52] = 255
+    arr[top : top + 32, left : left + 32] = 255
     return Image.fromarray(arr, "L")
 
 
-_IMAGES = {"@init": init_image, "@mask": inpaint_mask}
+def shifted_mask() -> Image.Image:
+    """:func:`inpaint_mask` moved 8 pixels up and left: the same request on another mask."""
+    return inpaint_mask(8, 12)
+
+
+_IMAGES = {"@init": init_image, "@mask": inpaint_mask, "@mask2": shifted_mask}
 
 
 def png_base64(image: Image.Image) -> str:
@@ -227,11 +269,12 @@ def resolve_images(body: Mapping[str, Any]) -> dict[str, Any]:
 
 _SAME = ("prompt", "negative_prompt", "steps", "width", "height", "seed", "subseed", "subseed_strength", "cfg_scale",
          "sampler_name", "scheduler", "batch_size", "n_iter", "enable_hr", "hr_scale", "hr_upscaler",
-         "hr_second_pass_steps", "denoising_strength", "inpainting_fill", "inpaint_full_res", "resize_mode")
+         "hr_second_pass_steps", "denoising_strength", "inpainting_fill", "inpaint_full_res",
+         "inpaint_full_res_padding", "resize_mode")
 _SETTINGS = {"randn_source": "randn_source", "CLIP_stop_at_last_layers": "clip_skip",
              "eta_noise_seed_delta": "eta_noise_seed_delta", "sgm_noise_multiplier": "sgm_noise_multiplier",
              "always_discard_next_to_last_sigma": "always_discard_next_to_last_sigma", "sigma_min": "sigma_min",
-             "sigma_max": "sigma_max", "rho": "rho"}
+             "sigma_max": "sigma_max", "rho": "rho", "sd_model_checkpoint": "checkpoint"}
 
 
 def request_fields(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -256,6 +299,10 @@ def request_fields(body: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the comparison
 
+# Cases where this engine is known to give other pixels than A1111, and why: expected to fail (strictly, so a fix
+# shows up as an unexpected pass).
+KNOWN_GAPS: dict[str, str] = {}
+
 
 def _recorded() -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(CASES_FILE.read_text())
@@ -266,6 +313,12 @@ def _cases() -> list[dict[str, Any]]:
     return list(_recorded()["cases"]) if CASES_FILE.is_file() else []
 
 
+def _params() -> list[Any]:
+    """The recorded cases as test parameters, those of :data:`KNOWN_GAPS` marked as expected failures."""
+    return [pytest.param(c, id=c["name"], marks=[pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[c["name"]])]
+                         if c["name"] in KNOWN_GAPS else []) for c in _cases()]
+
+
 def share_within_one(ours: Image.Image, theirs: Image.Image) -> float:
     """The share of RGB values of ``ours`` within 1 grey level of ``theirs`` (0 when the sizes differ)."""
     a = np.asarray(ours.convert("RGB"), dtype=np.int16)
@@ -274,14 +327,14 @@ def share_within_one(ours: Image.Image, theirs: Image.Image) -> float:
 
 
 @pytest.fixture(scope="module")
-def golden_engine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
-    """An engine on the CPU over a data dir that holds only the golden checkpoint; the checkpoint's path."""
+def golden_engine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Path]]:
+    """An engine on the CPU over a data dir that holds only the golden checkpoints; their paths by name."""
     from modules.app import build_engine
     from modules.paths import Paths
 
     data_dir = tmp_path_factory.mktemp("a1111-golden")
-    ckpt = build_golden_checkpoint(data_dir / "models")
-    return build_engine(Paths.create(data_dir), device="cpu", precision="fp32", cache_limit=1), ckpt
+    paths = build_golden_checkpoints(data_dir / "models")
+    return build_engine(Paths.create(data_dir), device="cpu", precision="fp32", cache_limit=1), paths
 
 
 def _generate(engine: Any, case: Mapping[str, Any], **changes: Any) -> list[Image.Image]:
@@ -297,23 +350,41 @@ def _generate(engine: Any, case: Mapping[str, Any], **changes: Any) -> list[Imag
     return list(engine.txt2img(txt, grid=False).result.images)
 
 
-def test_the_checkpoint_is_the_one_a1111_was_given(golden_engine):
-    _, ckpt = golden_engine
-    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    assert digest == _recorded()["checkpoint_sha256"], (
-        "build_golden_checkpoint no longer writes the checkpoint the golden images were made from (other torch, "
+def test_the_checkpoints_are_the_ones_a1111_was_given(golden_engine):
+    _, paths = golden_engine
+    digests = {f"{name}.safetensors": hashlib.sha256(path.read_bytes()).hexdigest() for name, path in paths.items()}
+    assert digests == _recorded()["checkpoints_sha256"], (
+        "build_golden_checkpoint no longer writes the checkpoints the golden images were made from (other torch, "
         "numpy or diffusers?); the pixels cannot be compared. Record them again: scripts/record_a1111_golden.py")
+
+
+def test_the_engine_reads_the_yamls_as_a1111_does(golden_engine):
+    """The inpainting yaml makes a 9-channel SD 1.x inpainting model; ``parameterization: v`` a v-prediction one."""
+    from modules.models.ldm_yaml import read_ldm_yaml
+
+    _, paths = golden_engine
+    read = {name: read_ldm_yaml(path.with_suffix(".yaml")) for name, path in paths.items()}
+    assert [(c.family, c.prediction_type, c.unet["in_channels"]) for c in read.values()] == [
+        ("sd1", "epsilon", 4), ("sd1-inpaint", "epsilon", 9), ("sd1", "v_prediction", 4)]
 
 
 def test_the_golden_files_are_all_there():
     cases = _cases()
-    assert len(cases) >= 9 and {c["endpoint"] for c in cases} == {"txt2img", "img2img"}
+    assert len(cases) >= 19 and {c["endpoint"] for c in cases} == {"txt2img", "img2img"}
+    assert {c["body"]["override_settings"]["sd_model_checkpoint"] for c in cases} == set(CHECKPOINTS)
+    assert set(KNOWN_GAPS) <= {c["name"] for c in cases}
     files = {f for c in cases for f in c["images"]}
     assert files == {p.name for p in GOLDEN.glob("*.png")}
-    assert sum(p.stat().st_size for p in GOLDEN.iterdir()) < 200_000
+    assert sum(p.stat().st_size for p in GOLDEN.iterdir()) < 350_000
 
 
-@pytest.mark.parametrize("case", _cases(), ids=lambda c: c["name"])
+def test_the_inpainting_models_extra_inputs_moved_a1111s_pixels():
+    """Recorded with the images: A1111's pixels change with the mask and with the masked image it is given."""
+    probes = _recorded()["inpainting_probes"]
+    assert min(probes.values()) > 2.0, probes
+
+
+@pytest.mark.parametrize("case", _params())
 def test_same_pixels_as_a1111(golden_engine, case):
     engine, _ = golden_engine
     images = _generate(engine, case)
@@ -329,6 +400,7 @@ def test_same_pixels_as_a1111(golden_engine, case):
     ("euler_a", {"seed": 43}),
     ("dpmpp_2m_karras", {"scheduler": "Exponential"}),
     ("img2img", {"denoising_strength": 0.5}),
+    ("inpainting_model_whole", {"mask": shifted_mask()}),
 ])
 def test_a_different_request_is_told_apart(golden_engine, name, changes):
     """The comparison is sharp enough: one changed field takes a case far below the bar."""

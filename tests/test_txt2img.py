@@ -336,3 +336,14 @@ def test_external_vae_is_used_and_recorded(data_dir, model_store, engine_factory
     assert [i.name for i in engine.models.registry.refresh()] == ["tiny.safetensors"]  # not listed as a model
     with pytest.raises(Exception, match="VAE not found"):
         engine.txt2img(GenerationRequest(prompt="x", seed=1, vae="missing.pt", **SMALL))
+
+
+def test_gpu_noise_without_cuda_is_nv_and_says_so(sd1_engine):
+    req = GenerationRequest(prompt="x", seed=5, sampler_name="Euler a", **{**SMALL, "randn_source": "GPU"})
+    gpu = sd1_engine.txt2img(req).result
+    nv = sd1_engine.txt2img(req.replace(randn_source="NV")).result
+    cpu = sd1_engine.txt2img(req.replace(randn_source="CPU")).result
+    assert np.array_equal(_pixels(gpu.images[0]), _pixels(nv.images[0]))
+    assert not np.array_equal(_pixels(gpu.images[0]), _pixels(cpu.images[0]))
+    assert any("NV" in w for w in gpu.warnings) and not any("NV" in w for w in cpu.warnings)
+    assert "RNG" not in gpu.infotexts[0] and "RNG: NV" in nv.infotexts[0] and "RNG: CPU" in cpu.infotexts[0]

@@ -18,7 +18,7 @@ from modules.errors import GenerationError, ValidationError
 from modules.generation import latents as lat
 from modules.generation.conditioning import TextEncoder
 from modules.generation.control import JobControl
-from modules.generation.noise import ImageRNG, all_seeds, pick_seed
+from modules.generation.noise import ImageRNG, all_seeds, effective_source, pick_seed
 from modules.generation.prompts import PreparedPrompts, prepare_prompts
 from modules.generation.result import GenerationResult, infotext_context
 from modules.models.loader import ModelParts
@@ -125,6 +125,9 @@ def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, 
                               vae_name=parts.vae_info.name if parts.vae_info else None, vae_hash=parts.vae_hash,
                               extra_params=_extra_params(req, parts))
     control.update(job_count=req.n_iter, job_no=0)
+    if req.randn_source == "GPU" and effective_source("GPU", parts.device) == "NV":
+        control.warn("RNG: GPU noise was made with NV (an NVIDIA GPU's random numbers computed on the CPU), as "
+                     "there is no CUDA device here; the image is the one an NVIDIA card gives")
     with torch.inference_mode(), lat.seamless([parts.unet, parts.vae], req.tiling):
         for number in range(req.n_iter):
             if control.interrupted:

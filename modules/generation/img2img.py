@@ -82,7 +82,7 @@ def _inpaint_conditioning(parts: ModelParts, batch: list[image_prep.PreparedImag
     if not parts.is_inpaint:
         return None
     if batch[0].mask is None:
-        return full_mask_conditioning(parts, len(batch), req.width, req.height)
+        return full_mask_conditioning(parts, len(batch), req.width, req.height, generator)
     pixels = lat.from_pil([item.image for item in batch])
     full = torch.stack([torch.from_numpy(np.asarray(m.convert("L"), dtype="float32") / 255.0)
                         for m in _pixel_masks(batch)]).unsqueeze(1)

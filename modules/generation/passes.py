@@ -83,17 +83,19 @@ class PassSpec:
     refiner: Refiner | None = None
 
 
-def full_mask_conditioning(parts: ModelParts, batch: int, width: int, height: int) -> Tensor | None:
-    """Extra UNet inputs of an inpainting model asked to draw everything (txt2img, the hires pass): a mask of ones
-    and the latents of a grey image, as A1111 feeds them."""
+def full_mask_conditioning(parts: ModelParts, batch: int, width: int, height: int,
+                           generator: torch.Generator | None = None) -> Tensor | None:
+    """Extra UNet inputs of an inpainting model asked to draw everything (txt2img, the hires pass, img2img without
+    a mask): a mask of ones and the latents of grey images, sampled from the VAE posterior with ``generator`` as A1111
+    samples them (from its global generator)."""
     if not parts.is_inpaint:
         return None
     from modules.generation.latents import encode
 
-    grey = torch.full((1, 3, height, width), 0.5)
-    masked = encode(parts.vae, grey).to(parts.device)
-    mask = torch.ones((1, 1, height // 8, width // 8), device=parts.device)
-    return torch.cat([mask, masked], dim=1).repeat(batch, 1, 1, 1)
+    grey = torch.full((batch, 3, height, width), 0.5)
+    masked = encode(parts.vae, grey, generator).to(parts.device)
+    mask = torch.ones((batch, 1, height // 8, width // 8), device=parts.device)
+    return torch.cat([mask, masked], dim=1)
 
 
 def sdxl_time_ids(width: int, height: int, batch: int) -> Tensor:

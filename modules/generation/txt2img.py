@@ -76,7 +76,7 @@ def refiner_for(req: GenerationRequest, models: JobModels, hires: bool,
 
 
 def _first_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder, prompts: PreparedPrompts,
-                rng: ImageRNG, control: JobControl, preview_every: int) -> Tensor:
+                rng: ImageRNG, control: JobControl, preview_every: int, generator: torch.Generator) -> Tensor:
     parts = models.current
     spec, schedule = samplers.resolve_sampler(req.sampler_name, req.scheduler)
     hires_steps = req.hr_second_pass_steps or req.steps if req.enable_hr else None
@@ -87,14 +87,15 @@ def _first_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder,
 
     conds = conds_for(parts)
     ps = PassSpec(spec, schedule, req.steps, req.cfg_scale, conds, req.width, req.height, sampling_options(req),
-                  "sampling", preview_every, full_mask_conditioning(parts, len(conds), req.width, req.height),
+                  "sampling", preview_every,
+                  full_mask_conditioning(parts, len(conds), req.width, req.height, generator),
                   refiner_for(req, models, False, conds_for))
     return sample_from_noise(parts, ps, rng, control)
 
 
 def _hires_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder, prompts: PreparedPrompts,
                 latents: Tensor, seeds: list[int], subseeds: list[int], control: JobControl,
-                preview_every: int) -> Tensor:
+                preview_every: int, generator: torch.Generator) -> Tensor:
     parts = models.current
     up_w, up_h, final_w, final_h = req.hires_target()
     images = None
@@ -110,7 +111,6 @@ def _hires_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder,
     else:
         resample = Image.Resampling.NEAREST if req.hr_upscaler == "Nearest" else Image.Resampling.LANCZOS
         images = [im.resize((up_w, up_h), resample) for im in images]
-        generator = torch.Generator().manual_seed(int(seeds[-1]))  # A1111's global RNG, seeded by the last seed
         latents = lat.encode(parts.vae, lat.from_pil(images), generator).to(parts.device)
     if (up_w, up_h) != (final_w, final_h):
         latents = crop_latents(latents, final_w, final_h)
@@ -125,7 +125,7 @@ def _hires_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder,
 
     conds = conds_for(parts)
     ps = PassSpec(spec, schedule, steps, req.cfg_scale, conds, final_w, final_h, sampling_options(req), "hires",
-                  preview_every, full_mask_conditioning(parts, len(conds), final_w, final_h),
+                  preview_every, full_mask_conditioning(parts, len(conds), final_w, final_h, generator),
                   refiner_for(req, models, True, conds_for))
     rng = make_rng(req, parts, seeds, subseeds, final_w, final_h)
     return sample_from_latents(parts, ps, latents, req.denoising_strength, rng, control, fixed_steps=True)
@@ -141,10 +141,13 @@ def txt2img(parts: ModelParts, req: GenerationRequest, control: JobControl, prev
     def sample(batch: Batch) -> Sampled:
         job.restore(parts)
         rng = make_rng(req, parts, batch.seeds, batch.subseeds, req.width, req.height)
-        latents = _first_pass(job, req, batch.encoder, batch.prompts, rng, control, preview_every)
+        # A1111 samples VAE posteriors (an inpainting model's grey image, the hires pass's upscaled images) from
+        # torch's global generator, which making the batch's noise leaves seeded with the batch's last seed
+        generator = torch.Generator().manual_seed(int(batch.seeds[-1]))
+        latents = _first_pass(job, req, batch.encoder, batch.prompts, rng, control, preview_every, generator)
         if req.enable_hr and not control.should_stop():
             latents = _hires_pass(job, req, batch.encoder, batch.prompts, latents, batch.seeds, batch.subseeds,
-                                  control, preview_every)
+                                  control, preview_every, generator)
         return Sampled(latents, parts=job.current)
 
     return run_batches(parts, req, control, sample, on_image)

@@ -17,9 +17,11 @@ is part of a stochastic sampler's step. Medians of several repeats after a warm-
 
 The UNet has random weights: ``--size tiny`` is the test replica, ``--size real`` the full SD 1.5 UNet built from
 the bundled config (no download; slow on a CPU: there the UNet is timed one call per sample and the guided/bare
-runs are skipped unless ``--unet-repeats`` asks for them; use a few ``--steps``).
+runs are skipped unless ``--unet-repeats`` asks for them; use a few ``--steps``). Torch takes its thread count
+from OMP_NUM_THREADS; on a machine shared with other busy processes set it to 1, as oversubscribed OpenMP threads
+make the UNet timings erratic.
 
-    python scripts/benchmark_sampler_overhead.py
+    OMP_NUM_THREADS=1 python scripts/benchmark_sampler_overhead.py
     python scripts/benchmark_sampler_overhead.py --size real --samplers "Euler,DPM++ 2M SDE" --unet-samples 3
     python scripts/benchmark_sampler_overhead.py --size real --device cuda --steps 20
 """
@@ -118,7 +120,7 @@ class Setup:
             torch.cuda.synchronize()
 
 
-def make_parts(unet: Any, device: torch.device) -> Any:
+def make_parts(unet: Any) -> Any:
     from modules.models.families import FAMILIES, bundled_config_dir
     from modules.models.loader import ModelParts
 
@@ -318,7 +320,7 @@ def main() -> int:
     unet = build_unet(args.size).to(device)
     if dtype != torch.float32:
         unet = unet.to(dtype)
-    parts = make_parts(unet, device)
+    parts = make_parts(unet)
     instant_parts = replace(parts, unet=InstantUNet(unet.config, dtype, device))
     conds = make_conds(args.batch_size, int(unet.config.cross_attention_dim), device)
     setup = Setup(parts, conds, args.steps, width, height, args.batch_size, args.cfg_scale, args.rng, device)

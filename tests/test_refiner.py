@@ -17,7 +17,7 @@ def two_models(data_dir, model_store, engine_factory, tmp_path_factory):
     install_model(data_dir, model_store("sd1", "safetensors"), "base")
     other = write_tiny_model("sd1", tmp_path_factory.mktemp("other"), fmt="safetensors", seed=1)
     install_model(data_dir, other, "ref")
-    return engine_factory(cache_limit=1)
+    return engine_factory(cache_limit=2)  # both models stay in RAM: switching does not reload from disk
 
 
 def _px(image) -> np.ndarray:

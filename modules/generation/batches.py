@@ -126,8 +126,7 @@ def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, 
                               extra_params=_extra_params(req, parts))
     control.update(job_count=req.n_iter, job_no=0)
     if req.randn_source == "GPU" and effective_source("GPU", parts.device) == "NV":
-        control.warn("RNG: GPU noise was made with NV (an NVIDIA GPU's random numbers computed on the CPU), as "
-                     "there is no CUDA device here; the image is the one an NVIDIA card gives")
+        control.warn("RNG: GPU noise was made with NV (no CUDA device here): the image an NVIDIA card gives")
     with torch.inference_mode(), lat.seamless([parts.unet, parts.vae], req.tiling):
         for number in range(req.n_iter):
             if control.interrupted:

@@ -177,10 +177,3 @@ def set_number(drv, elem_id: str, value: int) -> None:
     box.send_keys(str(value), Keys.TAB)
     wait(drv, lambda d: value_of(d, f"#{elem_id} input[type=number]") == str(value), what=f"{elem_id} = {value}")
 
-
-NV_NOTE = "RNG: GPU noise was made with NV"
-
-
-def log_problems(text: str) -> str:
-    """A generation log's lines other than the note every job without CUDA gets (GPU noise made with NV)."""
-    return "\n".join(line for line in text.strip().splitlines() if not line.startswith(NV_NOTE)).strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -237,3 +238,13 @@ def running_job(app, timeout: float = 60.0, min_job_no: int = 0):
     assert job is not None, "no job started"
     wait_for_progress(job, lambda p: p.sampling_step > 0 and p.job_no >= min_job_no, timeout)
     return job
+
+
+NV_NOTE = "RNG: GPU noise was made with NV"
+
+
+def log_problems(log: str) -> str:
+    """A generation log (text or the UI's HTML) without the note every job gets on a machine without CUDA (its GPU
+    noise is made with NV): what is left is a problem."""
+    log = re.sub(r'<div class="sd-warning">' + re.escape(NV_NOTE) + r"[^<]*</div>", "", log)
+    return "\n".join(line for line in log.strip().splitlines() if not line.startswith(NV_NOTE)).strip()

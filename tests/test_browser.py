@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_support import css, log_problems, set_number, tab, wait
+from tests.browser_support import css, set_number, tab, wait
+from tests.conftest import log_problems
 
 pytest_plugins = ["tests.browser_support"]  # the driver and webui_server fixtures
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -21,6 +21,7 @@ from modules.models.families import bundled_config_dir
 from modules.models.ldm_yaml import read_ldm_yaml
 from modules.models.loader import ModelParts, load_model, resolve_single_file_config
 from modules.models.registry import CheckpointInfo
+from tests.ldm_support import CLIP_CONFIG, byte_symbols, tiny_v1_params, write_clip_folder
 
 # ---------------------------------------------------------------- a tiny SD 1.x model, built independently
 
@@ -37,58 +38,19 @@ _VAE = {
     "block_out_channels": [32, 64, 64, 64], "down_block_types": ["DownEncoderBlock2D"] * 4,
     "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
-_CLIP: dict[str, Any] = {"vocab_size": 514, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
-         "num_hidden_layers": 2, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "projection_dim": 32,
-         "bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}
+_CLIP = CLIP_CONFIG
 
 
 def _v1_yaml(**schedule: Any) -> dict[str, Any]:
     """An SD 1.x inference config (the layout of v1-inference.yaml) with the tiny model's sizes."""
-    params: dict[str, Any] = {
-        "linear_start": 0.00085, "linear_end": 0.012, "num_timesteps_cond": 1, "log_every_t": 200,
-        "timesteps": 1000, "first_stage_key": "jpg", "cond_stage_key": "txt", "image_size": 64, "channels": 4,
-        "cond_stage_trainable": False, "conditioning_key": "crossattn", "monitor": "val/loss_simple_ema",
-        "scale_factor": 0.18215, "use_ema": False,
-        "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
-            "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
-            "attention_resolutions": [1], "num_res_blocks": 1, "channel_mult": [1, 2], "num_heads": -1,
-            "num_head_channels": 8, "use_spatial_transformer": True, "transformer_depth": 1, "context_dim": 32,
-            "use_checkpoint": False, "legacy": False}},
-        "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
-            "embed_dim": 4, "monitor": "val/rec_loss",
-            "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
-                         "ch": 32, "ch_mult": [1, 2, 2, 2], "num_res_blocks": 1, "attn_resolutions": [],
-                         "dropout": 0.0},
-            "lossconfig": {"target": "torch.nn.Identity"}}},
-        "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
-                              "params": {"version": "clip-tiny"}},
-    }
+    params = tiny_v1_params("clip-tiny")
     params.update(schedule)
     return {"model": {"base_learning_rate": 1.0e-4, "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
                       "params": params}}
 
 
-def _byte_symbols() -> list[str]:
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    extra = iter(range(256, 512))
-    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
-
-
-def _write_clip_folder(folder: Path) -> None:
-    """A CLIP text config and a minimal byte-level BPE tokenizer (no merges: 514 tokens), as a local folder."""
-    folder.mkdir(parents=True)
-    symbols = _byte_symbols()
-    vocab = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-               "unk_token": "<|endoftext|>"}
-    (folder / "special_tokens_map.json").write_text(json.dumps(special))
-    (folder / "tokenizer_config.json").write_text(json.dumps({**special, "model_max_length": 77,
-                                                              "do_lower_case": True, "errors": "replace",
-                                                              "tokenizer_class": "CLIPTokenizer"}))
-    (folder / "config.json").write_text(json.dumps({"architectures": ["CLIPTextModel"],
-                                                    "model_type": "clip_text_model", **_CLIP}))
+_byte_symbols = byte_symbols
+_write_clip_folder = write_clip_folder
 
 
 def _components(seed: int = 0) -> dict[str, Any]:

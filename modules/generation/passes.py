@@ -246,6 +246,9 @@ def _run(spec: PassSpec, cfg: CFGDenoiser, x: Tensor, sigmas: Tensor, full_sigma
             result: Tensor = getattr(timestep_samplers, "sample_" + spec.sampler.function)(
                 cfg, x, sigmas.to(x.device), abar, **call)
             return result
+        if spec.sampler.function in ("dpm_fast", "dpm_adaptive") and "sigma_max" not in kwargs and len(sigmas) <= 2:
+            # one img2img step: DPM-Solver integrates from sigmas[0] to sigmas[-2], the same level (A1111 fails)
+            return x
         noise = rng.brownian_noise(x, full_sigmas) if spec.sampler.brownian_noise else rng.noise_sampler()
         return fn(cfg, x, sigmas.to(x.device), callback=callback, noise=noise, **kwargs)
     except SamplingStopped:

@@ -272,10 +272,11 @@ def sample_unipc(
     continuous time 1 to 1 / N (table entry 0). For img2img it starts at continuous time timesteps[-1] / 1000 +
     1 / 1000 (float32, computed where ``timesteps`` lies: A1111 keeps them on the model's device), the entry of the
     last timestep given. The defaults are A1111's option defaults
-    (uni_pc_variant, uni_pc_skip_type, uni_pc_order, uni_pc_lower_order_final); order must not exceed the step
-    count."""
-    if len(timesteps) < order:
-        raise ValueError("UniPC order must be < sampling steps")
+    (uni_pc_variant, uni_pc_skip_type, uni_pc_order, uni_pc_lower_order_final). With fewer steps than the order
+    (where A1111 stops with an error) the order drops to the step count; with no step ``x`` comes back."""
+    if len(timesteps) == 0:
+        return x
+    order = min(order, len(timesteps))
     schedule = DiscreteVPSchedule.from_alphas_cumprod(alphas_cumprod, x.device)
     t_start = timesteps[-1] / 1000 + 1 / 1000 if is_img2img else None
     return unipc_sample(

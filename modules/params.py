@@ -171,16 +171,21 @@ def _k_schedule(req: GenerationRequest) -> str | None:
     return samplers.effective_schedule(spec, _schedule_label(req.sampler_name, req.scheduler))
 
 
+def _setting_float(value: float) -> str:
+    """A float from A1111's settings, written as A1111 writes it (``2.0``, not ``2``)."""
+    return repr(float(value))
+
+
 def _w_schedule_override(name: str) -> Writer:
     def writer(req: GenerationRequest, _: InfotextContext) -> object:
         value = getattr(req, name)
-        return value if value != 0 and _k_schedule(req) not in (None, "Uniform") else None
+        return _setting_float(value) if value != 0 and _k_schedule(req) not in (None, "Uniform") else None
 
     return writer
 
 
 def _w_beta(name: str) -> Writer:
-    return lambda req, _ctx: getattr(req, name) if _k_schedule(req) == "Beta" else None
+    return lambda req, _ctx: _setting_float(getattr(req, name)) if _k_schedule(req) == "Beta" else None
 
 
 def _w_discard(req: GenerationRequest, _: InfotextContext) -> object:
@@ -377,7 +382,8 @@ PARAMS: tuple[Param, ...] = (
     Param("eta", float, "Eta", write=_w_eta, read=_r_eta, label="Eta", axis="Eta", nullable=True, cli="--ddim_eta"),
     Param("eta_ancestral", float, api=(), setting="eta_ancestral", label="Eta for k-diffusion samplers"),
     Param("eta_ddim", float, api=(), setting="eta_ddim", label="Eta for DDIM"),
-    Param("s_min_uncond", float, "NGMS", write=_when(lambda r: r.s_min_uncond > 0)("s_min_uncond"), api_default=0.0,
+    Param("s_min_uncond", float, "NGMS",
+          write=lambda r, c: _setting_float(r.s_min_uncond) if r.s_min_uncond > 0 else None, api_default=0.0,
           setting="s_min_uncond", label="Negative Guidance minimum sigma"),
     Param("sigma_min", float, "Schedule min sigma", write=_w_schedule_override("sigma_min"), api=(),
           setting="sigma_min", label="sigma min", axis="Schedule min sigma"),

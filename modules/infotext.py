@@ -79,6 +79,10 @@ def unquote(text: str) -> str:
     return value if isinstance(value, str) else text
 
 
+class SettingFloat(float):
+    """A float A1111 takes from its settings and writes as Python prints it (``1.0``, not ``1``)."""
+
+
 def format_value(value: object) -> str:
     """How one value prints in the parameters line.
 
@@ -90,6 +94,8 @@ def format_value(value: object) -> str:
         return "True" if value else "False"
     if isinstance(value, int):
         return str(int(value))
+    if isinstance(value, SettingFloat):
+        return repr(float(value))
     if isinstance(value, float):
         if math.isfinite(value) and value.is_integer():
             return str(int(value))

@@ -13,6 +13,7 @@ from typing import Final
 
 from modules import samplers
 from modules.generation.image_prep import MASKED_CONTENT, RESIZE_MODES
+from modules.infotext import SettingFloat
 from modules.requests import NO_REFINER, SAME_CHECKPOINT, SAME_SAMPLER, GenerationRequest, Img2ImgRequest
 
 BOTH: Final = frozenset({"txt2img", "img2img"})
@@ -32,6 +33,7 @@ class InfotextContext:
     model_name: str | None = None
     vae_name: str | None = None
     vae_hash: str | None = None
+    inpainting: bool = False  # made by an inpainting (9-channel) model
 
 
 class Keys(dict[str, object]):
@@ -171,9 +173,9 @@ def _k_schedule(req: GenerationRequest) -> str | None:
     return samplers.effective_schedule(spec, _schedule_label(req.sampler_name, req.scheduler))
 
 
-def _setting_float(value: float) -> str:
+def _setting_float(value: float) -> SettingFloat:
     """A float from A1111's settings, written as A1111 writes it (``2.0``, not ``2``)."""
-    return repr(float(value))
+    return SettingFloat(value)
 
 
 def _w_schedule_override(name: str) -> Writer:
@@ -455,6 +457,9 @@ PARAMS: tuple[Param, ...] = (
           write=_inpaint(lambda r: MASKED_CONTENT[r.inpainting_fill] if r.inpainting_fill != 1 else None),
           read=_r_inpaint("Masked content", "inpainting_fill", _label_index(MASKED_CONTENT), 1), api_default=0,
           label="Masked content", scope=IMG2IMG),
+    Param("inpainting_mask_weight", float, "Conditional mask weight",
+          write=lambda r, c: _setting_float(_i2i(r).inpainting_mask_weight) if c.inpainting else None, api=(),
+          setting="inpainting_mask_weight", label="Inpainting conditioning mask strength", scope=IMG2IMG),
     Param("initial_noise_multiplier", float, "Noise multiplier",
           write=lambda r, c: _i2i(r).initial_noise_multiplier if _i2i(r).initial_noise_multiplier != 1.0 else None,
           label="Noise multiplier", axis="Initial noise multiplier", scope=IMG2IMG),

@@ -224,6 +224,7 @@ class Img2ImgRequest(GenerationRequest):
     inpaint_full_res: bool = False  # "Only masked"
     inpaint_full_res_padding: int = 32
     inpainting_mask_invert: bool = False
+    inpainting_mask_weight: float = 1.0  # inpainting models: how much of the masked area their image input hides
     initial_noise_multiplier: float = 1.0
     mask_round: bool = True
     max_image_pixels: int = 8192 * 8192
@@ -247,6 +248,8 @@ def validate_img2img(req: Img2ImgRequest, limits: Limits = Limits()) -> None:
            "2 (latent noise) or 3 (latent nothing)")
     _check(0 <= req.mask_blur_x <= 64 and 0 <= req.mask_blur_y <= 64, "mask_blur", "must be between 0 and 64")
     _check(0 <= req.inpaint_full_res_padding <= 256, "inpaint_full_res_padding", "must be between 0 and 256")
+    _check(math.isfinite(req.inpainting_mask_weight) and 0 <= req.inpainting_mask_weight <= 1,
+           "inpainting_mask_weight", "must be between 0 and 1")
     _check(0 <= req.initial_noise_multiplier <= 1.5, "initial_noise_multiplier", "must be between 0 and 1.5")
     _check(req.image_cfg_scale is None or 0 <= req.image_cfg_scale <= 3, "image_cfg_scale",
            "must be between 0 and 3")

@@ -136,6 +136,8 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
                step=0.01),
         Option("use_old_karras_scheduler_sigmas", False, "Use old karras scheduler sigmas (0.1 to 10)", _SAMPLER,
                "bool"),
+        Option("inpainting_mask_weight", 1.0, "Inpainting conditioning mask strength", _SAMPLER, "float", minimum=0,
+               maximum=1, step=0.01),
         Option("hires_fix_refiner_pass", "second pass", "Hires fix: which pass to enable refiner for", _SAMPLER,
                "choice", ("first pass", "second pass", "both passes")),
         Option("always_discard_next_to_last_sigma", False, "Always discard next-to-last sigma", _SAMPLER, "bool"),

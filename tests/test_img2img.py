@@ -163,6 +163,12 @@ def test_inpainting_checkpoints_take_the_9_channel_path(data_dir, model_store, e
     assert seen and set(seen) == {9}
     keep = np.asarray(mask) == 0
     assert np.abs(px(result.images[0]) - px(src))[keep].max() <= 1
+    # the conditioning mask strength: A1111 records it for every image of an inpainting model
+    assert "Conditional mask weight: 1.0" in result.infotexts[0]
+    half = engine.img2img(Img2ImgRequest(prompt="x", init_images=(src,), mask=mask, mask_blur_x=0, mask_blur_y=0,
+                                         inpainting_mask_weight=0.5, **SMALL)).result
+    assert "Conditional mask weight: 0.5" in half.infotexts[0]
+    assert np.abs(px(half.images[0]) - px(result.images[0]))[~keep].mean() > 0.5
 
 
 @needs_photos

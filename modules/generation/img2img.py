@@ -24,7 +24,7 @@ from modules.generation.batches import (
 )
 from modules.generation.conditioning import ImageConds, TextEncoder, build_conditioning
 from modules.generation.control import JobControl
-from modules.generation.passes import PassSpec, full_mask_conditioning, sample_from_latents
+from modules.generation.passes import PassSpec, sample_from_latents
 from modules.generation.result import GenerationResult
 from modules.generation.txt2img import refiner_for, sampling_options
 from modules.models.loader import ModelParts
@@ -77,18 +77,21 @@ def _latent_mask(batch: list[image_prep.PreparedImage], shape: torch.Size, round
 
 def _inpaint_conditioning(parts: ModelParts, batch: list[image_prep.PreparedImage], req: Img2ImgRequest,
                           latent_shape: torch.Size, generator: torch.Generator) -> Tensor | None:
-    """Extra UNet inputs of an inpainting model: the (rounded) mask at latent size and the latents of the image with
-    the masked area made grey, encoded as A1111 does."""
+    """Extra UNet inputs of an inpainting model: the mask (rounded, full resolution, then nearest to latent size;
+    without a mask, ones) and the latents of the image with the masked area turned grey by the "conditioning mask
+    strength", encoded as A1111 does."""
     if not parts.is_inpaint:
         return None
-    if batch[0].mask is None:
-        return full_mask_conditioning(parts, len(batch), req.width, req.height, generator)
     pixels = lat.from_pil([item.image for item in batch])
-    full = torch.stack([torch.from_numpy(np.asarray(m.convert("L"), dtype="float32") / 255.0)
-                        for m in _pixel_masks(batch)]).unsqueeze(1)
-    if req.mask_round:
-        full = full.round()
-    masked = lat.encode(parts.vae, pixels * (1 - full) + 0.5 * full, generator).to(parts.device)
+    if batch[0].mask is None:
+        full = torch.ones((pixels.shape[0], 1, *pixels.shape[2:]))
+    else:
+        full = torch.stack([torch.from_numpy(np.asarray(m.convert("L"), dtype="float32") / 255.0)
+                            for m in _pixel_masks(batch)]).unsqueeze(1)
+        if req.mask_round:
+            full = full.round()
+    weight = req.inpainting_mask_weight * full
+    masked = lat.encode(parts.vae, pixels * (1 - weight) + 0.5 * weight, generator).to(parts.device)
     small = F.interpolate(full, size=tuple(latent_shape[-2:])).to(parts.device)
     return torch.cat([small.expand(masked.shape[0], -1, -1, -1), masked], dim=1)
 

@@ -107,7 +107,7 @@ def to_pil(images: Tensor) -> list[Image.Image]:
 
 def from_pil(images: list[Image.Image]) -> Tensor:
     arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # NCHW in memory too, as A1111 feeds the VAE
 
 
 def preview(latents: Tensor, is_xl: bool) -> Image.Image:

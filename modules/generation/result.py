@@ -37,4 +37,5 @@ def infotext_context(parts: ModelParts | None, seed: int, subseed: int) -> Infot
     vae = parts.vae_info if parts is not None else None
     return InfotextContext(seed=seed, subseed=subseed, model_hash=info.shorthash if info else None,
                            model_name=info.model_name if info else None, vae_name=vae.name if vae else None,
-                           vae_hash=parts.vae_hash if parts is not None else None)
+                           vae_hash=parts.vae_hash if parts is not None else None,
+                           inpainting=parts.is_inpaint if parts is not None else False)

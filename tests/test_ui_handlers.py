@@ -414,3 +414,20 @@ def test_live_preview_is_shown_while_sampling(app, handlers, monkeypatch):
     assert previews and previews[0]["visible"] is True
     assert any("Step " in str(u.progress) for u in updates[:-1])
     assert last.preview == {"__type__": "update", "visible": False, "value": None}
+
+
+def test_refiner_accordion_and_hires_checkpoint_reach_the_job_and_paste_back(app, handlers):
+    title = app.registry.list()[0].title
+    _, off = run(handlers, small(app, refiner_checkpoint=title, refiner_switch_at=0.5))  # not enabled: unused
+    assert "Refiner" not in off.infotext
+    _, on = run(handlers, small(app, refiner_enable=True, refiner_checkpoint=title, refiner_switch_at=0.5))
+    assert "Refiner: " in on.infotext and "Refiner switch at: 0.5" in on.infotext
+    _, hires = run(handlers, small(app, enable_hr=True, hr_scale=1.0, hr_checkpoint_name=title))
+    assert "Hires checkpoint: " in hires.infotext
+    values, _ = handlers.read_parameters(
+        "a cat\nSteps: 2, Sampler: Euler, Seed: 1, Size: 64x64, Denoising strength: 0.5, Hires upscale: 1.5, "
+        "Hires checkpoint: other, Refiner: tiny, Refiner switch at: 0.6", None)
+    assert values["refiner_enable"] is True and values["refiner_checkpoint"] == "tiny"
+    assert values["refiner_switch_at"] == 0.6 and values["hr_checkpoint_name"] == "other"
+    plain, _ = handlers.read_parameters("a cat\nSteps: 2, Sampler: Euler, Seed: 1, Size: 64x64", None)
+    assert plain["refiner_enable"] is False

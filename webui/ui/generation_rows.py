@@ -150,6 +150,19 @@ def seed_rows(ui: GenerationUI, d: dict[str, Any]) -> None:
         f["tiling"] = gr.Checkbox(label=label("tiling"), value=d["tiling"], elem_id=f"{tab}_tiling")
 
 
+def refiner_accordion(ui: GenerationUI, d: dict[str, Any], checkpoints: list[str]) -> None:
+    """A1111's Refiner: another checkpoint takes over once "Switch at" of the sampling is done."""
+    f, tab = ui.fields, ui.tab
+    with gr.Accordion("Refiner", open=False, elem_id=f"{tab}_refiner"):
+        f["refiner_enable"] = gr.Checkbox(label="Enable", value=d["refiner_enable"], elem_id=f"{tab}_refiner_enable")
+        with gr.Row():
+            f["refiner_checkpoint"] = gr.Dropdown(label="Checkpoint", choices=checkpoints,
+                                                  value=d["refiner_checkpoint"], allow_custom_value=True,
+                                                  elem_id=f"{tab}_checkpoint")
+            f["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=d["refiner_switch_at"], step=0.01,
+                                               label=label("refiner_switch_at"), elem_id=f"{tab}_switch_at")
+
+
 def _seed_field(ui: GenerationUI, name: str, label: str, d: dict[str, Any]) -> None:
     """A seed number box ("seed" or "subseed") and its random (-1) and reuse (last generation's) buttons."""
     tab = ui.tab

@@ -38,7 +38,7 @@ from webui.ui.img2img_inputs import (
     scale_html,
     size_for_mode,
 )
-from webui.ui.txt2img import Txt2ImgUI
+from webui.ui.txt2img import Txt2ImgUI, checkpoint_titles
 from webui.ui.txt2img_handlers import request_user
 
 TAB = "img2img"
@@ -146,7 +146,7 @@ def _batch_tab(ui: Img2ImgUI, d: dict[str, Any]) -> None:
                                                           "in ui.", elem_id="img2img_batch_png_info_props")
 
 
-def _parameters(ui: Img2ImgUI, d: dict[str, Any]) -> None:
+def _parameters(ui: Img2ImgUI, d: dict[str, Any], checkpoints: list[str]) -> None:
     f, p = ui.fields, ui.parts
     f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=d["resize_mode"], label=label("resize_mode"),
                                 elem_id="img2img_resize_mode")
@@ -176,6 +176,7 @@ def _parameters(ui: Img2ImgUI, d: dict[str, Any]) -> None:
                                                   label=label("initial_noise_multiplier"),
                                                   elem_id="img2img_initial_noise_multiplier")
     rows.seed_rows(ui, d)
+    rows.refiner_accordion(ui, d, checkpoints)
     with gr.Group(visible=False, elem_id="inpaint_controls") as p["inpaint_controls"]:
         with gr.Row():
             f["mask_blur"] = gr.Slider(0, 64, value=d["mask_blur"], step=1, label="Mask blur",
@@ -200,17 +201,17 @@ def build_img2img_tab(app: App, counter: TokenCounter) -> Img2ImgUI:
     """Create the tab's components inside the current ``gr.Tab`` and wire its events."""
     ui = Img2ImgUI(Img2ImgHandlers(app))
     d = default_values(app)
-    rows.tab_page(ui, app, lambda: _settings(ui, d))
+    rows.tab_page(ui, app, lambda: _settings(ui, d, checkpoint_titles(app)))
     _wire_generate(ui)
     rows.wire_shared(ui, app, counter)
     _wire_tabs(ui)
     return ui
 
 
-def _settings(ui: Img2ImgUI, d: dict[str, Any]) -> None:
+def _settings(ui: Img2ImgUI, d: dict[str, Any], checkpoints: list[str]) -> None:
     """The left column: the mode sub-tabs, then the parameters."""
     _mode_tabs(ui, d)
-    _parameters(ui, d)
+    _parameters(ui, d, checkpoints)
 
 
 def _wire_generate(ui: Img2ImgUI) -> None:

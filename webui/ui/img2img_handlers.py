@@ -23,7 +23,14 @@ from modules.params import INPAINT_AREAS, MASK_MODES
 from modules.requests import Img2ImgRequest
 from webui.ui.common import error_html, infotext_html, warning_html
 from webui.ui.img2img_inputs import BATCH, gallery_image, mode_index, mode_inputs, scaled_size
-from webui.ui.txt2img_handlers import GenerateUpdate, Txt2ImgHandlers, form_values, selected_infotext
+from webui.ui.txt2img_handlers import (
+    REFINER_DEFAULTS,
+    REFINER_FIELDS,
+    GenerateUpdate,
+    Txt2ImgHandlers,
+    form_values,
+    selected_infotext,
+)
 from webui.ui.txt2img_handlers import default_values as txt2img_defaults
 
 log = logging.getLogger(__name__)
@@ -50,7 +57,7 @@ def default_values(app: Any) -> dict[str, Any]:
         "seed": -1, "seed_extra": False, "subseed": -1, "subseed_strength": 0.0, "seed_resize_from_w": 0,
         "seed_resize_from_h": 0, "clip_skip": t["clip_skip"], "tiling": False,
         "mask_blur": 4, "inpainting_mask_invert": MASK_MODES[0], "inpainting_fill": MASKED_CONTENT[1],
-        "inpaint_full_res": INPAINT_AREAS[0], "inpaint_full_res_padding": 32,
+        "inpaint_full_res": INPAINT_AREAS[0], "inpaint_full_res_padding": 32, **REFINER_DEFAULTS,
     }
 
 
@@ -62,13 +69,13 @@ FIELDS: tuple[str, ...] = (
     "n_iter", "batch_size", "cfg_scale", "image_cfg_scale", "denoising_strength", "initial_noise_multiplier",
     "seed", "seed_extra", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "clip_skip",
     "tiling", "mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res",
-    "inpaint_full_res_padding")
+    "inpaint_full_res_padding", *REFINER_FIELDS)
 # what the ↙️ button may fill
 PASTE_FIELDS: tuple[str, ...] = (
     "prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "width", "height", "cfg_scale",
     "image_cfg_scale", "denoising_strength", "initial_noise_multiplier", "seed", "seed_extra", "subseed",
     "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "clip_skip", "tiling", "mask_blur",
-    "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding")
+    "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding", *REFINER_FIELDS)
 def _choice(value: Any, choices: tuple[str, ...], name: str) -> int:
     """The index of a radio value given as its label or its index."""
     if isinstance(value, bool):

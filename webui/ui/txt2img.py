@@ -10,7 +10,7 @@ import gradio as gr
 from modules import samplers
 from modules.app import App
 from modules.params import label
-from modules.requests import SAME_SAMPLER
+from modules.requests import SAME_CHECKPOINT, SAME_SAMPLER
 from webui.ui import generation_rows as rows
 from webui.ui.common import TokenCounter
 from webui.ui.generation_rows import FAST, GenerationUI, style_names
@@ -35,7 +35,11 @@ class Txt2ImgUI(GenerationUI, tab=TAB, field_names=FIELDS, paste_fields=PASTE_FI
     handlers: Txt2ImgHandlers
 
 
-def _hires_accordion(ui: Txt2ImgUI, d: dict[str, Any]) -> None:
+def checkpoint_titles(app: App) -> list[str]:
+    return [info.title for info in app.registry.list()]
+
+
+def _hires_accordion(ui: Txt2ImgUI, d: dict[str, Any], checkpoints: list[str]) -> None:
     f, p = ui.fields, ui.parts
     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
         with gr.Row():
@@ -63,6 +67,9 @@ def _hires_accordion(ui: Txt2ImgUI, d: dict[str, Any]) -> None:
             f["hr_scheduler"] = gr.Dropdown(label=label("hr_scheduler"),
                                             choices=[SAME_SCHEDULER, *samplers.schedule_labels()],
                                             value=d["hr_scheduler"], elem_id="hr_scheduler")
+            f["hr_checkpoint_name"] = gr.Dropdown(label=label("hr_checkpoint_name"),
+                                                  choices=[SAME_CHECKPOINT, *checkpoints], allow_custom_value=True,
+                                                  value=d["hr_checkpoint_name"], elem_id="hr_checkpoint")
         with gr.Row():
             f["hr_prompt"] = gr.Textbox(label=label("hr_prompt"), lines=2, elem_id="hires_prompt",
                                         placeholder="Prompt for hires fix pass.\nLeave empty to use the same prompt.")
@@ -82,14 +89,16 @@ def build_txt2img_tab(app: App, counter: TokenCounter) -> Txt2ImgUI:
     """Create the tab's components inside the current ``gr.Tab`` and wire its events."""
     ui = Txt2ImgUI(Txt2ImgHandlers(app))
     d = default_values(app)
-    rows.tab_page(ui, app, lambda: _parameters(ui, d), below_gallery=lambda: _send_row(ui))
+    rows.tab_page(ui, app, lambda: _parameters(ui, d, app), below_gallery=lambda: _send_row(ui))
     _wire(ui, app, counter)
     return ui
 
 
-def _parameters(ui: Txt2ImgUI, d: dict[str, Any]) -> None:
+def _parameters(ui: Txt2ImgUI, d: dict[str, Any], app: App) -> None:
     rows.sampler_rows(ui, d)
-    _hires_accordion(ui, d)
+    checkpoints = checkpoint_titles(app)
+    _hires_accordion(ui, d, checkpoints)
+    rows.refiner_accordion(ui, d, checkpoints)
     with gr.Row(elem_id="txt2img_dimensions_row"):
         rows.size_column(ui, d)
         rows.batch_column(ui, d)

@@ -21,7 +21,7 @@ from modules.jobs import Job, JobState, owns
 from modules.metadata import text_to_infotext
 from modules.param_io import read_infotext, request_from_values
 from modules.params import by_field, params_for
-from modules.requests import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS, SAME_SAMPLER, GenerationRequest
+from modules.requests import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS, SAME_CHECKPOINT, SAME_SAMPLER, GenerationRequest
 from modules.styles import apply_styles, load_styles
 from webui.ui.common import error_html, format_eta, infotext_html, progress_html, user_message, warning_html
 
@@ -47,17 +47,22 @@ def default_values(app: App) -> dict[str, Any]:
         "seed_resize_from_w": 0, "seed_resize_from_h": 0,
         "enable_hr": False, "hr_upscaler": "Latent", "hr_second_pass_steps": 0, "denoising_strength": 0.7,
         "hr_scale": 2.0, "hr_resize_x": 0, "hr_resize_y": 0, "hr_sampler_name": SAME_SAMPLER,
-        "hr_scheduler": SAME_SCHEDULER, "hr_prompt": "", "hr_negative_prompt": "",
-        "clip_skip": app.settings["CLIP_stop_at_last_layers"], "tiling": False,
+        "hr_scheduler": SAME_SCHEDULER, "hr_checkpoint_name": SAME_CHECKPOINT, "hr_prompt": "",
+        "hr_negative_prompt": "", "clip_skip": app.settings["CLIP_stop_at_last_layers"], "tiling": False,
+        **REFINER_DEFAULTS,
     }
+
+
+REFINER_DEFAULTS: dict[str, Any] = {"refiner_enable": False, "refiner_checkpoint": None, "refiner_switch_at": 0.8}
+REFINER_FIELDS: tuple[str, ...] = tuple(REFINER_DEFAULTS)
 
 
 FIELDS: tuple[str, ...] = (
     "prompt", "negative_prompt", "styles", "sampler_name", "scheduler", "steps", "width", "height", "n_iter",
     "batch_size", "cfg_scale", "seed", "seed_extra", "subseed", "subseed_strength", "seed_resize_from_w",
     "seed_resize_from_h", "enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale",
-    "hr_resize_x", "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
-    "clip_skip", "tiling")
+    "hr_resize_x", "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_checkpoint_name", "hr_prompt",
+    "hr_negative_prompt", "clip_skip", "tiling", *REFINER_FIELDS)
 # what the ↙️ button may fill (everything but styles and batch settings)
 PASTE_FIELDS: tuple[str, ...] = tuple(f for f in FIELDS if f not in ("styles", "n_iter", "batch_size"))
 
@@ -96,6 +101,10 @@ def form_values(app: App, values: dict[str, Any], kind: str = "txt2img") -> dict
     for name in ("hr_prompt", "hr_negative_prompt"):
         if name in out:
             out[name] = out[name] or ""
+    if "hr_checkpoint_name" in out:
+        out["hr_checkpoint_name"] = _same(out["hr_checkpoint_name"], SAME_CHECKPOINT)
+    if not v.get("refiner_enable") or not v.get("refiner_checkpoint"):  # the accordion's checkbox decides
+        out["refiner_checkpoint"], out["refiner_switch_at"] = None, None
     return out
 
 
@@ -278,6 +287,14 @@ class Txt2ImgHandlers:
         return out, warning_html(notes)
 
 
+def refiner_paste(values: dict[str, object]) -> dict[str, Any]:
+    """The Refiner accordion's values for a pasted infotext: on with its checkpoint and switch, else off."""
+    if values.get("refiner_checkpoint"):
+        return {"refiner_enable": True, "refiner_checkpoint": values["refiner_checkpoint"],
+                "refiner_switch_at": values.get("refiner_switch_at") or REFINER_DEFAULTS["refiner_switch_at"]}
+    return {"refiner_enable": False}
+
+
 def _paste_values(values: dict[str, object], notes: list[str]) -> dict[str, Any]:
     """The form values for the pasted request fields: known choices only, A1111's defaults for what the infotext
     leaves out of a section it uses (hires, variation seed), clip skip 1 when not stated."""
@@ -288,14 +305,17 @@ def _paste_values(values: dict[str, object], notes: list[str]) -> dict[str, Any]
         if name in out and out[name] not in allowed:
             notes.append(f"Unknown {name.replace('_', ' ')} {out.pop(name)!r}; kept the current one")
     out["tiling"] = bool(values.get("tiling", False))
+    out.update(refiner_paste(values))
     out["enable_hr"] = bool(values.get("enable_hr", False))
     if out["enable_hr"]:
         for name, default in (("hr_second_pass_steps", 0), ("hr_resize_x", 0), ("hr_resize_y", 0),
-                              ("hr_sampler_name", None), ("hr_scheduler", None), ("hr_prompt", ""),
+                              ("hr_sampler_name", None), ("hr_scheduler", None), ("hr_checkpoint_name", None),
+                              ("hr_prompt", ""),
                               ("hr_negative_prompt", "")):
             out.setdefault(name, default)
         out["hr_sampler_name"] = out["hr_sampler_name"] or SAME_SAMPLER
         out["hr_scheduler"] = out["hr_scheduler"] or SAME_SCHEDULER
+        out["hr_checkpoint_name"] = out["hr_checkpoint_name"] or SAME_CHECKPOINT
     subseed_strength = out.get("subseed_strength", 0)
     if (isinstance(subseed_strength, float) and subseed_strength > 0) or out.get("seed_resize_from_w", 0):
         out["seed_extra"] = True

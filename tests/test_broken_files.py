@@ -104,3 +104,14 @@ def test_the_ui_checkpoint_list_shows_broken_files(live_server, broken):
             assert label.startswith(f"{title} (broken: "), label
         else:
             assert label == title
+
+
+def test_broken_refiner_or_hires_checkpoint_fails_the_job_with_422_and_the_rest_works(live_server, broken):
+    server = live_server()
+    with _client(server) as api:
+        for body in ({**SMALL, "refiner_checkpoint": PICTURE, "refiner_switch_at": 0.5},
+                     {**SMALL, "enable_hr": True, "hr_scale": 1.0, "hr_checkpoint_name": TRUNCATED}):
+            r = api.post("/sdapi/v1/txt2img", json=body)
+            assert r.status_code == 422, r.text
+            assert "Traceback" not in r.text and ("b-picture" in r.text or "a-truncated" in r.text)
+        assert api.post("/sdapi/v1/txt2img", json=SMALL).status_code == 200

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -182,3 +184,21 @@ def test_mask_blur_matches_recorded_opencv_values():
     want = [0, 0, 1, 3, 7, 12, 21, 32, 48, 67, 90, 115, 140, 165, 188, 207, 223, 234, 243, 248, 252, 254, 255, 255]
     assert gaussian_blur_u8(a, 4, axis=1)[0].tolist() == want
     assert gaussian_blur_u8(a.T, 4, axis=0)[:, 0].tolist() == want
+
+
+def test_brownian_noise_equals_a_plain_torchsde_tree_with_the_cpu_source():
+    """The tree's draws are kept and reused by seed (both children of a split draw the same numbers): the noise
+    stays exactly that of torchsde's own tree, whose normals come from torch's generator seeded per draw."""
+    import torchsde
+
+    x = torch.zeros(1, 4, 16, 16)
+    lo, hi = torch.tensor(0.0292), torch.tensor(14.6146)
+    ours = BrownianTreeNoise(x, lo, hi, [77], "CPU")
+    plain = torchsde.BrownianTree(lo, torch.zeros_like(x[0]), hi, entropy=77)
+    sigmas = torch.linspace(14.6146, 0.0292, 12)
+    for a, b in zip(sigmas[:-1], sigmas[1:], strict=True):
+        with warnings.catch_warnings():  # torchsde's own float32-vs-float64 end point note
+            warnings.simplefilter("ignore", UserWarning)
+            want = -plain(b, a) / (b - a).abs().sqrt()  # from a down to b: the increment's sign flips
+        assert torch.equal(ours(a, b)[0], want)
+    assert len(ours.draws.draws) <= ours.draws.keep

@@ -12,6 +12,7 @@ without CUDA, ``GPU`` is served by ``NV``, so an infotext made on an NVIDIA card
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import functools
@@ -165,8 +166,32 @@ def _paste_centered(noise: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 # --- Brownian-tree noise -----------------------------------------------------------------------------------------
 
-_tree_source: contextvars.ContextVar[tuple[str, torch.device] | None] = contextvars.ContextVar("_tree_source",
-                                                                                              default=None)
+class _TreeDraws:
+    """The job's RNG source for a Brownian tree, and the tree's recent draws by seed.
+
+    Both children of a split draw their parent's normals with the same seed (one keeps the bridge sample, the other
+    its complement), and torchsde draws them again when an interval falls out of its cache: a draw is a pure
+    function of its seed, so the last ones are kept and given again instead of drawn again (the same numbers, a
+    third of the draws)."""
+
+    def __init__(self, source: str, device: torch.device, keep: int = 64) -> None:
+        self.source, self.device, self.keep = source, device, keep
+        self.draws: collections.OrderedDict[tuple[int, tuple[int, ...]], torch.Tensor] = collections.OrderedDict()
+
+    def randn(self, seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+        key = (seed, shape)
+        out = self.draws.get(key)
+        if out is None:
+            out = randn_local(seed, shape, self.source, self.device)
+            self.draws[key] = out
+            if len(self.draws) > self.keep:
+                self.draws.popitem(last=False)
+        else:
+            self.draws.move_to_end(key)
+        return out
+
+
+_tree_source: contextvars.ContextVar[_TreeDraws | None] = contextvars.ContextVar("_tree_source", default=None)
 @functools.cache
 def _install_tree_randn() -> None:
     """Make torchsde's tree draw its normals from the job's RNG source (as A1111 does), not only torch's own
@@ -179,15 +204,14 @@ def _install_tree_randn() -> None:
         current = _tree_source.get()
         if current is None:
             return original(size, dtype, device, seed)  # type: ignore[no-any-return]
-        source, job_device = current
-        return randn_local(seed, tuple(size), source, job_device).to(device=device, dtype=dtype)
+        return current.randn(int(seed), tuple(int(n) for n in size)).to(device=device, dtype=dtype)
 
     bi._randn = randn
 
 
 @contextlib.contextmanager
-def _source(source: str, device: torch.device) -> Iterator[None]:
-    token = _tree_source.set((source, device))
+def _source(draws: _TreeDraws) -> Iterator[None]:
+    token = _tree_source.set(draws)
     try:
         yield
     finally:
@@ -207,17 +231,18 @@ class BrownianTreeNoise:
 
         _install_tree_randn()
         self.source, self.device = source, x.device
+        self.draws = _TreeDraws(source, x.device)
         t0, t1 = torch.as_tensor(sigma_min), torch.as_tensor(sigma_max)
         self.sign = 1 if t0 < t1 else -1
         t0, t1 = (t0, t1) if t0 < t1 else (t1, t0)
         w0 = torch.zeros_like(x[0])
-        with _source(source, self.device):
+        with _source(self.draws):
             self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=int(s)) for s in seeds]
 
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         a, b, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
-        with _source(self.source, self.device), warnings.catch_warnings():
+        with _source(self.draws), warnings.catch_warnings():
             # torchsde compares the float32 query with its float64 end point and warns about the rounding
             warnings.filterwarnings("ignore", message="Should have", category=UserWarning)
             w = torch.stack([tree(a, b) for tree in self.trees]) * (self.sign * sign)

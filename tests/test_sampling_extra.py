@@ -13,17 +13,15 @@ import torch
 from torch import Tensor
 
 from modules.sampling.extra_samplers import (
-    EXTRA_SAMPLERS,
     AdaptiveInfo,
     dpm_fast_orders,
-    find_extra_sampler,
     restart_plan,
     sample_dpm_adaptive,
     sample_dpm_adaptive_with_info,
     sample_dpm_fast,
     sample_restart,
 )
-from modules.sampling.k_common import NoiseRequiredError, NoiseSampler, Sampler, Step
+from modules.sampling.k_common import NoiseRequiredError, NoiseSampler, Step
 from modules.sampling.k_samplers import sample_heun
 from modules.sampling.schedules import karras
 
@@ -406,21 +404,6 @@ def test_samplers_never_touch_the_global_generator(run: Callable[[Tensor, NoiseS
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(run(x, RecordingNoise(8, tuple(x.shape))), first)
     assert not torch.allclose(run(x, RecordingNoise(9, tuple(x.shape))), first)
-
-
-def test_table_names_a1111_samplers_and_their_options():
-    samplers: list[Sampler] = [s.function for s in EXTRA_SAMPLERS]
-    assert samplers == [sample_dpm_fast, sample_dpm_adaptive, sample_restart]
-    assert find_extra_sampler("DPM fast").options == {"eta", "s_noise"}
-    assert find_extra_sampler("DPM fast").range_options == {"sigma_min", "sigma_max", "n"}
-    assert find_extra_sampler("DPM adaptive").options == {"eta"}
-    assert find_extra_sampler("DPM adaptive").uses_ensd
-    restart = find_extra_sampler("Restart")
-    assert (restart.options, restart.scheduler, restart.second_order, restart.uses_ensd) == (
-        frozenset(), "Karras", True, False
-    )  # fmt: skip
-    with pytest.raises(ValueError, match="unknown sampler"):
-        find_extra_sampler("Nope")
 
 
 # --- golden values ------------------------------------------------------------------------------------------------

@@ -11,13 +11,11 @@ import torch
 from torch import Tensor
 
 from modules.sampling.k_samplers import (
-    K_SAMPLERS,
     NoiseRequiredError,
     NoiseSampler,
     Sampler,
     Step,
     ancestral_step,
-    find_k_sampler,
     lms_coefficient,
     sample_dpm_2,
     sample_dpm_2_ancestral,
@@ -216,12 +214,25 @@ def test_churn_uses_noise_and_records_sigma_hat():
     assert all((float(s.sigma_hat) > float(s.sigma)) == (float(s.sigma) <= 1.0) for s in steps)
 
 
-def test_table_names_a1111_samplers_and_their_options():
-    labels = [s.label for s in K_SAMPLERS]
-    assert len(labels) == len(set(labels)) == 12
-    assert find_k_sampler("Euler a").options == {"eta"}
-    assert find_k_sampler("DPM++ 2M").options == frozenset()
-    assert find_k_sampler("DPM2").discard_penultimate_sigma
-    assert find_k_sampler("DPM++ 3M SDE").brownian_noise
-    with pytest.raises(ValueError, match="unknown sampler"):
-        find_k_sampler("Nope")
+def test_every_sampler_of_a1111s_table_has_its_function_and_options():
+    """modules.samplers is the one table of A1111's samplers: each entry finds its function here, and the options
+    A1111 passes are recorded as sd_samplers_kdiffusion / timesteps list them."""
+    from modules import samplers
+    from modules.generation.passes import sampler_function
+
+    assert len(samplers.SAMPLERS) == len({s.name for s in samplers.SAMPLERS}) == 20
+    for spec in samplers.SAMPLERS:
+        assert callable(sampler_function(spec)), spec.name
+    find = samplers.find
+    assert (find("Euler a").takes_eta, find("Euler a").extra) == (True, frozenset())
+    assert find("Euler").extra == {"s_churn", "s_tmin", "s_tmax", "s_noise"} and not find("Euler").takes_eta
+    assert find("DPM++ 2M").extra == frozenset() and find("DPM++ 2M").scheduler == "karras"
+    assert find("DPM2").discard_penultimate and find("DPM++ 3M SDE").brownian_noise
+    assert find("DPM fast").extra == {"s_noise"} and find("DPM adaptive").extra == frozenset()
+    restart = find("Restart")
+    assert (restart.extra, restart.scheduler, restart.second_order, restart.uses_ensd) == (frozenset(), "karras",
+                                                                                           True, False)
+    assert find("ddim_cfgpp").takes_eta and find("DDIM").takes_eta and not find("UniPC").takes_eta
+    assert find("DDIM").eta_key == "Eta DDIM" and find("Euler a").eta_key == "Eta"
+    with pytest.raises(KeyError):
+        find("Nope")

@@ -19,9 +19,7 @@ from modules.sampling.k_common import NoiseRequiredError, Step
 from modules.sampling.schedules import scaled_linear_alphas_cumprod
 from modules.sampling.timestep_samplers import (
     CFGPP_SCALE_MULTIPLIER,
-    TIMESTEP_SAMPLERS,
     eps_from_v,
-    find_timestep_sampler,
     img2img_steps,
     img2img_timesteps,
     lcm_alphas_cumprod,
@@ -567,15 +565,7 @@ def test_sample_lcm() -> None:
     assert torch.equal(sample_lcm(denoiser, x, lcm_sigmas(1, table)), torch.full_like(x, 0.25))
 
 
-# --- the table and the global RNG ---------------------------------------------------------------------------------
-
-
-def test_sampler_table() -> None:
-    assert [s.label for s in TIMESTEP_SAMPLERS] == ["DDIM", "DDIM CFG++", "PLMS", "UniPC"]
-    assert find_timestep_sampler("ddim_cfgpp").needs_uncond_eps
-    assert find_timestep_sampler("DDIM").uses_eta and not find_timestep_sampler("unipc").uses_eta
-    with pytest.raises(ValueError):
-        find_timestep_sampler("Euler")
+# --- the global RNG ---------------------------------------------------------------------------------------------
 
 
 def test_global_rng_untouched() -> None:

@@ -6,7 +6,6 @@ sampler functions of :mod:`modules.sampling` exactly as A1111 calls it.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from modules import samplers
-from modules.errors import ValidationError
 from modules.generation.batches import JobModels
 from modules.generation.conditioning import ImageConds
 from modules.generation.control import JobControl
@@ -25,8 +23,8 @@ from modules.generation.latents import preview
 from modules.generation.noise import ImageRNG
 from modules.models.loader import ModelParts
 from modules.samplers import SamplerSpec
-from modules.sampling import schedules, timestep_samplers
-from modules.sampling.k_common import Sampler, Step
+from modules.sampling import extra_samplers, k_samplers, schedules, timestep_samplers
+from modules.sampling.k_common import Step
 
 Tensor = torch.Tensor
 
@@ -112,22 +110,19 @@ def alphas_cumprod(parts: ModelParts) -> Tensor:
     return schedules.rescale_zero_terminal_snr(abar) if cfg.get("rescale_betas_zero_snr") else abar
 
 
-def sigma_table(parts: ModelParts) -> schedules.SigmaTable:
-    """The model's discrete sigmas."""
-    return schedules.SigmaTable.from_alphas_cumprod(alphas_cumprod(parts))
+def sigma_table(parts: ModelParts, abar: Tensor | None = None) -> schedules.SigmaTable:
+    """The model's discrete sigmas (from ``abar`` when the caller has the table already)."""
+    return schedules.SigmaTable.from_alphas_cumprod(alphas_cumprod(parts) if abar is None else abar)
 
 
 def lcm_sigmas(schedule: str, steps: int, abar: Tensor, options: schedules.ScheduleOptions) -> Tensor:
     """LCM's sigmas: its own 50-entry table stepped through for "Automatic", "Uniform", "Normal" and "SGM Uniform",
     the other schedule types over that table's range."""
     table = timestep_samplers.lcm_sigma_table(abar)
+    if schedule not in (schedules.AUTOMATIC, "Uniform", "Normal", "SGM Uniform"):
+        return schedules.build_sigmas(schedules.find_schedule(schedule).name, steps, table, options)
     n = steps + 1 if options.discard_penultimate else steps
-    if schedule in (schedules.AUTOMATIC, "Uniform", "Normal", "SGM Uniform"):
-        sigmas = timestep_samplers.lcm_sigmas(n, table, sgm=schedule == "SGM Uniform")
-    else:
-        sigmas = schedules.build_sigmas(schedules.find_schedule(schedule).name, steps,
-                                        table, options)
-        return sigmas
+    sigmas = timestep_samplers.lcm_sigmas(n, table, sgm=schedule == "SGM Uniform")
     return schedules.discard_penultimate(sigmas) if options.discard_penultimate else sigmas
 
 
@@ -141,17 +136,14 @@ def get_sigmas(spec: SamplerSpec, schedule: str, steps: int, table: schedules.Si
     return schedules.build_sigmas(samplers.schedule_name(spec, schedule), steps, table, opts, sdxl)
 
 
-def _sampler_function(spec: SamplerSpec) -> Sampler:
+def sampler_function(spec: SamplerSpec) -> Callable[..., Tensor]:
+    """The function of one of A1111's samplers, by the naming of :mod:`modules.sampling` (``sample_<function>``)."""
     name = "sample_" + spec.function + ("_heun" if spec.solver_type == "heun" else "")
-    for module in ("modules.sampling.k_samplers", "modules.sampling.extra_samplers",
-                   "modules.sampling.timestep_samplers"):
-        try:
-            fn: Sampler | None = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            fn = None
+    for module in (k_samplers, extra_samplers, timestep_samplers):
+        fn: Callable[..., Tensor] | None = getattr(module, name, None)
         if fn is not None:
             return fn
-    raise ValidationError(f"sampler_name: {spec.name} is not available yet", field="sampler_name")
+    raise LookupError(f"no sampling function {name} for {spec.name}")
 
 
 def _sampler_kwargs(spec: SamplerSpec, options: SamplingOptions) -> dict[str, Any]:
@@ -183,7 +175,7 @@ def _model_denoiser(parts: ModelParts, spec: PassSpec) -> ModelDenoiser:
     time_ids = sdxl_time_ids(spec.width, spec.height, batch).to(parts.device) if parts.family.is_xl else None
     kind = spec.sampler.kind
     abar = alphas_cumprod(parts)
-    return ModelDenoiser(parts.unet, sigma_table(parts), parts.prediction_type == "v_prediction", parts.dtype,
+    return ModelDenoiser(parts.unet, sigma_table(parts, abar), parts.prediction_type == "v_prediction", parts.dtype,
                          time_ids, spec.image_cond,
                          kind={samplers.TIMESTEPS: "eps", samplers.LCM: "lcm"}.get(kind, "sigma"), alphas_cumprod=abar,
                          lcm_table=timestep_samplers.lcm_sigma_table(abar) if kind == samplers.LCM else None)
@@ -208,8 +200,8 @@ def _refiner_hook(spec: PassSpec, refiner: Refiner) -> Callable[[CFGDenoiser, Te
     return before_call
 
 
-def _denoiser(parts: ModelParts, spec: PassSpec, table: schedules.SigmaTable, control: JobControl,
-              init_latent: Tensor | None = None, mask: Tensor | None = None) -> CFGDenoiser:
+def _denoiser(parts: ModelParts, spec: PassSpec, control: JobControl, init_latent: Tensor | None = None,
+              mask: Tensor | None = None) -> CFGDenoiser:
     model = _model_denoiser(parts, spec)
     multiplier = timestep_samplers.CFGPP_SCALE_MULTIPLIER if spec.sampler.function == "ddim_cfgpp" else 1.0
     cfg = CFGDenoiser(model, spec.conds, spec.cfg_scale, spec.options.s_min_uncond, init_latent, mask,
@@ -223,7 +215,7 @@ def _denoiser(parts: ModelParts, spec: PassSpec, table: schedules.SigmaTable, co
 def _run(spec: PassSpec, cfg: CFGDenoiser, x: Tensor, sigmas: Tensor, full_sigmas: Tensor, rng: ImageRNG,
          control: JobControl, is_xl: bool, total: int, extra: dict[str, Any] | None = None) -> Tensor:
     """Run the sampler; ``sigmas`` are the timesteps for the timestep samplers."""
-    fn = _sampler_function(spec.sampler)
+    fn = sampler_function(spec.sampler)
     progress = _progress(control, spec, total, is_xl)
     last: list[Tensor] = []
 
@@ -243,9 +235,7 @@ def _run(spec: PassSpec, cfg: CFGDenoiser, x: Tensor, sigmas: Tensor, full_sigma
                 call["uncond_eps"] = lambda: _required(cfg.last_uncond)
             if spec.sampler.function == "unipc":
                 call["is_img2img"] = bool(extra and extra.get("is_img2img"))
-            result: Tensor = getattr(timestep_samplers, "sample_" + spec.sampler.function)(
-                cfg, x, sigmas.to(x.device), abar, **call)
-            return result
+            return fn(cfg, x, sigmas.to(x.device), abar, **call)
         if spec.sampler.function in ("dpm_fast", "dpm_adaptive") and "sigma_max" not in kwargs and len(sigmas) <= 2:
             # one img2img step: DPM-Solver integrates from sigmas[0] to sigmas[-2], the same level (A1111 fails)
             return x
@@ -274,7 +264,7 @@ def sample_from_noise(parts: ModelParts, spec: PassSpec, rng: ImageRNG, control:
     table = sigma_table(parts)
     if spec.sampler.kind == samplers.TIMESTEPS:
         ts = timestep_samplers.timesteps(spec.steps, discard_penultimate=spec.options.schedule.discard_penultimate)
-        cfg = _denoiser(parts, spec, table, control)
+        cfg = _denoiser(parts, spec, control)
         return _run(spec, cfg, rng.next(), ts, ts, rng, control, parts.family.is_xl, spec.steps)
     if spec.sampler.kind == samplers.LCM:
         sigmas = lcm_sigmas(spec.schedule, spec.steps, alphas_cumprod(parts), spec.options.schedule)
@@ -284,22 +274,13 @@ def sample_from_noise(parts: ModelParts, spec: PassSpec, rng: ImageRNG, control:
     noise = rng.next()
     scale = torch.sqrt(1.0 + sigmas[0] ** 2.0) if spec.options.sgm_noise_multiplier else sigmas[0]
     x = noise * scale.to(noise.device)
-    cfg = _denoiser(parts, spec, table, control)
+    cfg = _denoiser(parts, spec, control)
     extra: dict[str, Any] = {}
     if spec.sampler.function in ("dpm_fast", "dpm_adaptive"):  # from noise, these span the model's whole range
         extra = {"sigma_min": table.sigma_min, "sigma_max": table.sigma_max}
         if spec.sampler.function == "dpm_fast":
             extra["n"] = spec.steps
     return _run(spec, cfg, x, sigmas, sigmas, rng, control, parts.family.is_xl, spec.steps, extra)
-
-
-def img2img_steps(steps: int, strength: float, fixed: bool) -> tuple[int, int]:
-    """(schedule length, t_enc) as A1111 sets them up: normally ``steps`` and ``int(strength * steps)``; for the
-    hires pass (or with "img2img fix steps") the schedule is stretched so that exactly ``steps`` steps run."""
-    if fixed:
-        total = int(steps / min(strength, 0.999)) if strength > 0 else 0
-        return total, steps - 1
-    return steps, int(min(strength, 0.999) * steps)
 
 
 def sample_from_latents(parts: ModelParts, spec: PassSpec, init_latents: Tensor, strength: float, rng: ImageRNG,
@@ -309,14 +290,14 @@ def sample_from_latents(parts: ModelParts, spec: PassSpec, init_latents: Tensor,
     then sample the rest. With ``mask`` (B or 1, 1, h, w; 1 = regenerate) the original latents are blended back
     outside it after every model call and at the end (inpainting)."""
     device = parts.device
-    steps, t_enc = img2img_steps(spec.steps, strength, fixed_steps)
+    steps, t_enc = timestep_samplers.img2img_steps(spec.steps, strength, fixed_steps)
     noise = rng.next() * noise_multiplier
     init = init_latents.to(device=device, dtype=torch.float32)
     if steps <= 0 or t_enc < 0:
         return init
     table = sigma_table(parts)
     m = mask.to(device=device, dtype=torch.float32) if mask is not None else None
-    cfg = _denoiser(parts, spec, table, control, init if m is not None else None, m)
+    cfg = _denoiser(parts, spec, control, init if m is not None else None, m)
     if spec.sampler.kind == samplers.TIMESTEPS:
         ts = timestep_samplers.timesteps(steps, discard_penultimate=spec.options.schedule.discard_penultimate)
         abar = alphas_cumprod(parts).to(device)

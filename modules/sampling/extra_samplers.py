@@ -25,7 +25,6 @@ from modules.sampling.k_common import (
     Denoiser,
     NoiseRequiredError,
     NoiseSampler,
-    Sampler,
     StepCallback,
     _denoise,
     _report,
@@ -35,12 +34,9 @@ from modules.sampling.k_common import (
 from modules.sampling.schedules import karras
 
 __all__ = [
-    "EXTRA_SAMPLERS",
     "AdaptiveInfo",
-    "ExtraSampler",
     "RestartList",
     "dpm_fast_orders",
-    "find_extra_sampler",
     "restart_plan",
     "sample_dpm_adaptive",
     "sample_dpm_adaptive_with_info",
@@ -381,46 +377,3 @@ def sample_restart(
         x = _heun_step(model, x, sigma, sigma_next, i, callback)
         last = sigma_next
     return x
-
-
-# --- A1111's table ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExtraSampler:
-    """One of these samplers as A1111 lists it: label, function, the common options A1111 passes (``options``),
-    the range arguments it passes (``range_options``: sigma_min and sigma_max, the model's range for txt2img and
-    sigma_sched[-2], sigma_sched[0] for img2img; n, the step count for txt2img and len(sigma_sched) - 1 for
-    img2img), default schedule type (None: the model's own), and A1111's flags."""
-
-    label: str
-    function: Sampler
-    options: frozenset[str]
-    range_options: frozenset[str] = frozenset()
-    scheduler: str | None = None
-    discard_penultimate_sigma: bool = False
-    second_order: bool = False
-    uses_ensd: bool = False
-
-
-EXTRA_SAMPLERS: tuple[ExtraSampler, ...] = (
-    ExtraSampler(
-        "DPM fast",
-        sample_dpm_fast,
-        frozenset({"eta", "s_noise"}),
-        frozenset({"sigma_min", "sigma_max", "n"}),
-        uses_ensd=True,
-    ),
-    ExtraSampler(
-        "DPM adaptive", sample_dpm_adaptive, frozenset({"eta"}), frozenset({"sigma_min", "sigma_max"}), uses_ensd=True
-    ),
-    ExtraSampler("Restart", sample_restart, frozenset(), scheduler="Karras", second_order=True),
-)
-
-
-def find_extra_sampler(label: str) -> ExtraSampler:
-    """The sampler with A1111's label ``label``; a short error for an unknown one."""
-    for sampler in EXTRA_SAMPLERS:
-        if sampler.label == label:
-            return sampler
-    raise ValueError(f"unknown sampler: {label}")

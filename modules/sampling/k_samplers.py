@@ -2,8 +2,8 @@
 
 Every sampler has the same signature: a denoiser ``model(x, sigma) -> x0 estimate`` (``sigma`` has one value per
 batch item), the starting latent ``x`` (already scaled to ``sigmas[0]``), the sigma table (usually ending in 0),
-and keyword options. Options a sampler does not use are ignored; ``K_SAMPLERS`` records which options A1111 passes
-to each one, so that a caller passing only those gets A1111's image.
+and keyword options. Options a sampler does not use are ignored; :data:`modules.samplers.SAMPLERS` records which
+options A1111 passes to each one, so that a caller passing only those gets A1111's image.
 
 Noise never comes from a global generator: it comes from ``noise(sigma, sigma_next)``, which the caller seeds per
 image. A sampler draws noise exactly where k-diffusion's does (so a per-image stream stays aligned with A1111's);
@@ -13,7 +13,6 @@ without a noise sampler, a draw whose scale is zero is skipped and any other dra
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,8 +43,8 @@ from modules.sampling.k_common import (
 )
 
 __all__ = [
-    "K_SAMPLERS", "Denoiser", "KSampler", "NoiseRequiredError", "NoiseSampler", "Step", "ancestral_step",
-    "find_k_sampler", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_2m_sde_heun",
+    "Denoiser", "NoiseRequiredError", "NoiseSampler", "Sampler", "Step", "ancestral_step",
+    "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_2m_sde_heun",
     "sample_dpmpp_2s_ancestral", "sample_dpmpp_3m_sde", "sample_dpmpp_sde", "sample_dpm_2",
     "sample_dpm_2_ancestral", "sample_euler", "sample_euler_ancestral", "sample_heun", "sample_lms", "to_d",
 ]
@@ -197,49 +196,3 @@ def sample_lms(
         cur = len(ds)
         x = x + sum(lms_coefficient(cur, t, i, j) * d for j, d in enumerate(reversed(ds)))
     return x
-
-
-# --- DPM-Solver++ (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models")
-
-
-# --- A1111's table ------------------------------------------------------------------------------------------------
-
-_CHURN = frozenset({"s_churn", "s_tmin", "s_tmax", "s_noise"})
-_ETA_NOISE = frozenset({"eta", "s_noise"})
-
-
-@dataclass(frozen=True)
-class KSampler:
-    """One of A1111's k-diffusion samplers: its label, function, the options A1111 passes to it, its default schedule
-    type (None: the model's own), whether A1111 drops the next-to-last sigma, and whether its noise is Brownian."""
-
-    label: str
-    function: Sampler
-    options: frozenset[str]
-    scheduler: str | None = None
-    discard_penultimate_sigma: bool = False
-    brownian_noise: bool = False
-
-
-K_SAMPLERS: tuple[KSampler, ...] = (
-    KSampler("DPM++ 2M", sample_dpmpp_2m, frozenset(), "Karras"),
-    KSampler("DPM++ SDE", sample_dpmpp_sde, _ETA_NOISE, "Karras", brownian_noise=True),
-    KSampler("DPM++ 2M SDE", sample_dpmpp_2m_sde, _ETA_NOISE, "Exponential", brownian_noise=True),
-    KSampler("DPM++ 2M SDE Heun", sample_dpmpp_2m_sde_heun, _ETA_NOISE, "Exponential", brownian_noise=True),
-    KSampler("DPM++ 2S a", sample_dpmpp_2s_ancestral, _ETA_NOISE, "Karras"),
-    KSampler("DPM++ 3M SDE", sample_dpmpp_3m_sde, _ETA_NOISE, "Exponential", True, brownian_noise=True),
-    KSampler("Euler a", sample_euler_ancestral, frozenset({"eta"})),
-    KSampler("Euler", sample_euler, _CHURN),
-    KSampler("LMS", sample_lms, frozenset()),
-    KSampler("Heun", sample_heun, _CHURN),
-    KSampler("DPM2", sample_dpm_2, _CHURN, "Karras", True),
-    KSampler("DPM2 a", sample_dpm_2_ancestral, _ETA_NOISE, "Karras", True),
-)
-
-
-def find_k_sampler(label: str) -> KSampler:
-    """The sampler with A1111's label ``label``; a short error for an unknown one."""
-    for sampler in K_SAMPLERS:
-        if sampler.label == label:
-            return sampler
-    raise ValueError(f"unknown sampler: {label}")

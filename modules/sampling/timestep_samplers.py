@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -40,13 +39,10 @@ __all__ = [
     "ETA_DDIM_DEFAULT",
     "LCM_ORIGINAL_STEPS",
     "SKIP_TYPES",
-    "TIMESTEP_SAMPLERS",
     "VARIANTS",
     "EpsModel",
     "TimestepNoise",
-    "TimestepSampler",
     "eps_from_v",
-    "find_timestep_sampler",
     "img2img_steps",
     "img2img_timesteps",
     "lcm_alphas_cumprod",
@@ -376,33 +372,3 @@ def sample_lcm(
         if float(sigmas[i + 1]) > 0:
             x = _add_noise(x, noise, sigmas[i], sigmas[i + 1], sigmas[i + 1])
     return x
-
-
-# --- A1111's table ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TimestepSampler:
-    """One of A1111's timestep samplers: label, aliases, and whether it takes eta (option "eta_ddim", infotext
-    "Eta DDIM", default 0, recorded only when it differs from 0)."""
-
-    label: str
-    aliases: tuple[str, ...]
-    uses_eta: bool = False
-    needs_uncond_eps: bool = False
-
-
-TIMESTEP_SAMPLERS: tuple[TimestepSampler, ...] = (
-    TimestepSampler("DDIM", ("ddim",), uses_eta=True),
-    TimestepSampler("DDIM CFG++", ("ddim_cfgpp",), uses_eta=True, needs_uncond_eps=True),
-    TimestepSampler("PLMS", ("plms",)),
-    TimestepSampler("UniPC", ("unipc",)),
-)
-
-
-def find_timestep_sampler(name: str) -> TimestepSampler:
-    """A timestep sampler by A1111 label or alias."""
-    for sampler in TIMESTEP_SAMPLERS:
-        if name == sampler.label or name in sampler.aliases:
-            return sampler
-    raise ValueError(f"unknown timestep sampler: {name}")

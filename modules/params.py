@@ -14,7 +14,7 @@ from typing import Final
 from modules import samplers
 from modules.generation.image_prep import MASKED_CONTENT, RESIZE_MODES
 from modules.infotext import SettingFloat
-from modules.requests import NO_REFINER, SAME_CHECKPOINT, SAME_SAMPLER, GenerationRequest, Img2ImgRequest
+from modules.requests import NO_REFINER, RANDN_SOURCES, SAME_CHECKPOINT, SAME_SAMPLER, GenerationRequest, Img2ImgRequest
 
 BOTH: Final = frozenset({"txt2img", "img2img"})
 TXT2IMG: Final = frozenset({"txt2img"})
@@ -369,7 +369,7 @@ PARAMS: tuple[Param, ...] = (
     Param("randn_source", str, "RNG", write=_when(lambda r: r.randn_source != "GPU")("randn_source"),
           read=_r_or("RNG", "randn_source", "GPU"), api=(),
           setting="randn_source", label="Random number generator source", axis="RNG source",
-          choices=lambda: ("GPU", "CPU", "NV")),
+          choices=lambda: RANDN_SOURCES),
     Param("refiner_checkpoint", str, "Refiner", write=lambda r, c: _refiner(r), label="Refiner",
           axis="Refiner checkpoint", nullable=True),
     Param("refiner_switch_at", float, "Refiner switch at",

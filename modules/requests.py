@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from modules import samplers
 from modules.errors import ValidationError
 
+RANDN_SOURCES = ("GPU", "CPU", "NV")  # A1111's "Random number generator source" choices
 REFINER_PASSES = ("first pass", "second pass", "both passes")
 NO_REFINER = (None, "", "None", "none")
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
@@ -164,7 +165,7 @@ def validate(req: GenerationRequest, limits: Limits = Limits()) -> None:
         _check(value <= 0 or limits.min_size <= value <= limits.max_size, name,
                f"must be 0 (off) or between {limits.min_size} and {limits.max_size}")
     _check(1 <= req.clip_skip <= 12, "clip_skip", "must be between 1 and 12")
-    _check(req.randn_source in ("GPU", "CPU", "NV"), "randn_source", "must be GPU, CPU or NV")
+    _check(req.randn_source in RANDN_SOURCES, "randn_source", f"must be one of: {', '.join(RANDN_SOURCES)}")
     for name in ("s_min_uncond", "sigma_min", "sigma_max", "rho"):
         _check(math.isfinite(getattr(req, name)) and 0 <= getattr(req, name) <= 1000, name,
                "must be between 0 and 1000")

@@ -27,7 +27,6 @@ import torch
 from modules.sampling import philox
 
 MAX_RANDOM_SEED = 4294967294
-RANDN_SOURCES = ("GPU", "CPU", "NV")
 
 
 def pick_seed(seed: int) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from modules.generation.conditioning import Cond, ImageConds, ScheduledCond
 from modules.generation.denoise import CFGDenoiser, SamplingStopped
 from modules.generation.image_prep import gaussian_blur_u8
 from modules.generation.noise import BrownianTreeNoise, ImageRNG, effective_source, slerp
-from modules.sampling import philox
+from modules.sampling import brownian, philox
 
 SHAPE = (4, 6, 5)
 
@@ -186,19 +188,92 @@ def test_mask_blur_matches_recorded_opencv_values():
     assert gaussian_blur_u8(a.T, 4, axis=0)[:, 0].tolist() == want
 
 
-def test_brownian_noise_equals_a_plain_torchsde_tree_with_the_cpu_source():
-    """The tree's draws are kept and reused by seed (both children of a split draw the same numbers): the noise
-    stays exactly that of torchsde's own tree, whose normals come from torch's generator seeded per draw."""
+def _torchsde_noise(lo: torch.Tensor, hi: torch.Tensor, x: torch.Tensor,
+                    seeds: list[int]) -> Callable[..., torch.Tensor]:
+    """torchsde's own BrownianTree per image, as k-diffusion's Brownian noise sampler queries it."""
     import torchsde
 
-    x = torch.zeros(1, 4, 16, 16)
-    lo, hi = torch.tensor(0.0292), torch.tensor(14.6146)
-    ours = BrownianTreeNoise(x, lo, hi, [77], "CPU")
-    plain = torchsde.BrownianTree(lo, torch.zeros_like(x[0]), hi, entropy=77)
-    sigmas = torch.linspace(14.6146, 0.0292, 12)
-    for a, b in zip(sigmas[:-1], sigmas[1:], strict=True):
+    trees = [torchsde.BrownianTree(lo, torch.zeros_like(x[0]), hi, entropy=s) for s in seeds]
+
+    def noise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         with warnings.catch_warnings():  # torchsde's own float32-vs-float64 end point note
             warnings.simplefilter("ignore", UserWarning)
-            want = -plain(b, a) / (b - a).abs().sqrt()  # from a down to b: the increment's sign flips
-        assert torch.equal(ours(a, b)[0], want)
-    assert len(ours.draws.draws) <= ours.draws.keep
+            lo_t, hi_t, sign = (a, b, 1) if a < b else (b, a, -1)
+            return torch.stack([t(lo_t, hi_t) for t in trees]) * sign / (b - a).abs().sqrt()
+
+    return noise
+
+
+def _sde_queries(hi: float, lo: float, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The queries of the SDE samplers: each step and its midpoint (DPM++ SDE), then a jump back and the whole range."""
+    sigmas = torch.linspace(hi, lo, steps + 1)
+    out = []
+    for a, b in zip(sigmas[:-1], sigmas[1:], strict=True):
+        out += [(a, b), (a, (a * b).sqrt())]
+    return [*out, (sigmas[steps // 3], sigmas[-2]), (sigmas[0], sigmas[-1])]
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 16, 16), (3, 1, 2, 3)])  # batch of images; fewer than 16 numbers each
+@pytest.mark.parametrize("lo,hi", [(0.0292, 14.6146), (0.002, 80.0), (0.1, 3.0)])
+def test_brownian_noise_equals_torchsde_trees_with_the_cpu_source(shape, lo, hi):
+    """The tree gives torchsde's BrownianTree numbers to the bit (torchsde draws with torch's generator seeded per
+    node, as the CPU source does), whatever the query order, for every image of a batch."""
+    x = torch.zeros(shape)
+    seeds = [77, 2**32 + 5, 0][: shape[0]]
+    lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
+    ours = BrownianTreeNoise(x, lo_t, hi_t, seeds, "CPU")
+    want = _torchsde_noise(lo_t, hi_t, x, seeds)
+    for a, b in _sde_queries(hi, lo, 12):
+        assert torch.equal(ours(a, b), want(a, b)), (float(a), float(b))
+    assert len(ours.tree._w) <= ours.tree.keep  # memory stays bounded
+
+
+def test_brownian_noise_with_the_nv_source_equals_torchsde_drawing_nv_numbers(monkeypatch):
+    """A1111 makes torchsde draw its normals from the job's RNG source; with the NV source, the tree's numbers are
+    torchsde's with each draw the Philox numbers of its seed."""
+    import torchsde._brownian.brownian_interval as bi  # type: ignore[import-untyped]
+
+    def nv_randn(size: Any, dtype: torch.dtype, device: torch.device, seed: int) -> torch.Tensor:
+        return torch.from_numpy(philox.Generator(int(seed)).randn(tuple(size))).to(device=device, dtype=dtype)
+
+    monkeypatch.setattr(bi, "_randn", nv_randn)
+    x = torch.zeros(2, 4, 8, 8)
+    lo_t, hi_t = torch.tensor(0.0292), torch.tensor(14.6146)
+    ours = BrownianTreeNoise(x, lo_t, hi_t, [1, 2], "NV")
+    want = _torchsde_noise(lo_t, hi_t, x, [1, 2])
+    for a, b in _sde_queries(14.6146, 0.0292, 8):
+        assert torch.equal(ours(a, b), want(a, b))
+
+
+def test_tree_node_seeds_are_numpy_seed_sequence_words():
+    rng = np.random.default_rng(0)
+    entropies = [0, 1, 77, 2**32 - 2, 2**32 + 5, 2**64 - 1]
+    nodes = [(d, int(rng.integers(0, 2**d))) for d in range(31)] + [(1, 1), (33, 2**32), (40, 2**39 + 3)]
+    got = brownian.node_seeds(entropies, nodes)
+    for i, entropy in enumerate(entropies):
+        for j, (depth, index) in enumerate(nodes):
+            want = np.random.SeedSequence(entropy, spawn_key=(index, depth), pool_size=24).generate_state(1)[0]
+            assert got[i, j] == want, (entropy, depth, index)
+    assert brownian.root_seeds([5])[0, 0] == np.random.SeedSequence(5, pool_size=24).generate_state(1)[0]
+
+
+def test_philox_draws_for_many_seeds_in_one_pass_equal_single_draws():
+    seeds = [0, 1, 12345, 2**32 + 7, 2**64 - 1]
+    many = philox.randn_many(seeds, (4, 3, 5))
+    for i, seed in enumerate(seeds):
+        assert np.array_equal(many[i], philox.Generator(seed).randn((4, 3, 5)))
+    with pytest.raises(ValueError):
+        philox.randn_many([-1], (2,))
+
+
+def test_brownian_tree_rejects_a_reversed_range_and_unordered_queries():
+    draw = lambda seeds: np.ones((*seeds.shape, 2), dtype=np.float32)  # noqa: E731
+    with pytest.raises(ValueError):
+        brownian.BrownianTree(1.0, 0.5, [1], draw)
+    point = brownian.BrownianTree(1.0, 1.0, [1], draw)  # a one-step schedule: one point, no increments
+    assert not point(0.0, 2.0).any()
+    tree = brownian.BrownianTree(0.0, 1.0, [1], draw)
+    with pytest.raises(ValueError):
+        tree(0.7, 0.2)
+    assert not tree(0.3, 0.3).any()
+    assert np.array_equal(tree(-5.0, 9.0), tree(0.0, 1.0))  # points outside the range go to its ends

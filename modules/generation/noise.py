@@ -12,19 +12,14 @@ without CUDA, ``GPU`` is served by ``NV``, so an infotext made on an NVIDIA card
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import contextvars
-import functools
 import random
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from modules.sampling import philox
+from modules.sampling import brownian, philox
 
 MAX_RANDOM_SEED = 4294967294
 
@@ -165,84 +160,46 @@ def _paste_centered(noise: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 # --- Brownian-tree noise -----------------------------------------------------------------------------------------
 
-class _TreeDraws:
-    """The job's RNG source for a Brownian tree, and the tree's recent draws by seed.
+def _tree_draw(source: str, device: torch.device, shape: tuple[int, ...]) -> Callable[[Any], Any]:
+    """The Brownian tree's draws from the job's RNG source, as A1111 makes them: each the first draw of a fresh
+    generator seeded with the tree's seed (NV: all of a query's draws in one Philox pass). On a CPU the tree works
+    on numpy arrays, elsewhere on tensors of the device."""
 
-    Both children of a split draw their parent's normals with the same seed (one keeps the bridge sample, the other
-    its complement), and torchsde draws them again when an interval falls out of its cache: a draw is a pure
-    function of its seed, so the last ones are kept and given again instead of drawn again (the same numbers, a
-    third of the draws)."""
+    def draw(seeds: Any) -> Any:
+        rows, cols = seeds.shape
+        if source == "NV":
+            flat = philox.randn_many(seeds.reshape(-1), shape)
+            return flat.reshape(rows, cols, *shape) if device.type == "cpu" else torch.from_numpy(flat).to(device)
+        generator = torch.Generator(device if source == "GPU" else "cpu")
+        out = torch.empty((rows * cols, *shape), device=generator.device)
+        for i, seed in enumerate(seeds.reshape(-1)):  # each draw: a fresh generator's first numbers
+            generator.manual_seed(int(seed))
+            torch.randn(shape, generator=generator, out=out[i])
+        out = out.reshape(rows, cols, *shape).to(device)
+        return out.numpy() if device.type == "cpu" else out
 
-    def __init__(self, source: str, device: torch.device, keep: int = 64) -> None:
-        self.source, self.device, self.keep = source, device, keep
-        self.draws: collections.OrderedDict[tuple[int, tuple[int, ...]], torch.Tensor] = collections.OrderedDict()
-
-    def randn(self, seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-        key = (seed, shape)
-        out = self.draws.get(key)
-        if out is None:
-            out = randn_local(seed, shape, self.source, self.device)
-            self.draws[key] = out
-            if len(self.draws) > self.keep:
-                self.draws.popitem(last=False)
-        else:
-            self.draws.move_to_end(key)
-        return out
-
-
-_tree_source: contextvars.ContextVar[_TreeDraws | None] = contextvars.ContextVar("_tree_source", default=None)
-@functools.cache
-def _install_tree_randn() -> None:
-    """Make torchsde's tree draw its normals from the job's RNG source (as A1111 does), not only torch's own
-    generator of the tree's device. Outside a job the original function runs. Installed once."""
-    import torchsde._brownian.brownian_interval as bi  # type: ignore[import-untyped]
-
-    original = bi._randn
-
-    def randn(size: Any, dtype: torch.dtype, device: torch.device, seed: int) -> torch.Tensor:
-        current = _tree_source.get()
-        if current is None:
-            return original(size, dtype, device, seed)  # type: ignore[no-any-return]
-        return current.randn(int(seed), tuple(int(n) for n in size)).to(device=device, dtype=dtype)
-
-    bi._randn = randn
-
-
-@contextlib.contextmanager
-def _source(draws: _TreeDraws) -> Iterator[None]:
-    token = _tree_source.set(draws)
-    try:
-        yield
-    finally:
-        _tree_source.reset(token)
+    return draw
 
 
 class BrownianTreeNoise:
     """Noise of a Brownian motion W over sigma, normalised: (W(sigma_next) - W(sigma)) / sqrt(|sigma_next - sigma|).
 
-    One torchsde ``BrownianTree`` per image, seeded with the image's seed, so the SDE samplers give the same image
-    whatever the batch size and whatever the order of the queries (Li et al. 2020, "Scalable Gradients for
-    Stochastic Differential Equations", the Brownian tree)."""
+    One Brownian tree per image, seeded with the image's seed, so the SDE samplers give the same image whatever the
+    batch size and whatever the order of the queries: the numbers of torchsde's ``BrownianTree`` that A1111 uses,
+    with its normals from the job's RNG source (``modules.sampling.brownian``)."""
 
     def __init__(self, x: torch.Tensor, sigma_min: torch.Tensor, sigma_max: torch.Tensor, seeds: list[int],
                  source: str) -> None:
-        import torchsde
-
-        _install_tree_randn()
         self.source, self.device = source, x.device
-        self.draws = _TreeDraws(source, x.device)
-        t0, t1 = torch.as_tensor(sigma_min), torch.as_tensor(sigma_max)
+        t0, t1 = float(sigma_min), float(sigma_max)
         self.sign = 1 if t0 < t1 else -1
         t0, t1 = (t0, t1) if t0 < t1 else (t1, t0)
-        w0 = torch.zeros_like(x[0])
-        with _source(self.draws):
-            self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=int(s)) for s in seeds]
+        self.dtype = x.dtype
+        draw = _tree_draw(source, x.device, tuple(x.shape[1:]))
+        self.tree = brownian.BrownianTree(t0, t1, [int(s) % 2**64 for s in seeds], draw)
 
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         a, b, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
-        with _source(self.draws), warnings.catch_warnings():
-            # torchsde compares the float32 query with its float64 end point and warns about the rounding
-            warnings.filterwarnings("ignore", message="Should have", category=UserWarning)
-            w = torch.stack([tree(a, b) for tree in self.trees]) * (self.sign * sign)
+        w = torch.as_tensor(self.tree(float(a), float(b)), device=self.device).to(self.dtype) * (self.sign * sign)
         return w / (t1 - t0).abs().sqrt()

@@ -39,25 +39,36 @@ LATENT_CHANNELS = 4
 LATENT_SCALE = 8
 
 
-def _mulhilo(a: U32Array, m: int) -> tuple[U32Array, U32Array]:
-    """The high and low 32-bit words of the 64-bit products `a * m`."""
-    product = a.astype(np.uint64) * np.uint64(m)
-    return (product >> np.uint64(32)).astype(np.uint32), (product & np.uint64(_MASK32)).astype(np.uint32)
+def philox4x32(counter: U32Array, key: tuple[int, int] | tuple[U32Array, U32Array],
+               rounds: int = PHILOX_ROUNDS) -> U32Array:
+    """Philox 4x32 over a (4, ...) array of counters; returns a new uint32 array of the same shape.
 
-
-def philox4x32(counter: U32Array, key: tuple[int, int], rounds: int = PHILOX_ROUNDS) -> U32Array:
-    """Philox 4x32 over a (4, n) array of counters with one 2-word key; returns a new (4, n) uint32 array."""
-    if counter.ndim != 2 or counter.shape[0] != 4:
-        raise ValueError("Philox counters must be a (4, n) array")
-    c0, c1, c2, c3 = (counter[i].astype(np.uint32) for i in range(4))
-    k0, k1 = key[0] & _MASK32, key[1] & _MASK32
-    for round_index in range(rounds):
+    The key is two 32-bit words, each a number or an array broadcast against one counter word (one key per row
+    draws many seeds' numbers in one pass). The words are held in 64-bit integers, so each round's two 32x32-bit
+    products are exact and their high and low halves are a shift and a mask."""
+    if counter.ndim < 2 or counter.shape[0] != 4:
+        raise ValueError("Philox counters must be a (4, ...) array")
+    mask, shift = np.uint64(_MASK32), np.uint64(32)
+    m0, m1 = np.uint64(PHILOX_M0), np.uint64(PHILOX_M1)
+    c0, c1, c2, c3 = (counter[i].astype(np.uint64) for i in range(4))
+    k0 = np.asarray(key[0], dtype=np.uint64) & mask
+    k1 = np.asarray(key[1], dtype=np.uint64) & mask
+    p0, p1 = np.empty_like(c0), np.empty_like(c0)
+    for round_index in range(rounds):  # in place: fresh arrays for every step cost more than the arithmetic
         if round_index:
-            k0, k1 = (k0 + PHILOX_W0) & _MASK32, (k1 + PHILOX_W1) & _MASK32
-        hi0, lo0 = _mulhilo(c0, PHILOX_M0)
-        hi1, lo1 = _mulhilo(c2, PHILOX_M1)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ np.uint32(k0), lo1, hi0 ^ c3 ^ np.uint32(k1), lo0
-    return np.stack([c0, c1, c2, c3])
+            k0 = (k0 + np.uint64(PHILOX_W0)) & mask
+            k1 = (k1 + np.uint64(PHILOX_W1)) & mask
+        np.multiply(c0, m0, out=p0)
+        np.multiply(c2, m1, out=p1)
+        np.right_shift(p1, shift, out=c0)
+        c0 ^= c1
+        c0 ^= k0
+        np.right_shift(p0, shift, out=c2)
+        c2 ^= c3
+        c2 ^= k1
+        np.bitwise_and(p1, mask, out=c1)
+        np.bitwise_and(p0, mask, out=c3)
+    return np.stack([c0, c1, c2, c3]).astype(np.uint32)
 
 
 def box_muller_sin(x: U32Array, y: U32Array) -> F32Array:
@@ -114,6 +125,23 @@ class Generator:
         words = philox4x32(counter, (self.seed & _MASK32, self.seed >> 32))
         self.offset += 1
         return box_muller_sin(words[0], words[1]).reshape(dims)
+
+
+def randn_many(seeds: Sequence[int] | npt.NDArray[np.integer], shape: int | Sequence[int]) -> F32Array:
+    """The first draws of fresh generators, one per seed, in one pass: row ``i`` of the ``(len(seeds), *shape)``
+    result equals ``Generator(seeds[i]).randn(shape)``."""
+    dims = _shape_tuple(shape)
+    if isinstance(seeds, np.ndarray) and seeds.dtype in (np.uint32, np.uint64):
+        keys = seeds.astype(np.uint64).reshape(-1, 1)  # unsigned words need no range check
+    else:
+        keys = np.asarray([_check_seed(int(s)) for s in seeds], dtype=np.uint64).reshape(-1, 1)
+    n = int(np.prod(dims, dtype=np.int64))
+    index_lo, index_hi = _split64(np.arange(n, dtype=np.uint64))
+    counter = np.zeros((4, len(keys), n), dtype=np.uint32)  # offset 0: the first two words stay zero
+    counter[2] = index_lo
+    counter[3] = index_hi
+    words = philox4x32(counter, (keys & np.uint64(_MASK32), keys >> np.uint64(32)))
+    return box_muller_sin(words[0], words[1]).reshape((len(keys), *dims))
 
 
 def image_noise(seed: int, width: int, height: int, channels: int = LATENT_CHANNELS) -> F32Array:

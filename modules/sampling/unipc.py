@@ -34,6 +34,18 @@ def _col(v: Tensor, x: Tensor) -> Tensor:
     return v.view(-1, *([1] * (x.dim() - 1)))
 
 
+def _alpha(log_alpha: Tensor) -> Tensor:
+    return torch.exp(log_alpha)
+
+
+def _std(log_alpha: Tensor) -> Tensor:
+    return torch.sqrt(1.0 - torch.exp(2.0 * log_alpha))
+
+
+def _lambda(log_alpha: Tensor) -> Tensor:
+    return log_alpha - 0.5 * torch.log(1.0 - torch.exp(2.0 * log_alpha))
+
+
 @dataclass(frozen=True)
 class DiscreteVPSchedule:
     """DPM-Solver's discrete VP schedule: table entry n sits at continuous time t_n = (n + 1) / N, and
@@ -65,15 +77,14 @@ class DiscreteVPSchedule:
         return _interp(t, self.t_array, self.log_alpha_array)
 
     def alpha(self, t: Tensor) -> Tensor:
-        return torch.exp(self.log_alpha(t))
+        return _alpha(self.log_alpha(t))
 
     def std(self, t: Tensor) -> Tensor:
-        return torch.sqrt(1.0 - torch.exp(2.0 * self.log_alpha(t)))
+        return _std(self.log_alpha(t))
 
     def lambda_(self, t: Tensor) -> Tensor:
         """The half log-SNR lambda_t = log(alpha_t / sigma_t)."""
-        log_alpha = self.log_alpha(t)
-        return log_alpha - 0.5 * torch.log(1.0 - torch.exp(2.0 * log_alpha))
+        return _lambda(self.log_alpha(t))
 
     def inverse_lambda(self, lamb: Tensor) -> Tensor:
         log_alpha = -0.5 * torch.logaddexp(lamb.new_zeros((1,)), -2.0 * lamb)
@@ -99,11 +110,47 @@ def time_steps(schedule: DiscreteVPSchedule, skip_type: str, t_start: float | Te
     raise ValueError(f"unknown UniPC skip type {skip_type!r}; expected one of {SKIP_TYPES}")
 
 
+class _Memo:
+    """The schedule's values at the run's times, each computed once: a step asks for the same few times again and
+    again (its own and its history's), and each look-up searches the whole table. Keyed by the time tensor itself,
+    which the run keeps in its history (the same computations, so the same numbers)."""
+
+    def __init__(self, schedule: DiscreteVPSchedule) -> None:
+        self.schedule = schedule
+        self.values: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
+
+    def _get(self, name: str, t: Tensor, compute: Callable[[Tensor], Tensor]) -> Tensor:
+        hit = self.values.get((name, id(t)))
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        if len(self.values) > 64:  # only the last few steps' times come back
+            self.values.clear()
+        value = compute(t)
+        self.values[(name, id(t))] = (t, value)
+        return value
+
+    def log_alpha(self, t: Tensor) -> Tensor:
+        return self._get("log_alpha", t, self.schedule.log_alpha)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return self._get("alpha", t, lambda t: _alpha(self.log_alpha(t)))
+
+    def std(self, t: Tensor) -> Tensor:
+        return self._get("std", t, lambda t: _std(self.log_alpha(t)))
+
+    def lambda_(self, t: Tensor) -> Tensor:
+        return self._get("lambda", t, lambda t: _lambda(self.log_alpha(t)))
+
+    def model_time(self, t: Tensor) -> Tensor:
+        return self.schedule.model_time(t)
+
+
 class _Solver:
     """One UniPC run: the schedule, the eps model turned into a data predictor, and the variant."""
 
     def __init__(self, model: EpsModel, schedule: DiscreteVPSchedule, variant: str) -> None:
-        self.model, self.ns, self.variant = model, schedule, variant
+        self.model, self.schedule, self.variant = model, schedule, variant
+        self.ns = _Memo(schedule)
 
     def x0(self, x: Tensor, t: Tensor) -> Tensor:
         eps = self.model(x, self.ns.model_time(t))

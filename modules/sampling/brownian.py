@@ -1,0 +1,268 @@
+"""The Brownian tree of the SDE samplers: torchsde's ``BrownianTree`` (Li et al. 2020, "Scalable Gradients for
+Stochastic Differential Equations"), the numbers A1111 and k-diffusion get from it, computed for a whole batch at
+once and without its per-query bookkeeping.
+
+The tree is the dyadic one over ``[t0, t1]``: each node splits at its midpoint, rounded (as every end point) to six
+decimals (torchsde's ``tol=1e-6``). A node at depth ``d`` with index ``k`` (its path from the root as a binary
+number) has a seed, the first word of numpy's ``SeedSequence(entropy, spawn_key=(k, d), pool_size=24)``; the
+increment ``W`` over the root is one standard normal draw times ``sqrt(t1 - t0)``, and a node's two children share
+``W`` by the Brownian bridge: ``left = l * W / h + sqrt(l * r / h) * Z``, ``right = W - left``, where ``Z`` is the
+draw made with the node's seed, ``h`` its length and ``l``, ``r`` the lengths of its halves. A query ``[ta, tb]`` is
+the sum, from left to right, of the largest nodes that tile it. Every operation is the one torchsde makes, in its
+order, so the result is the same to the bit for the same draws.
+
+What is not torchsde's: the seeds of all new nodes come from one vectorised evaluation of the ``SeedSequence`` hash
+(only the part a node's own spawn key changes is recomputed; the rest is shared by all nodes of a tree), the draws
+of a query come in one call to the source (one pass of the Philox generator for the ``NV`` source), both children of
+a split are kept, and one tree serves every image of the batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+TOLERANCE_DIGITS = 6  # torchsde's BrownianTree default tol=1e-6
+POOL_SIZE = 24  # torchsde's BrownianTree default pool_size
+MAX_DEPTH = 64
+
+# numpy's SeedSequence constants (O'Neill's seed_seq alternative)
+_INIT_A = 0x43B0D7E5
+_MULT_A = 0x931E8875
+_INIT_B = 0x8B51F9DD
+_MULT_B = 0x58F38DED
+_MIX_MULT_L = 0xCA01F9DD
+_MIX_MULT_R = 0x4973F715
+_M32 = 0xFFFFFFFF
+
+# draw(seeds of shape (images, nodes)) -> draws of shape (images, nodes, *shape): a float numpy array (arithmetic on
+# small arrays is several times cheaper in numpy than in torch on a CPU) or a torch tensor (on an accelerator)
+Array = Any
+Draw = Callable[[npt.NDArray[np.uint32]], Array]
+Node = tuple[int, int]  # (depth, index)
+
+
+def _words(n: int) -> list[int]:
+    """An integer as numpy's SeedSequence reads it: little-endian 32-bit words, ``[0]`` for zero."""
+    if n < 0:
+        raise ValueError("seed entropy must be non-negative")
+    out = [] if n else [0]
+    while n:
+        out.append(n & _M32)
+        n >>= 32
+    return out
+
+
+def _hashmix(value: int, hash_const: int) -> tuple[int, int]:
+    value ^= hash_const
+    hash_const = (hash_const * _MULT_A) & _M32
+    value = (value * hash_const) & _M32
+    return value ^ (value >> 16), hash_const
+
+
+def _mix(x: int, y: int) -> int:
+    result = (_MIX_MULT_L * x - _MIX_MULT_R * y) & _M32
+    return result ^ (result >> 16)
+
+
+@functools.lru_cache(maxsize=64)
+def _entropy_pool(entropy: int, pool_size: int = POOL_SIZE) -> tuple[int, int]:
+    """The first pool word of a spawned SeedSequence of ``entropy`` before its spawn key is mixed in, and the hash
+    constant at that point: shared by every node of one tree."""
+    run = _words(entropy)
+    if len(run) > pool_size:
+        raise ValueError(f"seed entropy longer than {pool_size} words")
+    run += [0] * (pool_size - len(run))  # a spawned sequence pads its own entropy to the pool size
+    hash_const = _INIT_A
+    pool = []
+    for word in run:
+        value, hash_const = _hashmix(word, hash_const)
+        pool.append(value)
+    for src in range(pool_size):
+        for dst in range(pool_size):
+            if src != dst:
+                hashed, hash_const = _hashmix(pool[src], hash_const)
+                pool[dst] = _mix(pool[dst], hashed)
+    return pool[0], hash_const
+
+
+def _after(hash_const: int, calls: int) -> int:
+    return (hash_const * pow(_MULT_A, calls, 2**32)) & _M32
+
+
+def node_seeds(entropies: Sequence[int], nodes: Sequence[Node], pool_size: int = POOL_SIZE) -> npt.NDArray[np.uint32]:
+    """``SeedSequence(entropy, spawn_key=(index, depth), pool_size).generate_state(1)[0]`` for every entropy and
+    node, as a ``(len(entropies), len(nodes))`` array.
+
+    Each word of the spawn key is mixed into each pool word on its own, and the first output word reads only the
+    first pool word: so only that word's chain is computed here, for all nodes at once."""
+    out = np.empty((len(entropies), len(nodes)), dtype=np.uint32)
+    if not nodes:
+        return out
+    one_word = all(index <= _M32 and depth <= _M32 for depth, index in nodes)
+    spawn = np.array([(index, depth) for depth, index in nodes], dtype=np.uint64) if one_word else None
+    for row, entropy in enumerate(entropies):
+        pool0, hash_const = _entropy_pool(int(entropy), pool_size)
+        if spawn is not None:  # the usual case (index and depth each one word): one vectorised pass
+            out[row] = _first_word_vectorised(pool0, hash_const, spawn, pool_size)
+        else:
+            for col, (depth, index) in enumerate(nodes):
+                out[row, col] = _first_word(pool0, hash_const, _words(index) + _words(depth), pool_size)
+    return out
+
+
+def _first_word(pool0: int, hash_const: int, spawn_words: list[int], pool_size: int) -> int:
+    for word in spawn_words:  # each word is hashed once per pool word; pool word 0 takes the first of them
+        hashed, _ = _hashmix(word, hash_const)
+        pool0 = _mix(pool0, hashed)
+        hash_const = _after(hash_const, pool_size)
+    value = pool0 ^ _INIT_B
+    value = (value * ((_INIT_B * _MULT_B) & _M32)) & _M32
+    return value ^ (value >> 16)
+
+
+def _first_word_vectorised(pool0: int, hash_const: int, spawn: npt.NDArray[np.uint64],
+                           pool_size: int) -> npt.NDArray[np.uint32]:
+    mask = np.uint64(_M32)
+    pool = np.full(spawn.shape[0], pool0, dtype=np.uint64)
+    for column in range(spawn.shape[1]):
+        after = _after(hash_const, 1)
+        hashed = ((spawn[:, column] ^ np.uint64(hash_const)) * np.uint64(after)) & mask
+        hashed ^= hashed >> np.uint64(16)
+        pool = (np.uint64(_MIX_MULT_L) * pool + (np.uint64(2**32 - _MIX_MULT_R) * hashed)) & mask
+        pool ^= pool >> np.uint64(16)
+        hash_const = _after(hash_const, pool_size)
+    value: npt.NDArray[np.uint64] = ((pool ^ np.uint64(_INIT_B)) * np.uint64((_INIT_B * _MULT_B) & _M32)) & mask
+    value ^= value >> np.uint64(16)
+    return value.astype(np.uint32)
+
+
+def root_seeds(entropies: Sequence[int], pool_size: int = POOL_SIZE) -> npt.NDArray[np.uint32]:
+    """The seed of the whole interval's own draw: the first word of an unspawned SeedSequence."""
+    words = [[int(np.random.SeedSequence(int(e), pool_size=pool_size).generate_state(1)[0])] for e in entropies]
+    return np.array(words, dtype=np.uint32)
+
+
+class BrownianTree:
+    """Increments ``W(tb) - W(ta)`` of one Brownian motion per entropy over ``[t0, t1]``, stacked on a first axis,
+    as arrays of the kind ``draw`` makes.
+
+    ``draw`` turns a ``(images, n)`` array of seeds into standard normal draws ``(images, n, *shape)``, each the
+    first draw of a fresh generator with that seed (the job's RNG source). Recent node increments are kept (``keep``
+    nodes; the root always), so a sampler's queries walk down from their common ancestor."""
+
+    def __init__(self, t0: float, t1: float, entropies: Sequence[int], draw: Draw, keep: int = 96) -> None:
+        t0, t1 = float(t0), float(t1)
+        if t0 > t1:  # equal ends are a tree of one point (a one-step schedule): every increment is zero
+            raise ValueError(f"the tree's start {t0} must not be above its end {t1}")
+        self.entropies = [int(e) for e in entropies]
+        self.draw, self.keep = draw, keep
+        self.start, self.end = self._round(t0), self._round(t1)
+        self.root_w = draw(root_seeds(self.entropies))[:, 0] * math.sqrt(t1 - t0)
+        self._splits: dict[Node, tuple[float, float, float]] = {}  # node -> (start, mid, end)
+        self._w: collections.OrderedDict[Node, Array] = collections.OrderedDict()
+
+    @staticmethod
+    def _round(t: float) -> float:
+        return round(t, TOLERANCE_DIGITS)
+
+    def zeros(self) -> Array:
+        return self.root_w * 0.0
+
+    # --- the tree -----------------------------------------------------------------------------------------------
+
+    def _split(self, node: Node) -> tuple[float, float, float]:
+        """A node's start, rounded midpoint and end."""
+        split = self._splits.get(node)
+        if split is None:
+            if node == (0, 0):
+                start, end = self.start, self.end
+            else:
+                depth, index = node
+                p_start, p_mid, p_end = self._split((depth - 1, index >> 1))
+                start, end = (p_mid, p_end) if index & 1 else (p_start, p_mid)
+            split = (start, self._round(0.5 * (end + start)), end)
+            self._splits[node] = split
+        return split
+
+    def _tiles(self, ta: float, tb: float) -> list[Node]:
+        """The largest nodes that tile ``[ta, tb]``, left to right (torchsde's search of the dyadic tree)."""
+        out: list[Node] = []
+        stack: list[tuple[Node, float, float]] = [((0, 0), ta, tb)]
+        while stack:
+            node, a, b = stack.pop()
+            depth, index = node
+            if depth > MAX_DEPTH:
+                raise RuntimeError(f"Brownian tree query [{ta}, {tb}] is not resolved at depth {MAX_DEPTH}")
+            start, mid, end = self._split(node)
+            if a == start and b == end:
+                out.append(node)
+            elif b <= mid:
+                stack.append(((depth + 1, 2 * index), a, b))
+            elif a >= mid:
+                stack.append(((depth + 1, 2 * index + 1), a, b))
+            else:  # right half pushed first so the left one is taken first
+                stack.append(((depth + 1, 2 * index + 1), mid, b))
+                stack.append(((depth + 1, 2 * index), a, mid))
+        return out
+
+    def _increment(self, node: Node) -> Array:
+        """The node's increment, computed down from its nearest kept ancestor with one call to ``draw``."""
+        if node == (0, 0):
+            return self.root_w
+        kept = self._w
+        if node in kept:
+            kept.move_to_end(node)
+            return kept[node]
+        chain: list[Node] = []  # the ancestors to split, from the kept one down to the node's parent
+        current = node
+        while current != (0, 0) and current not in kept:
+            current = (current[0] - 1, current[1] >> 1)
+            chain.append(current)
+        chain.reverse()
+        if current == (0, 0):
+            w = self.root_w
+        else:
+            kept.move_to_end(current)
+            w = kept[current]
+        noise = self.draw(node_seeds(self.entropies, chain))
+        path = [*chain[1:], node]
+        for i, parent in enumerate(chain):
+            start, mid, end = self._split(parent)
+            h_reciprocal = 1 / (end - start)
+            left_diff, right_diff = mid - start, end - mid
+            left_w = left_diff * w * h_reciprocal + math.sqrt(left_diff * right_diff * h_reciprocal) * noise[:, i]
+            right_w = w - left_w
+            depth, index = parent[0] + 1, parent[1] * 2
+            kept[(depth, index)] = left_w
+            kept[(depth, index + 1)] = right_w
+            w = right_w if path[i][1] & 1 else left_w
+        while len(kept) > self.keep:
+            kept.popitem(last=False)
+        return w
+
+    # --- queries ------------------------------------------------------------------------------------------------
+
+    def __call__(self, ta: float, tb: float) -> Array:
+        """``W(tb) - W(ta)`` for ``ta <= tb``; points outside ``[t0, t1]`` are moved to its ends, as torchsde does."""
+        ta = min(max(float(ta), self.start), self.end)
+        tb = min(max(float(tb), self.start), self.end)
+        if ta > tb:
+            raise ValueError(f"query times must be ordered, got {ta} > {tb}")
+        ta, tb = self._round(ta), self._round(tb)
+        if ta == tb:
+            return self.zeros()
+        tiles = self._tiles(ta, tb)
+        # the deepest tile of each end first: its chain makes the shallower tiles of that end (its ancestors'
+        # siblings) on the way, so a query costs one draw call per new end point
+        increments = {node: self._increment(node) for node in sorted(tiles, key=lambda n: -n[0])}
+        w = increments[tiles[0]]
+        for node in tiles[1:]:
+            w = w + increments[node]
+        return w

@@ -17,6 +17,7 @@ from modules.job_types import DeviceConfigJob, Img2ImgJob, JobResult, JobSpec, L
 from modules.jobs import Job, JobQueue
 from modules.models.manager import DeviceConfig, ModelManager, default_device
 from modules.models.registry import CheckpointRegistry
+from modules.networks.service import ExtraNetworks
 from modules.output_options import OutputOptions
 from modules.param_io import setting_values
 from modules.paths import Paths
@@ -42,9 +43,11 @@ def build_engine(paths: Paths | None = None, device: str | None = None, precisio
                  attention: str = "Automatic", cache_limit: int = 1) -> Engine:
     quiet_libraries()
     paths = paths or Paths.create()
-    registry = CheckpointRegistry(paths.ckpt_dirs, HashCache(paths.hash_cache_file))
+    hashes = HashCache(paths.hash_cache_file)
+    registry = CheckpointRegistry(paths.ckpt_dirs, hashes)
     config = DeviceConfig(device=device or default_device(), precision=precision, attention=attention)
-    return Engine(ModelManager(registry, config, cache_limit, vae_dir=paths.vae_dir))
+    return Engine(ModelManager(registry, config, cache_limit, vae_dir=paths.vae_dir),
+                  ExtraNetworks([paths.lora_dir], hashes))
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class StartOptions:
     data_dir: Path | None = None
     models_dir: Path | None = None
     ckpt_dirs: tuple[Path, ...] = ()
+    lora_dir: Path | None = None
+    embeddings_dir: Path | None = None
     ckpt: str | None = None
     device: str | None = None
     precision: str | None = None  # overrides the setting when given on the command line
@@ -88,8 +93,10 @@ class App:
         quiet_libraries()
         self.options = options
         self.started = time.time()
-        self.paths = Paths.create(options.data_dir, options.models_dir, options.ckpt_dirs)
-        self.registry = CheckpointRegistry(self.paths.ckpt_dirs, HashCache(self.paths.hash_cache_file))
+        self.paths = Paths.create(options.data_dir, options.models_dir, options.ckpt_dirs, options.lora_dir,
+                                  options.embeddings_dir)
+        self.hashes = HashCache(self.paths.hash_cache_file)
+        self.registry = CheckpointRegistry(self.paths.ckpt_dirs, self.hashes)
         self.settings = Settings(self.paths.config_file, build_options(self._checkpoint_titles, self._vae_names),
                                  options.exposed)
         precision = options.precision or self.settings["precision"]
@@ -98,7 +105,8 @@ class App:
         self.models = ModelManager(self.registry, device_config, self.settings["sd_checkpoints_limit"],
                                    vae_dir=self.paths.vae_dir)
         self.models.preferred = self.settings["sd_model_checkpoint"] or None
-        self.engine = Engine(self.models)
+        self.networks = ExtraNetworks([self.paths.lora_dir], self.hashes)
+        self.engine = Engine(self.models, self.networks)
         self.handlers = builtin_handlers()
         self.queue = JobQueue(self._run_job, max_size=self.settings["queue_max_size"])
         self.model_status = ModelStatus()

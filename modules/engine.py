@@ -23,12 +23,14 @@ from modules.generation.result import GenerationResult
 from modules.generation.txt2img import txt2img
 from modules.models.loader import ModelParts
 from modules.models.manager import ModelManager
+from modules.networks.service import ExtraNetworks
 from modules.output_options import OutputOptions
 from modules.requests import GenerationRequest, Img2ImgRequest
 
 __all__ = ["Engine", "JobOutput", "OutputOptions"]
 log = logging.getLogger(__name__)
-Generate = Callable[[ModelParts, Any, JobControl, int, ImageListener | None, ModelSource | None], GenerationResult]
+Generate = Callable[[ModelParts, Any, JobControl, int, ImageListener | None, ModelSource | None,
+                     ExtraNetworks | None], GenerationResult]
 
 
 @dataclass
@@ -44,8 +46,9 @@ class JobOutput:
 
 
 class Engine:
-    def __init__(self, models: ModelManager) -> None:
+    def __init__(self, models: ModelManager, networks: ExtraNetworks | None = None) -> None:
         self.models = models
+        self.networks = networks
 
     def txt2img(self, req: GenerationRequest, control: JobControl | None = None, out: OutputOptions | None = None,
                 preview_every: int = 0, grid: bool = True) -> JobOutput:
@@ -68,7 +71,7 @@ class Engine:
         def load(name: str) -> ModelParts:  # the hires checkpoint or the refiner, with the job's VAE choice
             return self.models.with_vae(self.models.get(name), req.vae)
 
-        job = JobOutput(generate(parts, req, control, preview_every, listener, load), paths=paths)
+        job = JobOutput(generate(parts, req, control, preview_every, listener, load, self.networks), paths=paths)
         count = len(job.result.images)
         if grid and count and (count > 1 or (out is not None and not out.grid_only_if_multiple)):
             job.grid = image_utils.image_grid(job.result.images)

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from modules.fileio import atomic_write_text, load_json_object
@@ -81,7 +82,7 @@ class HashCache:
         stats = [os.stat(p) for p in files]
         return sum(s.st_size for s in stats), max(s.st_mtime for s in stats)
 
-    def cached(self, key: Path, files: list[Path]) -> str | None:
+    def cached(self, key: Path | str, files: list[Path]) -> str | None:
         """The cached sha256 of ``files`` under ``key`` if still valid, without reading the files."""
         entry = self._data.get(str(key))
         if not entry:
@@ -96,11 +97,16 @@ class HashCache:
 
     def sha256(self, key: Path, files: list[Path]) -> str:
         """The sha256 of ``files`` (concatenated), from the cache when size and mtime match."""
+        return self.get_or_compute(key, files, lambda: sha256_of_files(files))
+
+    def get_or_compute(self, key: Path | str, files: list[Path], compute: Callable[[], str]) -> str:
+        """A hash of ``files`` made by ``compute`` (another recipe than the plain sha256 has its own ``key``), from
+        the cache when size and mtime match."""
         hit = self.cached(key, files)
         if hit:
             return hit
         size, mtime = self._stamp(files)
-        digest = sha256_of_files(files)
+        digest = compute()
         with self._lock:
             self._data[str(key)] = {"size": size, "mtime": mtime, "sha256": digest}
             self._save()

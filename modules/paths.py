@@ -67,13 +67,18 @@ class Paths:
     data_dir: Path
     models_dir: Path
     extra_ckpt_dirs: tuple[Path, ...] = field(default=())
+    lora_dir_option: Path | None = None  # --lora-dir: instead of models/Lora
+    embeddings_dir_option: Path | None = None  # --embeddings-dir: instead of embeddings/
 
     @classmethod
     def create(cls, data_dir: Path | str | None = None, models_dir: Path | str | None = None,
-               ckpt_dirs: list[Path | str] | tuple[Path | str, ...] = ()) -> Paths:
+               ckpt_dirs: list[Path | str] | tuple[Path | str, ...] = (), lora_dir: Path | str | None = None,
+               embeddings_dir: Path | str | None = None) -> Paths:
         data = Path(data_dir).expanduser().resolve() if data_dir else default_data_dir()
         models = Path(models_dir).expanduser().resolve() if models_dir else data / "models"
-        return cls(data, models, tuple(Path(p).expanduser().resolve() for p in ckpt_dirs))
+        return cls(data, models, tuple(Path(p).expanduser().resolve() for p in ckpt_dirs),
+                   Path(lora_dir).expanduser().resolve() if lora_dir else None,
+                   Path(embeddings_dir).expanduser().resolve() if embeddings_dir else None)
 
     @property
     def ckpt_dirs(self) -> list[Path]:
@@ -86,10 +91,12 @@ class Paths:
 
     @property
     def lora_dir(self) -> Path:
-        return self.models_dir / "Lora"
+        return self.lora_dir_option or self.models_dir / "Lora"
 
     @property
     def embeddings_dir(self) -> Path:
+        if self.embeddings_dir_option is not None:
+            return self.embeddings_dir_option
         return self.data_dir / "embeddings" if (self.data_dir / "embeddings").is_dir() else \
             self.models_dir / "embeddings"
 

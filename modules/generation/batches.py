@@ -22,6 +22,8 @@ from modules.generation.noise import ImageRNG, all_seeds, effective_source, pick
 from modules.generation.prompts import PreparedPrompts, prepare_prompts
 from modules.generation.result import GenerationResult, infotext_context
 from modules.models.loader import ModelParts
+from modules.networks.lora import TAG_KINDS, LoraTag, lora_hashes, lora_tags
+from modules.networks.service import ExtraNetworks
 from modules.requests import GenerationRequest
 
 Tensor = torch.Tensor
@@ -108,14 +110,38 @@ def _extra_params(req: GenerationRequest, parts: ModelParts) -> dict[str, object
     return {k: v for k, v in params.items() if k not in infotext.KEY_ORDER}
 
 
+def _network_tags(prompts: PreparedPrompts, networks: ExtraNetworks | None, control: JobControl) -> list[LoraTag]:
+    """The prompt's LoRA tags; the other kinds of tags are named in a warning (not applied here)."""
+    others = sorted({kind for kind, _ in prompts.networks if kind not in TAG_KINDS})
+    if others:
+        control.warn(f"extra networks not supported yet, ignored: {', '.join(others)}")
+    if networks is None:
+        if any(kind in TAG_KINDS for kind, _ in prompts.networks):
+            control.warn("LoRA tags ignored: no LoRA folders here")
+        return []
+    return lora_tags(prompts.networks, control.warn)
+
+
 def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, sample: Sample,
-                on_image: ImageListener | None = None) -> GenerationResult:
-    """Run ``req.n_iter`` batches of ``req.batch_size`` images (``req`` validated, seeds resolved)."""
+                on_image: ImageListener | None = None, networks: ExtraNetworks | None = None) -> GenerationResult:
+    """Run ``req.n_iter`` batches of ``req.batch_size`` images (``req`` validated, seeds resolved), with the
+    networks the prompt names applied to the model for the job."""
+    prompts = prepare_prompts(req, req.image_count)
+    tags = _network_tags(prompts, networks, control)
+    if networks is None or not tags:
+        return _run_batches(parts, req, control, sample, on_image, prompts, {})
+    with networks.loras.applied(parts, tags, control.warn) as applied:
+        extra = {"Lora hashes": lora_hashes(applied.hashes)}
+        return _run_batches(parts, req, control, sample, on_image, prompts, extra)
+
+
+def _run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, sample: Sample,
+                 on_image: ImageListener | None, prompts: PreparedPrompts,
+                 extra: dict[str, str | None]) -> GenerationResult:
     total = req.image_count
     # with a variation seed every image keeps the seed and only the variation seed counts up, as in A1111
     seeds = [req.seed] * total if req.subseed_strength > 0 else all_seeds(req.seed, total)
     subseeds = all_seeds(req.subseed, total)
-    prompts = prepare_prompts(req, total)
     encoder = TextEncoder(parts, req.clip_skip)
     info = parts.info
     result = GenerationResult(request=req, images=[], infotexts=[], all_prompts=prompts.original_positive,
@@ -123,7 +149,8 @@ def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, 
                               all_subseeds=subseeds, model_name=info.model_name if info else "",
                               model_hash=info.shorthash if info else None,
                               vae_name=parts.vae_info.name if parts.vae_info else None, vae_hash=parts.vae_hash,
-                              extra_params=_extra_params(req, parts))
+                              extra_params={**_extra_params(req, parts),
+                                            **{k: v for k, v in extra.items() if v is not None}})
     control.update(job_count=req.n_iter, job_no=0)
     if req.randn_source == "GPU" and effective_source("GPU", parts.device) == "NV":
         control.warn("RNG: GPU noise was made with NV (no CUDA device here): the image an NVIDIA card gives")
@@ -145,7 +172,7 @@ def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, 
                 result.images.append(sampled.finish(k, image) if sampled.finish else image)
                 ctx = infotext_context(parts, seeds[i], subseeds[i])
                 result.infotexts.append(param_io.build_infotext(req, ctx, prompts.original_positive[i],
-                                                                prompts.original_negative[i]))
+                                                                prompts.original_negative[i], extra))
                 if on_image is not None:
                     on_image(result, len(result.images) - 1)
     result.interrupted = control.interrupted

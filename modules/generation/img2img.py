@@ -28,6 +28,7 @@ from modules.generation.passes import PassSpec, sample_from_latents
 from modules.generation.result import GenerationResult
 from modules.generation.txt2img import refiner_for, sampling_options
 from modules.models.loader import ModelParts
+from modules.networks.service import ExtraNetworks
 from modules.requests import Img2ImgRequest
 
 Tensor = torch.Tensor
@@ -126,7 +127,8 @@ def _prepare_job(parts: ModelParts, req: Img2ImgRequest, first_seeds: list[int],
 
 
 def img2img(parts: ModelParts, req: Img2ImgRequest, control: JobControl, preview_every: int = 0,
-            on_image: ImageListener | None = None, models: ModelSource | None = None) -> GenerationResult:
+            on_image: ImageListener | None = None, models: ModelSource | None = None,
+            networks: ExtraNetworks | None = None) -> GenerationResult:
     """Generate ``n_iter`` batches from the init images. ``req`` must be validated already."""
     req = resolve_seeds(req)
     if len(req.init_images) > 1:  # several init images make one batch of that size, as in A1111
@@ -155,4 +157,4 @@ def img2img(parts: ModelParts, req: Img2ImgRequest, control: JobControl, preview
                                       req.initial_noise_multiplier, mask=init.mask)
         return Sampled(latents, lambda k, image: image_prep.finish(image, init.prepared[k]), job.current)
 
-    return run_batches(parts, req, control, sample, on_image)
+    return run_batches(parts, req, control, sample, on_image, networks)

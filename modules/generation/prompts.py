@@ -43,23 +43,21 @@ def check_prompt(text: str, steps: int, what: str, field: str) -> None:
 def prepare_prompts(req: GenerationRequest, count: int) -> PreparedPrompts:
     prompt = prompt_parser.strip_comments(req.prompt)
     negative = prompt_parser.strip_comments(req.negative_prompt)
+    # A1111 takes network tags out of the prompts only: a tag in a negative prompt is text to the encoder there
     positive_clean, networks = _clean(prompt)
-    negative_clean, neg_networks = _clean(negative)
+    negative_clean = negative
     hr_prompt = prompt_parser.strip_comments(req.hr_prompt) if req.hr_prompt else prompt
     hr_negative = prompt_parser.strip_comments(req.hr_negative_prompt) if req.hr_negative_prompt else negative
     check_prompt(positive_clean, req.steps, "prompt", "prompt")
     check_prompt(negative_clean, req.steps, "negative prompt", "negative_prompt")
-    warnings = []
-    kinds = sorted({kind for kind, _ in networks + neg_networks})
-    if kinds:
-        warnings.append(f"extra networks are not supported yet and were ignored: {', '.join(kinds)}")
+    warnings: list[str] = []
     return PreparedPrompts(
         original_positive=[prompt] * count,
         original_negative=[negative] * count,
         positive=[positive_clean] * count,
         negative=[negative_clean] * count,
         hr_positive=[_clean(hr_prompt)[0]] * count,
-        hr_negative=[_clean(hr_negative)[0]] * count,
+        hr_negative=[hr_negative] * count,
         networks=networks,
         warnings=warnings,
     )

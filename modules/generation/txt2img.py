@@ -36,6 +36,7 @@ from modules.generation.passes import (
 from modules.generation.prompts import PreparedPrompts
 from modules.generation.result import GenerationResult
 from modules.models.loader import ModelParts
+from modules.networks.service import ExtraNetworks
 from modules.requests import (
     LATENT_UPSCALE_MODES,
     NO_REFINER,
@@ -132,7 +133,8 @@ def _hires_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder,
 
 
 def txt2img(parts: ModelParts, req: GenerationRequest, control: JobControl, preview_every: int = 0,
-            on_image: ImageListener | None = None, models: ModelSource | None = None) -> GenerationResult:
+            on_image: ImageListener | None = None, models: ModelSource | None = None,
+            networks: ExtraNetworks | None = None) -> GenerationResult:
     """Generate ``n_iter`` batches of ``batch_size`` images. ``req`` must be validated already. ``models`` loads
     the hires checkpoint and the refiner when the request names them."""
     req = resolve_seeds(req)
@@ -150,4 +152,4 @@ def txt2img(parts: ModelParts, req: GenerationRequest, control: JobControl, prev
                                   control, preview_every, generator)
         return Sampled(latents, parts=job.current)
 
-    return run_batches(parts, req, control, sample, on_image)
+    return run_batches(parts, req, control, sample, on_image, networks)

@@ -92,10 +92,11 @@ def build_router(app: App) -> APIRouter:
 
     @r.get("/loras")
     def loras() -> list[dict[str, Any]]:
-        folder = app.paths.lora_dir
-        files = sorted(p for p in folder.rglob("*") if p.suffix in (".safetensors", ".pt", ".ckpt")) \
-            if folder.is_dir() else []
-        return [{"name": p.stem, "alias": p.stem, "path": str(p), "metadata": {}} for p in files]
+        return [info.api() for info in app.networks.loras.registry.files]
+
+    @r.post("/refresh-loras")
+    def refresh_loras() -> None:
+        app.networks.loras.registry.refresh()
 
     @r.get("/embeddings")
     def embeddings() -> dict[str, Any]:

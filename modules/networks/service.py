@@ -1,0 +1,20 @@
+"""The extra networks of one application: the LoRA folders (and their files, read once), built at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from modules.hashing import HashCache
+from modules.networks.lora import LoraNetworks
+from modules.networks.lora_files import LoraRegistry
+
+
+class ExtraNetworks:
+    """What a job needs to find and apply the networks its prompt names."""
+
+    def __init__(self, lora_dirs: Sequence[Path], hashes: HashCache | None = None) -> None:
+        self.loras = LoraNetworks(LoraRegistry(list(lora_dirs), hashes))
+
+    def refresh(self) -> None:
+        self.loras.registry.refresh()

@@ -47,7 +47,7 @@ def build_engine(paths: Paths | None = None, device: str | None = None, precisio
     registry = CheckpointRegistry(paths.ckpt_dirs, hashes)
     config = DeviceConfig(device=device or default_device(), precision=precision, attention=attention)
     return Engine(ModelManager(registry, config, cache_limit, vae_dir=paths.vae_dir),
-                  ExtraNetworks([paths.lora_dir], hashes))
+                  ExtraNetworks([paths.lora_dir], [paths.embeddings_dir], hashes))
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class App:
         self.models = ModelManager(self.registry, device_config, self.settings["sd_checkpoints_limit"],
                                    vae_dir=self.paths.vae_dir)
         self.models.preferred = self.settings["sd_model_checkpoint"] or None
-        self.networks = ExtraNetworks([self.paths.lora_dir], self.hashes)
+        self.networks = ExtraNetworks([self.paths.lora_dir], [self.paths.embeddings_dir], self.hashes)
         self.engine = Engine(self.models, self.networks)
         self.handlers = builtin_handlers()
         self.queue = JobQueue(self._run_job, max_size=self.settings["queue_max_size"])

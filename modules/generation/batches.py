@@ -6,6 +6,7 @@ how to finish each decoded image); everything else, the interrupt and skip handl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -22,10 +23,12 @@ from modules.generation.noise import ImageRNG, all_seeds, effective_source, pick
 from modules.generation.prompts import PreparedPrompts, prepare_prompts
 from modules.generation.result import GenerationResult, infotext_context
 from modules.models.loader import ModelParts
+from modules.networks.embeddings import ti_hashes
 from modules.networks.lora import TAG_KINDS, LoraTag, lora_hashes, lora_tags
 from modules.networks.service import ExtraNetworks
 from modules.requests import GenerationRequest
 
+log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 Finish = Callable[[int, Image.Image], Image.Image]  # (index in the batch, decoded image) -> final image
 ImageListener = Callable[[GenerationResult, int], None]  # (result so far, index of the image just added)
@@ -128,21 +131,27 @@ def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, 
     networks the prompt names applied to the model for the job."""
     prompts = prepare_prompts(req, req.image_count)
     tags = _network_tags(prompts, networks, control)
+    encoder = TextEncoder(parts, req.clip_skip)
+    if networks is not None:
+        networks.embeddings.refresh()  # cheap: only new or changed files are read
+        for problem in networks.embeddings.problems:
+            log.debug("embedding not loaded: %s", problem)
+        encoder = TextEncoder(parts, req.clip_skip, networks.embeddings.for_model(parts),
+                              networks.embeddings.for_model)
     if networks is None or not tags:
-        return _run_batches(parts, req, control, sample, on_image, prompts, {})
+        return _run_batches(parts, req, control, sample, on_image, prompts, encoder, {})
     with networks.loras.applied(parts, tags, control.warn) as applied:
         extra = {"Lora hashes": lora_hashes(applied.hashes)}
-        return _run_batches(parts, req, control, sample, on_image, prompts, extra)
+        return _run_batches(parts, req, control, sample, on_image, prompts, encoder, extra)
 
 
 def _run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, sample: Sample,
-                 on_image: ImageListener | None, prompts: PreparedPrompts,
+                 on_image: ImageListener | None, prompts: PreparedPrompts, encoder: TextEncoder,
                  extra: dict[str, str | None]) -> GenerationResult:
     total = req.image_count
     # with a variation seed every image keeps the seed and only the variation seed counts up, as in A1111
     seeds = [req.seed] * total if req.subseed_strength > 0 else all_seeds(req.seed, total)
     subseeds = all_seeds(req.subseed, total)
-    encoder = TextEncoder(parts, req.clip_skip)
     info = parts.info
     result = GenerationResult(request=req, images=[], infotexts=[], all_prompts=prompts.original_positive,
                               all_negative_prompts=prompts.original_negative, all_seeds=seeds,
@@ -166,6 +175,7 @@ def _run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl,
             if not torch.isfinite(sampled.latents).all():
                 raise GenerationError("the UNet produced NaNs; try the --no-half option or another sampler")
             control.update(phase="decoding")
+            extra = {**extra, "TI hashes": ti_hashes(encoder.used_embeddings)}
             vae = (sampled.parts or parts).vae
             for k, image in enumerate(lat.to_pil(lat.decode(vae, sampled.latents, control.warn))):
                 i = batch.first + k
@@ -175,6 +185,7 @@ def _run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl,
                                                                 prompts.original_negative[i], extra))
                 if on_image is not None:
                     on_image(result, len(result.images) - 1)
+    result.extra_params.update({k: v for k, v in extra.items() if v is not None})
     result.interrupted = control.interrupted
     result.warnings = list(control.warnings) + prompts.warnings
     control.update(job_no=req.n_iter, phase="done")

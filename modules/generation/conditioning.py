@@ -3,17 +3,22 @@
 Each prompt is split on ``AND`` (composable diffusion), each part into its prompt-editing schedule, each scheduled
 text into 75-token chunks with attention weights. Chunks are encoded separately and concatenated, weights are applied
 with A1111's "Original" emphasis (scale, then restore the mean). Clip skip applies to SD 1.x, as in A1111.
+Textual-inversion embeddings named in a prompt reach the encoder as A1111's ``EmbeddingsWithFixes`` puts them: their
+vectors replace the token embeddings at their positions, before the position embeddings are added.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from modules.errors import ValidationError
 from modules.models.loader import ModelParts
+from modules.networks.embeddings import EmbeddingSet
 from modules.prompts import chunks as prompt_chunks
 from modules.prompts import parser as prompt_parser
 
@@ -62,11 +67,30 @@ def cond_at(schedule: Schedule, step: int) -> Cond:
 
 @dataclass
 class TextEncoder:
-    """Encodes prompt texts for one loaded model; results are cached per text for the duration of a job."""
+    """Encodes prompt texts for one loaded model; results are cached per text for the duration of a job.
+
+    ``embeddings`` are the textual-inversion embeddings the model can use (None: names are plain text);
+    :attr:`used_embeddings` records which of them the encoded texts named.
+    """
 
     parts: ModelParts
     clip_skip: int = 1
+    embeddings: EmbeddingSet | None = None
+    embeddings_for: Callable[[ModelParts], EmbeddingSet] | None = None  # the embeddings another model can use
     _cache: dict[tuple[str, bool], Cond] = field(default_factory=dict)
+    _used: dict[str, str] = field(default_factory=dict)
+
+    def for_parts(self, parts: ModelParts) -> TextEncoder:
+        """An encoder for another model of the job (hires checkpoint, refiner) with that model's embeddings."""
+        if parts is self.parts:
+            return self
+        found = self.embeddings_for(parts) if self.embeddings_for is not None else None
+        return TextEncoder(parts, self.clip_skip, found, self.embeddings_for)
+
+    @property
+    def used_embeddings(self) -> dict[str, str]:
+        """``{name: shorthash}`` of the embeddings the encoded prompts used, in first-use order (for ``TI hashes``)."""
+        return dict(self._used)
 
     def _run(self, encoder: CLIPTextModel | CLIPTextModelWithProjection, tokens: Tensor, layer: str
              ) -> tuple[Tensor, Tensor | None]:
@@ -79,13 +103,33 @@ class TextEncoder:
         final_norm = getattr(encoder, "final_layer_norm", None) or encoder.get_submodule("text_model.final_layer_norm")
         return final_norm(out.hidden_states[-self.clip_skip]), pooled
 
+    def _chunks(self, tokenizer: CLIPTokenizer, text: str) -> list[prompt_chunks.PromptChunk]:
+        finder = self.embeddings.lookup(tokenizer) if self.embeddings else None
+        chunk_list, _ = prompt_chunks.tokenize_line(text, tokenizer, embeddings=finder)
+        for chunk in chunk_list:
+            for fix in chunk.fixes:
+                if self.embeddings is not None and fix.name not in self._used:
+                    self._used[fix.name] = self.embeddings.loaded[fix.name].shorthash
+        return chunk_list
+
+    def _fixes_applied(self, encoder: CLIPTextModel | CLIPTextModelWithProjection,
+                       chunk_list: list[prompt_chunks.PromptChunk], key: str | None) -> AbstractContextManager[None]:
+        """Embedding vectors in place of the placeholder ids' token embeddings while ``encoder`` runs these chunks;
+        without embeddings in them the encoder runs untouched."""
+        if self.embeddings is None or not any(chunk.fixes for chunk in chunk_list):
+            return nullcontext()
+        vectors = [[(fix.offset, self.embeddings.loaded[fix.name].rows(key)) for fix in chunk.fixes]
+                   for chunk in chunk_list]
+        return _token_embeddings_replaced(encoder.get_input_embeddings(), vectors)
+
     def _encode_with(self, encoder: CLIPTextModel | CLIPTextModelWithProjection, tokenizer: CLIPTokenizer, text: str,
-                     layer: str) -> tuple[Tensor, Tensor | None]:
-        chunk_list, _ = prompt_chunks.tokenize_line(text, tokenizer)
+                     layer: str, embedding_key: str | None = None) -> tuple[Tensor, Tensor | None]:
+        chunk_list = self._chunks(tokenizer, text)
         device = next(encoder.parameters()).device
         tokens = torch.tensor([c.tokens for c in chunk_list], device=device)
         weights = torch.tensor([c.multipliers for c in chunk_list], device=device, dtype=torch.float32)
-        z, pooled = self._run(encoder, tokens, layer)
+        with self._fixes_applied(encoder, chunk_list, embedding_key):
+            z, pooled = self._run(encoder, tokens, layer)
         z = z.float()
         restored = []
         for i in range(z.shape[0]):
@@ -108,8 +152,8 @@ class TextEncoder:
         p = self.parts
         if p.family.is_xl:
             assert p.text_encoder_2 is not None and p.tokenizer_2 is not None  # loaded with every SDXL model
-            ctx_l, _ = self._encode_with(p.text_encoder, p.tokenizer, text, "penultimate")
-            ctx_g, pooled = self._encode_with(p.text_encoder_2, p.tokenizer_2, text, "penultimate")
+            ctx_l, _ = self._encode_with(p.text_encoder, p.tokenizer, text, "penultimate", "clip_l")
+            ctx_g, pooled = self._encode_with(p.text_encoder_2, p.tokenizer_2, text, "penultimate", "clip_g")
             n = min(ctx_l.shape[1], ctx_g.shape[1])
             cond = Cond(torch.cat([ctx_l[:, :n], ctx_g[:, :n]], dim=-1), pooled)
             if zero_if_empty and text == "":
@@ -127,6 +171,33 @@ class TextEncoder:
                                                                              field=name)[0]
         zero = negative and self.parts.family.is_xl
         return [ScheduledCond(end, self.encode(t, zero_if_empty=zero)) for end, t in scheduled]
+
+
+def _insert_vectors(rows: Tensor, fixes: list[tuple[int, Tensor]]) -> Tensor:
+    """One chunk's token embeddings with each embedding's vectors written from ``offset + 1`` (after BOS), as many
+    as fit before the sequence ends (A1111's ``EmbeddingsWithFixes``)."""
+    for offset, vec in fixes:
+        vec = vec[: rows.shape[0] - 2]  # never more than a chunk's positions
+        n = min(rows.shape[0] - offset - 1, vec.shape[0])
+        rows = torch.cat([rows[: offset + 1], vec[:n].to(device=rows.device, dtype=rows.dtype),
+                          rows[offset + 1 + n:]])
+    return rows
+
+
+@contextmanager
+def _token_embeddings_replaced(token_embedding: torch.nn.Module,
+                               vectors: list[list[tuple[int, Tensor]]]) -> Iterator[None]:
+    """A forward hook on the encoder's token embedding layer for the duration of one call: row ``i`` of the batch
+    (chunk ``i``) gets the vectors of ``vectors[i]``. Hooking the layer, as A1111 does, keeps the rest of the
+    encoder's forward (position embeddings, pooling at EOS) unchanged."""
+    def hook(_module: torch.nn.Module, _args: Any, output: Tensor) -> Tensor:
+        return torch.stack([_insert_vectors(row, fixes) for row, fixes in zip(output, vectors, strict=True)])
+
+    handle = token_embedding.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def build_conditioning(encoder: TextEncoder, prompts: list[str], negatives: list[str], steps: int,

@@ -22,7 +22,7 @@ from modules.generation.batches import (
     resolve_seeds,
     run_batches,
 )
-from modules.generation.conditioning import ImageConds, TextEncoder, build_conditioning
+from modules.generation.conditioning import ImageConds, build_conditioning
 from modules.generation.control import JobControl
 from modules.generation.passes import PassSpec, sample_from_latents
 from modules.generation.result import GenerationResult
@@ -147,7 +147,7 @@ def img2img(parts: ModelParts, req: Img2ImgRequest, control: JobControl, preview
         init = state["init"]
         rng = make_rng(req, parts, batch.seeds, batch.subseeds, req.width, req.height)
         def conds_for(p: ModelParts) -> list[ImageConds]:
-            enc = batch.encoder if p is batch.encoder.parts else TextEncoder(p, req.clip_skip)
+            enc = batch.encoder.for_parts(p)
             return build_conditioning(enc, batch.prompts.positive, batch.prompts.negative, req.steps)
 
         conds = conds_for(parts)

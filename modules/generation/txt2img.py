@@ -83,7 +83,7 @@ def _first_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder,
     hires_steps = req.hr_second_pass_steps or req.steps if req.enable_hr else None
 
     def conds_for(p: ModelParts) -> list[ImageConds]:
-        enc = encoder if p is encoder.parts else TextEncoder(p, req.clip_skip)
+        enc = encoder.for_parts(p)
         return build_conditioning(enc, prompts.positive, prompts.negative, req.steps, hires_steps)
 
     conds = conds_for(parts)
@@ -121,7 +121,7 @@ def _hires_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder,
     spec, schedule = samplers.resolve_sampler(sampler_name, sched_name, field_name="hr_sampler_name")
 
     def conds_for(p: ModelParts) -> list[ImageConds]:
-        enc = encoder if p is encoder.parts else TextEncoder(p, req.clip_skip)
+        enc = encoder.for_parts(p)
         return build_conditioning(enc, prompts.hr_positive, prompts.hr_negative, req.steps, steps)
 
     conds = conds_for(parts)

@@ -1,4 +1,5 @@
-"""The extra networks of one application: the LoRA folders (and their files, read once), built at start-up."""
+"""The extra networks of one application: the LoRA folders (and their files, read once) and the textual-inversion
+embeddings, built at start-up."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from modules.hashing import HashCache
+from modules.networks.embeddings import EmbeddingDatabase
 from modules.networks.lora import LoraNetworks
 from modules.networks.lora_files import LoraRegistry
 
@@ -13,8 +15,11 @@ from modules.networks.lora_files import LoraRegistry
 class ExtraNetworks:
     """What a job needs to find and apply the networks its prompt names."""
 
-    def __init__(self, lora_dirs: Sequence[Path], hashes: HashCache | None = None) -> None:
+    def __init__(self, lora_dirs: Sequence[Path], embedding_dirs: Sequence[Path] = (),
+                 hashes: HashCache | None = None) -> None:
         self.loras = LoraNetworks(LoraRegistry(list(lora_dirs), hashes))
+        self.embeddings = EmbeddingDatabase(list(embedding_dirs), hashes)
 
     def refresh(self) -> None:
         self.loras.registry.refresh()
+        self.embeddings.refresh()

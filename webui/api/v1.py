@@ -100,7 +100,12 @@ def build_router(app: App) -> APIRouter:
 
     @r.get("/embeddings")
     def embeddings() -> dict[str, Any]:
-        return {"loaded": {}, "skipped": {}}
+        app.networks.embeddings.refresh()
+        return app.networks.embeddings.api(app.models.current)
+
+    @r.post("/refresh-embeddings")
+    def refresh_embeddings() -> None:
+        app.networks.embeddings.refresh()
 
     @r.get("/prompt-styles")
     def prompt_styles() -> list[dict[str, str]]:

@@ -269,3 +269,34 @@ def test_loras_route_lists_files_with_alias_and_metadata_and_refresh_finds_new_o
     assert set(listed) == {"face", "bad"}
     assert listed["face"]["alias"] == "faceAlias" and listed["face"]["metadata"]["ss_network_dim"] == "4"
     assert listed["face"]["path"].endswith("face.safetensors") and listed["bad"]["metadata"] == {}
+
+
+def test_pasting_an_infotext_finds_a_renamed_lora_by_its_hash(tmp_path):
+    from modules.networks.service import ExtraNetworks
+
+    folder = tmp_path / "Lora"
+    folder.mkdir()
+    save_file({"lora_te_x.lora_up.weight": torch.ones(2, 1)}, str(folder / "renamed.safetensors"))
+    save_file({"lora_te_x.lora_up.weight": torch.zeros(2, 1)}, str(folder / "other.safetensors"))
+    networks = ExtraNetworks([folder])
+    short = addnet_sha256(folder / "renamed.safetensors")[:12]
+    text = (f"a <lora:oldname:0.7> and <lora:other:0.2> <lora:gone:1>\nSteps: 3, Seed: 1, "
+            f'Lora hashes: "oldname: {short}, gone: 0123456789ab"')
+    values = networks.pasted({"prompt": "a <lora:oldname:0.7> and <lora:other:0.2> <lora:gone:1>"}, text)
+    assert values["prompt"] == "a <lora:renamed:0.7> and <lora:other:0.2> <lora:gone:1>"
+    assert networks.pasted({"prompt": "p"}, "p\nSteps: 3, Seed: 1, Sampler: Euler") == {"prompt": "p"}
+
+
+def test_the_api_infotext_field_renames_loras_by_hash(api, data_dir):
+    parts_file = data_dir / "models" / "Lora"
+    parts_file.mkdir(parents=True, exist_ok=True)
+    save_file({"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(1, 1)},
+              str(parts_file / "newname.safetensors"))
+    api.post("/sdapi/v1/refresh-loras")
+    short = addnet_sha256(parts_file / "newname.safetensors")[:12]
+    infotext = f'a tree <lora:oldname:0.5>\nSteps: 2, Seed: 3, Size: 64x64, Lora hashes: "oldname: {short}"'
+    r = api.post("/sdapi/v1/txt2img", json={"infotext": infotext, "width": 64, "height": 64})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["prompt"] == "a tree <lora:newname:0.5>"
+    assert not [w for w in info.get("warnings", []) if "not found" in w]

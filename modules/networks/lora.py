@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -77,6 +78,19 @@ def lora_tags(networks: Sequence[tuple[str, list[str]]], warn: Warn) -> list[Lor
 def lora_hashes(used: Mapping[str, str]) -> str | None:
     """A1111's ``Lora hashes`` infotext value: ``name: hash`` pairs, ``:`` and ``,`` taken out of the names."""
     return ", ".join(f"{name.translate(_REMOVE_FROM_NAME)}: {h}" for name, h in used.items()) or None
+
+
+def parse_lora_hashes(value: object) -> dict[str, str]:
+    """``{name: shorthash}`` from an infotext's ``Lora hashes`` value (``name: hash, name2: hash2``)."""
+    out: dict[str, str] = {}
+    for item in str(value or "").split(","):
+        name, sep, short = item.partition(":")
+        if sep and name.strip() and short.strip():
+            out[name.strip()] = short.strip()
+    return out
+
+
+_TAG_NAME = re.compile(r"<(lora|lyco):([^:>]+)(?=[:>])")
 
 
 # --- reading files ------------------------------------------------------------------------------------------------
@@ -163,6 +177,24 @@ class LoraNetworks:
     def __init__(self, registry: LoraRegistry) -> None:
         self.registry = registry
         self.files = _FileCache()
+
+    def names_from_hashes(self, prompt: str, lora_hashes_value: object) -> str:
+        """A pasted prompt with each tagged network renamed to the file here that has the hash the infotext's
+        ``Lora hashes`` gives for it (a LoRA renamed since, or saved under another name), as A1111's paste does;
+        tags without a known hash, or whose hash no file here has, are left as written."""
+        hashes = parse_lora_hashes(lora_hashes_value)
+        if not hashes:
+            return prompt
+
+        def rename(match: re.Match[str]) -> str:
+            short = hashes.get(match.group(2))
+            info = self.registry.find_by_hash(short) if short else None
+            if info is None:
+                return match.group(0)
+            name = info.alias if self.registry.find(info.alias) is info else info.name  # an alias two files share
+            return f"<{match.group(1)}:{name}"
+
+        return _TAG_NAME.sub(rename, prompt)
 
     def resolve(self, tag: LoraTag, warn: Warn) -> LoraInfo | None:
         info = self.registry.find(tag.name)

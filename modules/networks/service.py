@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from modules.hashing import HashCache
+from modules.infotext import parse_infotext
 from modules.networks.embeddings import EmbeddingDatabase
 from modules.networks.lora import LoraNetworks
 from modules.networks.lora_files import LoraRegistry
@@ -23,3 +24,16 @@ class ExtraNetworks:
     def refresh(self) -> None:
         self.loras.registry.refresh()
         self.embeddings.refresh()
+
+    def pasted(self, values: dict[str, object], infotext_text: str) -> dict[str, object]:
+        """Request values read from a pasted infotext, with its network tags renamed to the files here that have
+        the hashes it records (``Lora hashes``)."""
+        hashes = parse_infotext(infotext_text).get("Lora hashes")
+        if not hashes:
+            return values
+        out = dict(values)
+        for key in ("prompt", "hr_prompt"):
+            value = out.get(key)
+            if isinstance(value, str):
+                out[key] = self.loras.names_from_hashes(value, hashes)
+        return out

@@ -62,6 +62,7 @@ def _values(app: App, body: GenerationBody, kind: str, warnings: list[str]) -> t
     values: dict[str, object] = {**app.request_defaults(kind), **api_values(body.model_dump(), kind)}
     if body.infotext:
         from_text, notes = read_infotext(body.infotext, kind)
+        from_text = app.networks.pasted(from_text, body.infotext)
         warnings += [f"infotext: {note}" for note in notes]
         hint = from_text.pop("_model_name", None)
         explicit = _explicit_fields(body, kind)

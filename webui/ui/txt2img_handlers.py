@@ -273,6 +273,7 @@ class Txt2ImgHandlers:
                 return {}, warning_html(["Paste generation parameters into the prompt box first"])
             text = shown
         values, ignored = read_infotext(text, "txt2img")
+        values = self.app.networks.pasted(values, text)
         if not set(values) - {"prompt", "negative_prompt", "scheduler"}:
             return {}, warning_html(["No generation parameters found in the prompt"])
         notes = [f"Ignored {note}" for note in ignored]

@@ -23,6 +23,7 @@ from modules.param_io import setting_values
 from modules.paths import Paths
 from modules.requests import GenerationRequest, Img2ImgRequest, Limits
 from modules.settings import Settings, build_options
+from modules.styles import StyleDatabase
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def build_engine(paths: Paths | None = None, device: str | None = None, precisio
     registry = CheckpointRegistry(paths.ckpt_dirs, hashes)
     config = DeviceConfig(device=device or default_device(), precision=precision, attention=attention)
     return Engine(ModelManager(registry, config, cache_limit, vae_dir=paths.vae_dir),
-                  ExtraNetworks([paths.lora_dir], [paths.embeddings_dir], hashes))
+                  ExtraNetworks([paths.lora_dir], [paths.embeddings_dir], hashes, [paths.hypernetwork_dir]))
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class StartOptions:
     ckpt_dirs: tuple[Path, ...] = ()
     lora_dir: Path | None = None
     embeddings_dir: Path | None = None
+    hypernetwork_dir: Path | None = None
+    styles_files: tuple[str, ...] = ()
     ckpt: str | None = None
     device: str | None = None
     precision: str | None = None  # overrides the setting when given on the command line
@@ -94,7 +97,8 @@ class App:
         self.options = options
         self.started = time.time()
         self.paths = Paths.create(options.data_dir, options.models_dir, options.ckpt_dirs, options.lora_dir,
-                                  options.embeddings_dir)
+                                  options.embeddings_dir, options.hypernetwork_dir, options.styles_files)
+        self.styles = StyleDatabase(self.paths.styles_patterns)
         self.hashes = HashCache(self.paths.hash_cache_file)
         self.registry = CheckpointRegistry(self.paths.ckpt_dirs, self.hashes)
         self.settings = Settings(self.paths.config_file, build_options(self._checkpoint_titles, self._vae_names),
@@ -105,7 +109,8 @@ class App:
         self.models = ModelManager(self.registry, device_config, self.settings["sd_checkpoints_limit"],
                                    vae_dir=self.paths.vae_dir)
         self.models.preferred = self.settings["sd_model_checkpoint"] or None
-        self.networks = ExtraNetworks([self.paths.lora_dir], [self.paths.embeddings_dir], self.hashes)
+        self.networks = ExtraNetworks([self.paths.lora_dir], [self.paths.embeddings_dir], self.hashes,
+                                      [self.paths.hypernetwork_dir])
         self.engine = Engine(self.models, self.networks)
         self.handlers = builtin_handlers()
         self.queue = JobQueue(self._run_job, max_size=self.settings["queue_max_size"])

@@ -69,16 +69,21 @@ class Paths:
     extra_ckpt_dirs: tuple[Path, ...] = field(default=())
     lora_dir_option: Path | None = None  # --lora-dir: instead of models/Lora
     embeddings_dir_option: Path | None = None  # --embeddings-dir: instead of embeddings/
+    hypernetwork_dir_option: Path | None = None  # --hypernetwork-dir: instead of models/hypernetworks
+    styles_file_options: tuple[str, ...] = ()  # --styles-file: paths or wildcards instead of styles.csv
 
     @classmethod
     def create(cls, data_dir: Path | str | None = None, models_dir: Path | str | None = None,
                ckpt_dirs: list[Path | str] | tuple[Path | str, ...] = (), lora_dir: Path | str | None = None,
-               embeddings_dir: Path | str | None = None) -> Paths:
+               embeddings_dir: Path | str | None = None, hypernetwork_dir: Path | str | None = None,
+               styles_files: list[str] | tuple[str, ...] = ()) -> Paths:
         data = Path(data_dir).expanduser().resolve() if data_dir else default_data_dir()
         models = Path(models_dir).expanduser().resolve() if models_dir else data / "models"
         return cls(data, models, tuple(Path(p).expanduser().resolve() for p in ckpt_dirs),
                    Path(lora_dir).expanduser().resolve() if lora_dir else None,
-                   Path(embeddings_dir).expanduser().resolve() if embeddings_dir else None)
+                   Path(embeddings_dir).expanduser().resolve() if embeddings_dir else None,
+                   Path(hypernetwork_dir).expanduser().resolve() if hypernetwork_dir else None,
+                   tuple(str(Path(p).expanduser()) for p in styles_files))
 
     @property
     def ckpt_dirs(self) -> list[Path]:
@@ -92,6 +97,10 @@ class Paths:
     @property
     def lora_dir(self) -> Path:
         return self.lora_dir_option or self.models_dir / "Lora"
+
+    @property
+    def hypernetwork_dir(self) -> Path:
+        return self.hypernetwork_dir_option or self.models_dir / "hypernetworks"
 
     @property
     def embeddings_dir(self) -> Path:
@@ -111,6 +120,11 @@ class Paths:
     @property
     def styles_file(self) -> Path:
         return self.data_dir / "styles.csv"
+
+    @property
+    def styles_patterns(self) -> list[str]:
+        """The styles files (paths or wildcards): ``--styles-file`` values, else ``styles.csv`` of the data folder."""
+        return list(self.styles_file_options) or [str(self.styles_file)]
 
     @property
     def hash_cache_file(self) -> Path:

@@ -104,6 +104,7 @@ _OPT = "Optimizations"
 _PREVIEW = "Live previews"
 _LIMITS = "API and limits"
 _SAMPLER = "Sampler parameters"
+_INFOTEXT = "Infotext"
 
 
 def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[], list[str]] = list
@@ -143,6 +144,9 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
         Option("always_discard_next_to_last_sigma", False, "Always discard next-to-last sigma", _SAMPLER, "bool"),
         Option("sgm_noise_multiplier", False, "SGM noise multiplier (match the initial noise to the official SDXL "
                "implementation)", _SAMPLER, "bool"),
+        Option("infotext_styles", "Apply if any", "Infer styles from prompts of pasted infotext (Ignore: keep the "
+               "prompt; Apply: take the styles out and select them; Discard: take them out only; Apply if any: "
+               "Apply when some are found)", _INFOTEXT, "choice", ("Ignore", "Apply", "Discard", "Apply if any")),
         Option("cross_attention_optimization", "Automatic", "Cross attention optimization", _OPT, "choice",
                ("Automatic", "xformers", "sdp")),
         Option("precision", "auto", "Precision (auto: float16 on CUDA, float32 on CPU)", _OPT, "choice",

@@ -185,6 +185,21 @@ def test_styles_are_applied(app):
     assert req.styles == ("Cine",)
 
 
+def test_pasting_finds_the_styles_in_the_prompts(app, handlers):
+    app.paths.styles_file.write_text('name,prompt,negative_prompt\n"Cine","cinematic still of {prompt}","cartoon"\n',
+                                     encoding="utf-8")
+    text = "cinematic still of a fox\nNegative prompt: ugly, cartoon\nSteps: 12, Sampler: Euler, CFG scale: 6, Seed: 3"
+    try:
+        values, _ = handlers.read_parameters(text)
+        app.settings.update({"infotext_styles": "Ignore"}, save=False)
+        ignored, _ = handlers.read_parameters(text)
+    finally:
+        app.settings.update({"infotext_styles": "Apply if any"}, save=False)
+        app.paths.styles_file.unlink()
+    assert (values["prompt"], values["negative_prompt"], values["styles"]) == ("a fox", "ugly", ("Cine",))
+    assert ignored["prompt"] == "cinematic still of a fox" and "styles" not in ignored
+
+
 def test_seed_extras_only_count_when_shown(app):
     from webui.ui.txt2img_handlers import SAME_SCHEDULER, build_request
 

@@ -140,6 +140,7 @@ def start_options(args: argparse.Namespace, exposed: bool) -> StartOptions:
 
     return StartOptions(data_dir=args.data_dir, models_dir=args.models_dir, ckpt_dirs=tuple(args.ckpt_dir),
                         lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir,
+                        hypernetwork_dir=args.hypernetwork_dir, styles_files=tuple(args.styles_file or ()),
                         ckpt=args.ckpt, device=device_from_flags(args), precision=precision_from_flags(args),
                         skip_load_model=args.skip_load_model_at_start or args.ui_debug_mode, exposed=exposed,
                         admin_users=parse_admin_users(args.admin_users))

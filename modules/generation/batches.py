@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -24,6 +25,8 @@ from modules.generation.prompts import PreparedPrompts, prepare_prompts
 from modules.generation.result import GenerationResult, infotext_context
 from modules.models.loader import ModelParts
 from modules.networks.embeddings import ti_hashes
+from modules.networks.hypernetworks import TAG_KIND as HYPERNET_KIND
+from modules.networks.hypernetworks import HypernetTag, hypernet_tags
 from modules.networks.lora import TAG_KINDS, LoraTag, lora_hashes, lora_tags
 from modules.networks.service import ExtraNetworks
 from modules.requests import GenerationRequest
@@ -113,16 +116,19 @@ def _extra_params(req: GenerationRequest, parts: ModelParts) -> dict[str, object
     return {k: v for k, v in params.items() if k not in infotext.KEY_ORDER}
 
 
-def _network_tags(prompts: PreparedPrompts, networks: ExtraNetworks | None, control: JobControl) -> list[LoraTag]:
-    """The prompt's LoRA tags; the other kinds of tags are named in a warning (not applied here)."""
-    others = sorted({kind for kind, _ in prompts.networks if kind not in TAG_KINDS})
+def _network_tags(prompts: PreparedPrompts, networks: ExtraNetworks | None,
+                  control: JobControl) -> tuple[list[LoraTag], list[HypernetTag]]:
+    """The prompt's LoRA and hypernetwork tags; the other kinds of tags are named in a warning (not applied here)."""
+    others = sorted({kind for kind, _ in prompts.networks if kind not in (*TAG_KINDS, HYPERNET_KIND)})
     if others:
         control.warn(f"extra networks not supported yet, ignored: {', '.join(others)}")
     if networks is None:
         if any(kind in TAG_KINDS for kind, _ in prompts.networks):
             control.warn("LoRA tags ignored: no LoRA folders here")
-        return []
-    return lora_tags(prompts.networks, control.warn)
+        if any(kind == HYPERNET_KIND for kind, _ in prompts.networks):
+            control.warn("hypernet tags ignored: no hypernetwork folder here")
+        return [], []
+    return lora_tags(prompts.networks, control.warn), hypernet_tags(prompts.networks, control.warn)
 
 
 def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, sample: Sample,
@@ -130,7 +136,7 @@ def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, 
     """Run ``req.n_iter`` batches of ``req.batch_size`` images (``req`` validated, seeds resolved), with the
     networks the prompt names applied to the model for the job."""
     prompts = prepare_prompts(req, req.image_count)
-    tags = _network_tags(prompts, networks, control)
+    tags, hypernets = _network_tags(prompts, networks, control)
     encoder = TextEncoder(parts, req.clip_skip)
     if networks is not None:
         networks.embeddings.refresh()  # cheap: only new or changed files are read
@@ -138,10 +144,16 @@ def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, 
             log.debug("embedding not loaded: %s", problem)
         encoder = TextEncoder(parts, req.clip_skip, networks.embeddings.for_model(parts),
                               networks.embeddings.for_model)
-    if networks is None or not tags:
+    if networks is None or not (tags or hypernets):
         return _run_batches(parts, req, control, sample, on_image, prompts, encoder, {})
-    with networks.loras.applied(parts, tags, control.warn) as applied:
-        extra = {"Lora hashes": lora_hashes(applied.hashes)}
+    # A1111 writes no infotext key for hypernetworks: the tags stay in the prompt, which is what a paste reads
+    with ExitStack() as stack:
+        extra: dict[str, str | None] = {}
+        if tags:
+            applied = stack.enter_context(networks.loras.applied(parts, tags, control.warn))
+            extra["Lora hashes"] = lora_hashes(applied.hashes)
+        if hypernets:
+            stack.enter_context(networks.hypernetworks.applied(parts, hypernets, control.warn))
         return _run_batches(parts, req, control, sample, on_image, prompts, encoder, extra)
 
 

@@ -17,6 +17,7 @@ import collections
 import logging
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -177,6 +178,13 @@ class LoraNetworks:
     def __init__(self, registry: LoraRegistry) -> None:
         self.registry = registry
         self.files = _FileCache()
+        # the last model's layer names, held weakly: a model the cache lets go is not kept alive here
+        self._targets: tuple[weakref.ref[ModelParts], dict[str, Target]] | None = None
+
+    def _model_targets(self, parts: ModelParts) -> dict[str, Target]:
+        if self._targets is None or self._targets[0]() is not parts:
+            self._targets = (weakref.ref(parts), model_targets(parts))
+        return self._targets[1]
 
     def names_from_hashes(self, prompt: str, lora_hashes_value: object) -> str:
         """A pasted prompt with each tagged network renamed to the file here that has the hash the infotext's
@@ -209,7 +217,7 @@ class LoraNetworks:
         state = AppliedNetworks()
         try:
             if tags:
-                targets = model_targets(parts)
+                targets = self._model_targets(parts)
                 for tag in tags:
                     if tag.te == 0 and tag.unet == 0:
                         continue

@@ -101,13 +101,16 @@ def _patchable(modules: Iterable[tuple[str, torch.nn.Module]]) -> Iterable[tuple
 def _unet_targets(unet: torch.nn.Module, config: Mapping[str, object]) -> dict[str, Target]:
     out: dict[str, Target] = {}
     layers = dict(_patchable(unet.named_modules()))
-    ldm: dict[str, Any] = {}
-    for n in layers:  # one at a time: a layer the converter does not know only misses its original-layout name
-        entry: dict[str, Any] = {f"{n}.weight": n}  # the converter moves keys; the value rides along
-        try:
-            ldm.update(unet_to_ldm(entry, config))
-        except (ValueError, KeyError):
-            continue
+    names: dict[str, Any] = {f"{n}.weight": n for n in layers}  # the converter moves keys; the value rides along
+    try:
+        ldm = unet_to_ldm(names, config)
+    except (ValueError, KeyError):  # a layer the converter does not know: the others keep their original names
+        ldm = {}
+        for key, name in names.items():
+            try:
+                ldm.update(unet_to_ldm({key: name}, config))
+            except (ValueError, KeyError):
+                continue
     for ldm_key, name in ldm.items():  # the original layout's names (SDXL kohya files, A1111's CompVis naming)
         path = ldm_key[len(UNET_PREFIX):-len(".weight")]
         out["lora_unet_" + _underscored(path)] = Target(layers[name], f"unet.{name}", False)

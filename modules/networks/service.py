@@ -1,5 +1,5 @@
-"""The extra networks of one application: the LoRA folders (and their files, read once) and the textual-inversion
-embeddings, built at start-up."""
+"""The extra networks of one application: the LoRA folders (and their files, read once), the textual-inversion
+embeddings and the hypernetworks, built at start-up."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from modules.hashing import HashCache
 from modules.infotext import parse_infotext
 from modules.networks.embeddings import EmbeddingDatabase
+from modules.networks.hypernetworks import HypernetworkRegistry, Hypernetworks
 from modules.networks.lora import LoraNetworks
 from modules.networks.lora_files import LoraRegistry
 
@@ -17,13 +18,15 @@ class ExtraNetworks:
     """What a job needs to find and apply the networks its prompt names."""
 
     def __init__(self, lora_dirs: Sequence[Path], embedding_dirs: Sequence[Path] = (),
-                 hashes: HashCache | None = None) -> None:
+                 hashes: HashCache | None = None, hypernetwork_dirs: Sequence[Path] = ()) -> None:
         self.loras = LoraNetworks(LoraRegistry(list(lora_dirs), hashes))
         self.embeddings = EmbeddingDatabase(list(embedding_dirs), hashes)
+        self.hypernetworks = Hypernetworks(HypernetworkRegistry(hypernetwork_dirs))
 
     def refresh(self) -> None:
         self.loras.registry.refresh()
         self.embeddings.refresh()
+        self.hypernetworks.registry.refresh()
 
     def pasted(self, values: dict[str, object], infotext_text: str) -> dict[str, object]:
         """Request values read from a pasted infotext, with its network tags renamed to the files here that have

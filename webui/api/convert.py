@@ -15,7 +15,7 @@ from modules.job_types import ImagesResult, Img2ImgJob, Txt2ImgJob
 from modules.param_io import api_echo, api_values, read_infotext, request_from_values, settings_to_fields
 from modules.params import params_for
 from modules.requests import GenerationRequest, Img2ImgRequest
-from modules.styles import apply_styles, load_styles
+from modules.styles import infer_styles
 from modules.version import VERSION
 from webui.api.images import decode_images
 from webui.api.schemas import GenerationBody, Img2ImgBody
@@ -63,6 +63,7 @@ def _values(app: App, body: GenerationBody, kind: str, warnings: list[str]) -> t
     if body.infotext:
         from_text, notes = read_infotext(body.infotext, kind)
         from_text = app.networks.pasted(from_text, body.infotext)
+        from_text = infer_styles(app.styles, from_text, app.settings["infotext_styles"])
         warnings += [f"infotext: {note}" for note in notes]
         hint = from_text.pop("_model_name", None)
         explicit = _explicit_fields(body, kind)
@@ -93,8 +94,8 @@ def _finish(app: App, values: dict[str, object], coerced: dict[str, Any]) -> dic
     raw_styles = values.get("styles")
     styles = tuple(str(s) for s in raw_styles) if isinstance(raw_styles, (list, tuple)) else ()
     if styles:
-        prompt, negative = apply_styles(load_styles(app.paths.styles_file), styles, str(values.get("prompt") or ""),
-                                        str(values.get("negative_prompt") or ""))
+        prompt, negative = app.styles.apply(styles, str(values.get("prompt") or ""),
+                                            str(values.get("negative_prompt") or ""))
         values.update(prompt=prompt, negative_prompt=negative)
     return values
 

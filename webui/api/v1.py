@@ -19,7 +19,6 @@ from modules.job_types import ImagesResult, JobSpec, ReloadModelJob, UnloadModel
 from modules.jobs import Job, JobState
 from modules.models.registry import CheckpointInfo
 from modules.requests import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
-from modules.styles import load_styles
 from webui.api.convert import Prepared, prepare, response_body
 from webui.api.schemas import Img2ImgBody, OptionsBody, Txt2ImgBody
 from webui.api.waiting import failure_response, wait_for
@@ -110,7 +109,7 @@ def build_router(app: App) -> APIRouter:
     @r.get("/prompt-styles")
     def prompt_styles() -> list[dict[str, str]]:
         return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
-                for s in load_styles(app.paths.styles_file).values()]
+                for s in app.styles.styles.values()]
 
     @r.get("/face-restorers")
     def face_restorers() -> list[dict[str, Any]]:
@@ -122,7 +121,9 @@ def build_router(app: App) -> APIRouter:
 
     @r.get("/hypernetworks")
     def hypernetworks() -> list[dict[str, Any]]:
-        return []
+        registry = app.networks.hypernetworks.registry
+        registry.refresh()  # A1111 has no refresh route for them: a scan here is how a new file shows up
+        return [info.api() for info in registry.files]
 
     @r.get("/scripts")
     def scripts() -> dict[str, list[str]]:

@@ -72,7 +72,7 @@ FIELDS: tuple[str, ...] = (
     "inpaint_full_res_padding", *REFINER_FIELDS)
 # what the ↙️ button may fill
 PASTE_FIELDS: tuple[str, ...] = (
-    "prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "width", "height", "cfg_scale",
+    "prompt", "negative_prompt", "styles", "sampler_name", "scheduler", "steps", "width", "height", "cfg_scale",
     "image_cfg_scale", "denoising_strength", "initial_noise_multiplier", "seed", "seed_extra", "subseed",
     "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "clip_skip", "tiling", "mask_blur",
     "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding", *REFINER_FIELDS)

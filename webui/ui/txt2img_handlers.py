@@ -22,7 +22,7 @@ from modules.metadata import text_to_infotext
 from modules.param_io import read_infotext, request_from_values
 from modules.params import by_field, params_for
 from modules.requests import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS, SAME_CHECKPOINT, SAME_SAMPLER, GenerationRequest
-from modules.styles import apply_styles, load_styles
+from modules.styles import infer_styles
 from webui.ui.common import error_html, format_eta, infotext_html, progress_html, user_message, warning_html
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,8 @@ FIELDS: tuple[str, ...] = (
     "seed_resize_from_h", "enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale",
     "hr_resize_x", "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_checkpoint_name", "hr_prompt",
     "hr_negative_prompt", "clip_skip", "tiling", *REFINER_FIELDS)
-# what the ↙️ button may fill (everything but styles and batch settings)
-PASTE_FIELDS: tuple[str, ...] = tuple(f for f in FIELDS if f not in ("styles", "n_iter", "batch_size"))
+# what the ↙️ button may fill (everything but the batch settings; styles only when found in the prompts)
+PASTE_FIELDS: tuple[str, ...] = tuple(f for f in FIELDS if f not in ("n_iter", "batch_size"))
 
 
 class GenerateUpdate(NamedTuple):
@@ -89,8 +89,8 @@ def form_values(app: App, values: dict[str, Any], kind: str = "txt2img") -> dict
     styles = tuple(v["styles"] or ())
     out["prompt"], out["negative_prompt"] = str(v["prompt"] or ""), str(v["negative_prompt"] or "")
     if styles:
-        out["prompt"], out["negative_prompt"] = apply_styles(load_styles(app.paths.styles_file), styles,
-                                                             str(out["prompt"]), str(out["negative_prompt"]))
+        out["prompt"], out["negative_prompt"] = app.styles.apply(styles, str(out["prompt"]),
+                                                                 str(out["negative_prompt"]))
     out["styles"] = styles
     if not v.get("seed_extra"):
         out.update(subseed=-1, subseed_strength=0.0, seed_resize_from_w=0, seed_resize_from_h=0)
@@ -274,6 +274,7 @@ class Txt2ImgHandlers:
             text = shown
         values, ignored = read_infotext(text, "txt2img")
         values = self.app.networks.pasted(values, text)
+        values = infer_styles(self.app.styles, values, self.app.settings["infotext_styles"])
         if not set(values) - {"prompt", "negative_prompt", "scheduler"}:
             return {}, warning_html(["No generation parameters found in the prompt"])
         notes = [f"Ignored {note}" for note in ignored]

@@ -300,3 +300,45 @@ def test_the_api_infotext_field_renames_loras_by_hash(api, data_dir):
     info = json.loads(r.json()["info"])
     assert info["prompt"] == "a tree <lora:newname:0.5>"
     assert not [w for w in info.get("warnings", []) if "not found" in w]
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_kohya_files_of_sd2_and_sdxl_patch_every_layer_they_name(data_dir, model_store, engine_factory, family):
+    """kohya's SD 2.x names (diffusers UNet paths, HF CLIP) and SDXL names (the original SGM UNet paths,
+    ``lora_te1_``/``lora_te2_`` for the two text encoders): each layer gets W + weight * alpha/rank * up @ down."""
+    install_model(data_dir, model_store(family, "safetensors"), f"tiny-{family}")
+    (data_dir / "models" / "Lora").mkdir(parents=True)
+    engine = engine_factory()
+    parts = engine.models.get(None)
+    gen = torch.Generator().manual_seed(0)
+    sd: dict[str, torch.Tensor] = {}
+    expected: list[tuple[torch.nn.Module, torch.Tensor]] = []
+    layers = [(n, m) for n, m in parts.unet.named_modules() if isinstance(m, torch.nn.Linear) and ".attentions." in n]
+    ldm = unet_to_ldm({f"{n}.weight": n for n, _ in layers}, parts.unet.config) if family == "sdxl" else None
+    names = {n: k for k, n in ldm.items()} if ldm else {}
+    encoders = [("lora_te1_" if family == "sdxl" else "lora_te_", parts.text_encoder)]
+    if family == "sdxl":
+        encoders.append(("lora_te2_", parts.text_encoder_2))
+    targets = []
+    for n, m in layers:
+        path = names[n][len(UNET_PREFIX):-len(".weight")] if names else n
+        targets.append(("lora_unet_" + path.replace(".", "_"), m, 0.6))
+    for prefix, encoder in encoders:
+        for n, m in encoder.named_modules():
+            if isinstance(m, torch.nn.Linear) and "layers." in n:
+                hf = n if n.startswith("text_model.") else f"text_model.{n}"
+                targets.append((prefix + hf.replace(".", "_"), m, 0.9))
+    for key, module, weight in targets:
+        down = torch.randn(2, module.in_features, generator=gen)
+        up = torch.randn(module.out_features, 2, generator=gen)
+        sd[f"{key}.lora_down.weight"], sd[f"{key}.lora_up.weight"] = down, up
+        sd[f"{key}.alpha"] = torch.tensor(1.0)
+        expected.append((module, module.weight.detach().clone() + weight * 0.5 * (up @ down)))
+    save_file(sd, str(data_dir / "models" / "Lora" / "net.safetensors"))
+    engine.networks.refresh()
+    warnings: list[str] = []
+    with engine.networks.loras.applied(parts, [LoraTag("net", 0.9, 0.6)], warnings.append) as applied:
+        assert not warnings and applied.hashes
+        for module, want in expected:
+            assert torch.allclose(module.weight, want, atol=1e-5)
+    assert all(not torch.allclose(module.weight, want, atol=1e-5) for module, want in expected[:3])

@@ -15,8 +15,7 @@ import gradio as gr
 from modules import samplers
 from modules.app import App
 from modules.params import label
-from modules.styles import load_styles
-from webui.ui import common
+from webui.ui import common, extra_networks, styles_editor
 from webui.ui.common import PASTE, RANDOM, REUSE, TokenCounter, tool_button
 from webui.ui.txt2img_handlers import reuse_seed, select_image
 
@@ -53,14 +52,16 @@ class GenerationUI:
 
 
 def style_names(app: App) -> list[str]:
-    return list(load_styles(app.paths.styles_file))
+    return app.styles.names()
 
 
 def tab_page(ui: GenerationUI, app: App, settings: Callable[[], None],
              below_gallery: Callable[[], None] | None = None) -> None:
-    """The tab's layout: the prompt row on top; below it the parameters column (``settings`` fills it) on the left
-    and the output column on the right."""
+    """The tab's layout: the prompt row on top, then the extra-networks panel (hidden); below them the parameters
+    column (``settings`` fills it) on the left and the output column on the right."""
     prompt_row(ui, app)
+    ui.parts["styles_editor"] = styles_editor.build_dialog(app, ui.tab, ui.parts["styles_edit"])
+    extra_networks.build_panel(ui, app)  # hidden until the prompt row's extra networks button shows it
     with gr.Row(elem_id=f"{ui.tab}_main_row", equal_height=False):
         with gr.Column(scale=1, elem_id=f"{ui.tab}_settings"):
             settings()
@@ -87,7 +88,9 @@ def prompt_row(ui: GenerationUI, app: App) -> None:
             with gr.Row(elem_id=f"{tab}_tools"):
                 p["paste"] = tool_button(PASTE, PASTE_IDS[tab])
                 p["clear"] = tool_button(common.CLEAR, f"{tab}_clear_prompt")
+                p["extra_networks"] = tool_button(extra_networks.SYMBOL, f"{tab}_extra_networks")
                 p["styles_refresh"] = tool_button(common.REFRESH, f"{tab}_styles_refresh")
+                p["styles_edit"] = styles_editor.edit_button(tab)
             f["styles"] = gr.Dropdown(label=label("styles"), choices=style_names(app), value=[], multiselect=True,
                                       elem_id=f"{tab}_styles")
 
@@ -231,4 +234,5 @@ def _wire_prompt_tools(ui: GenerationUI, app: App) -> None:
                      **QUIET)
     p["clear"].click(lambda: ("", ""), outputs=[f["prompt"], f["negative_prompt"]], **QUIET)
     p["styles_refresh"].click(lambda: gr.update(choices=style_names(app)), outputs=[f["styles"]], **QUIET)
+    styles_editor.wire(app, p["styles_editor"], f["prompt"], f["negative_prompt"], f["styles"])
 

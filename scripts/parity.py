@@ -101,6 +101,26 @@ def cases() -> list[tuple[str, str, dict[str, Any]]]:
     return out
 
 
+NETWORK_CASES: list[tuple[str, str, dict[str, Any]]] = [
+    ("lora", "txt2img", {"prompt": "a red house <lora:parity:0.8>"}),
+    ("lora te and unet weights, alias", "txt2img", {"prompt": "a red house <lora:parityAlias:0.5:1.2>"}),
+    ("lora named weights", "txt2img", {"prompt": "a red house <lora:parity:unet=0.3:te=0.9>"}),
+    ("loha", "txt2img", {"prompt": "a red house <lora:loha:1>"}),
+    ("two networks, lyco tag", "txt2img", {"prompt": "a red house <lora:loha:0.7> <lyco:parity:0.4>"}),
+    ("embedding, weighted, negative", "txt2img", {"prompt": "a photo of myemb, (myemb:1.3)",
+                                                   "negative_prompt": "myemb"}),
+    ("hypernetwork", "txt2img", {"prompt": "a red house <hypernet:hyper:0.7>"}),
+    ("embedding, lora, hypernetwork", "txt2img", {"prompt": "myemb house <lora:parity:0.6> <hypernet:hyper:0.5>",
+                                                   "sampler_name": "DPM++ 2M"}),
+]
+HASH_KEYS = ("Lora hashes", "TI hashes")
+
+
+def _hashes(data: dict[str, Any]) -> dict[str, Any]:
+    extra = json.loads(data.get("info") or "{}").get("extra_generation_params") or {}
+    return {k: extra[k] for k in HASH_KEYS if k in extra}
+
+
 def _post(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     req = urllib.request.Request(url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=600) as resp:  # noqa: S310 - local servers given on the command line
@@ -119,10 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ours", required=True)
     ap.add_argument("--only", nargs="*", default=None, help="case names (substrings) to run")
     ap.add_argument("--save", type=Path, default=None, help="folder to save both images of each case")
+    ap.add_argument("--networks", action="store_true",
+                    help="also the extra-network cases (both servers started with the folders that "
+                         "scripts/make_parity_networks.py writes)")
     args = ap.parse_args(argv)
     init, mask = _init_image(), _mask()
     worst = 100.0
-    for name, kind, changes in cases():
+    for name, kind, changes in cases() + (NETWORK_CASES if args.networks else []):
         if args.only and not any(o.lower() in name.lower() for o in args.only):
             continue
         body = {**BASE, **changes}
@@ -131,12 +154,14 @@ def main(argv: list[str] | None = None) -> int:
             if body.get("mask") == "@mask":
                 body["mask"] = mask
         count = int(body.get("batch_size", 1))
-        results = []
+        results, hashes = [], []
         for url in (args.a1111, args.ours):
             if kind == "img2img":  # seed A1111's global generator the same way on both sides
                 _post(url, "/sdapi/v1/txt2img", {**BASE, "steps": 1})
             try:
-                results.append(_images(_post(url, f"/sdapi/v1/{kind}", body), count))
+                data = _post(url, f"/sdapi/v1/{kind}", body)
+                results.append(_images(data, count))
+                hashes.append(_hashes(data))
             except Exception as exc:  # noqa: BLE001 - report and go on with the next case
                 results.append([])
                 print(f"{name:28s} {url}: {exc}")
@@ -148,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         share = float((d <= 1).mean() * 100)
         worst = min(worst, share)
         print(f"{name:28s} within 1: {share:6.2f}%  mean {d.mean():6.3f}  max {int(d.max()):3d}")
+        if len(hashes) == 2 and hashes[0] != hashes[1]:
+            print(f"{'':28s} infotext hashes differ: A1111 {hashes[0]}, ours {hashes[1]}")
         if args.save:
             args.save.mkdir(parents=True, exist_ok=True)
             for side, imgs in zip(("a1111", "ours"), results, strict=True):

@@ -17,7 +17,6 @@ model is exactly as loaded.
 
 from __future__ import annotations
 
-import collections
 import inspect
 import logging
 import threading
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from modules.models.loader import ModelParts
+from modules.networks.file_cache import FileVersionCache
 
 if TYPE_CHECKING:
     from diffusers.models.attention_processor import Attention
@@ -288,30 +288,6 @@ def load_hypernetwork(path: Path) -> Hypernetwork:
     return network
 
 
-class _FileCache:
-    """The last few hypernetworks read, by file version (path, size, mtime)."""
-
-    def __init__(self, size: int = 4) -> None:
-        self.size = size
-        self._lock = threading.Lock()
-        self._data: collections.OrderedDict[tuple[str, int, float], Hypernetwork] = collections.OrderedDict()
-
-    def get(self, path: Path) -> Hypernetwork:
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime)
-        with self._lock:
-            hit = self._data.get(key)
-            if hit is not None:
-                self._data.move_to_end(key)
-                return hit
-        network = load_hypernetwork(path)
-        with self._lock:
-            self._data[key] = network
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-        return network
-
-
 # --- applying -----------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -426,7 +402,7 @@ class Hypernetworks:
 
     def __init__(self, registry: HypernetworkRegistry) -> None:
         self.registry = registry
-        self.files = _FileCache()
+        self.files: FileVersionCache[Hypernetwork] = FileVersionCache(4)
 
     def resolve(self, tag: HypernetTag, warn: Warn) -> HypernetworkInfo | None:
         """The file a tag names; the folders are scanned again once before a name counts as missing."""
@@ -449,7 +425,7 @@ class Hypernetworks:
             if info is None:
                 continue
             try:
-                network = self.files.get(info.path)
+                network = self.files.get(info.path, load_hypernetwork)
             except (OSError, ValueError) as exc:
                 warn(f"Hypernetwork {info.path.name}: {exc}; generating without it")
                 continue

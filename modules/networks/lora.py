@@ -13,10 +13,8 @@ warnings, naming the file, and the job goes on without it.
 
 from __future__ import annotations
 
-import collections
 import logging
 import re
-import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,6 +25,7 @@ import torch
 
 from modules.models.loader import ModelParts
 from modules.networks import lora_deltas
+from modules.networks.file_cache import FileVersionCache
 from modules.networks.lora_files import LoraInfo, LoraRegistry
 from modules.networks.lora_keys import Target, group_modules, model_targets
 
@@ -114,31 +113,11 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     return {str(k): v for k, v in data.items()}
 
 
-class _FileCache:
-    """The last few networks read, by file version (path, size, mtime): switching back to a LoRA is free."""
-
-    def __init__(self, size: int = 8) -> None:
-        self.size = size
-        self._lock = threading.Lock()
-        self._data: collections.OrderedDict[tuple[str, int, float], dict[str, dict[str, Tensor]]] = \
-            collections.OrderedDict()
-
-    def modules(self, path: Path) -> dict[str, dict[str, Tensor]]:
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime)
-        with self._lock:
-            hit = self._data.get(key)
-            if hit is not None:
-                self._data.move_to_end(key)
-                return hit
-        groups, unknown = group_modules(read_state_dict(path))
-        if unknown:
-            log.debug("LoRA %s: %d keys in no known layout, e.g. %s", path, len(unknown), unknown[0])
-        with self._lock:
-            self._data[key] = groups
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-        return groups
+def _read_modules(path: Path) -> dict[str, dict[str, Tensor]]:
+    groups, unknown = group_modules(read_state_dict(path))
+    if unknown:
+        log.debug("LoRA %s: %d keys in no known layout, e.g. %s", path, len(unknown), unknown[0])
+    return groups
 
 
 # --- applying -----------------------------------------------------------------------------------------------------
@@ -177,7 +156,7 @@ class LoraNetworks:
 
     def __init__(self, registry: LoraRegistry) -> None:
         self.registry = registry
-        self.files = _FileCache()
+        self.files: FileVersionCache[dict[str, dict[str, Tensor]]] = FileVersionCache(8)
         # the last model's layer names, held weakly: a model the cache lets go is not kept alive here
         self._targets: tuple[weakref.ref[ModelParts], dict[str, Target]] | None = None
 
@@ -231,7 +210,7 @@ class LoraNetworks:
     def _apply(self, parts: ModelParts, info: LoraInfo, tag: LoraTag, targets: dict[str, Target],
                state: AppliedNetworks, warn: Warn) -> None:
         try:
-            modules = self.files.modules(info.path)
+            modules = self.files.get(info.path, _read_modules)
         except (OSError, ValueError) as exc:
             warn(f"LoRA {info.path.name}: {exc}; generating without it")
             return

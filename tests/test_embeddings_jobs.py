@@ -47,3 +47,15 @@ def test_embeddings_route_lists_loaded_and_skipped(api, data_dir):
     assert body["loaded"] == {}
     assert body["skipped"]["wide"] == {"step": 500, "sd_checkpoint": None, "sd_checkpoint_name": None,
                                        "shape": 1024, "vectors": 2}
+
+
+def test_a_prompt_naming_an_embedding_of_another_width_gets_a_warning(data_dir, model_store, engine_factory):
+    install_model(data_dir, model_store("sd1", "safetensors"), "tiny")
+    folder = data_dir / "models" / "embeddings"
+    folder.mkdir(parents=True)
+    torch.save({"string_to_param": {"*": torch.zeros(1, 1024)}}, folder / "sd2only.pt")
+    engine = engine_factory()
+    job = engine.txt2img(GenerationRequest(prompt="a sd2only cat", seed=1, **SMALL))
+    assert any("embedding sd2only" in w and "does not fit" in w for w in job.result.warnings), job.result.warnings
+    quiet = engine.txt2img(GenerationRequest(prompt="a sd2onlyx cat", seed=1, **SMALL))
+    assert not any("sd2only" in w for w in quiet.result.warnings)

@@ -7,6 +7,7 @@ how to finish each decoded image); everything else, the interrupt and skip handl
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from modules.generation.noise import ImageRNG, all_seeds, effective_source, pick
 from modules.generation.prompts import PreparedPrompts, prepare_prompts
 from modules.generation.result import GenerationResult, infotext_context
 from modules.models.loader import ModelParts
-from modules.networks.embeddings import ti_hashes
+from modules.networks.embeddings import EmbeddingSet, ti_hashes
 from modules.networks.hypernetworks import TAG_KIND as HYPERNET_KIND
 from modules.networks.hypernetworks import HypernetTag, hypernet_tags
 from modules.networks.lora import TAG_KINDS, LoraTag, lora_hashes, lora_tags
@@ -131,6 +132,14 @@ def _network_tags(prompts: PreparedPrompts, networks: ExtraNetworks | None,
     return lora_tags(prompts.networks, control.warn), hypernet_tags(prompts.networks, control.warn)
 
 
+def _warn_skipped_embeddings(found: EmbeddingSet, texts: list[str], parts: ModelParts, control: JobControl) -> None:
+    """A prompt naming an embedding made for another model (another width) reads the name as words: say so."""
+    for name, emb in found.skipped.items():
+        if name not in found.loaded and any(re.search(rf"(?<!\w){re.escape(name)}(?!\w)", t) for t in texts):
+            control.warn(f"embedding {name} ({emb.path.name}, width {emb.shape}) does not fit this "
+                         f"{parts.family.label} model; its name was read as words")
+
+
 def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, sample: Sample,
                 on_image: ImageListener | None = None, networks: ExtraNetworks | None = None) -> GenerationResult:
     """Run ``req.n_iter`` batches of ``req.batch_size`` images (``req`` validated, seeds resolved), with the
@@ -142,8 +151,9 @@ def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, 
         networks.embeddings.refresh()  # cheap: only new or changed files are read
         for problem in networks.embeddings.problems:
             log.debug("embedding not loaded: %s", problem)
-        encoder = TextEncoder(parts, req.clip_skip, networks.embeddings.for_model(parts),
-                              networks.embeddings.for_model)
+        found = networks.embeddings.for_model(parts)
+        encoder = TextEncoder(parts, req.clip_skip, found, networks.embeddings.for_model)
+        _warn_skipped_embeddings(found, [req.prompt, req.negative_prompt], parts, control)
     if networks is None or not (tags or hypernets):
         return _run_batches(parts, req, control, sample, on_image, prompts, encoder, {})
     # A1111 writes no infotext key for hypernetworks: the tags stay in the prompt, which is what a paste reads

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from modules.engine import Engine
 from modules.errors import ValidationError, WebUIError
 from modules.hashing import HashCache
@@ -24,6 +26,7 @@ from modules.paths import Paths
 from modules.requests import GenerationRequest, Img2ImgRequest, Limits
 from modules.settings import Settings, build_options
 from modules.styles import StyleDatabase
+from modules.upscalers.registry import UpscalerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,8 @@ def build_engine(paths: Paths | None = None, device: str | None = None, precisio
     registry = CheckpointRegistry(paths.ckpt_dirs, hashes)
     config = DeviceConfig(device=device or default_device(), precision=precision, attention=attention)
     return Engine(ModelManager(registry, config, cache_limit, vae_dir=paths.vae_dir),
-                  ExtraNetworks([paths.lora_dir], [paths.embeddings_dir], hashes, [paths.hypernetwork_dir]))
+                  ExtraNetworks([paths.lora_dir], [paths.embeddings_dir], hashes, [paths.hypernetwork_dir]),
+                  UpscalerRegistry(paths.models_dir, lambda: torch.device(config.device)))
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,10 @@ class App:
         self.models.preferred = self.settings["sd_model_checkpoint"] or None
         self.networks = ExtraNetworks([self.paths.lora_dir], [self.paths.embeddings_dir], self.hashes,
                                       [self.paths.hypernetwork_dir])
-        self.engine = Engine(self.models, self.networks)
+        self.upscalers = UpscalerRegistry(self.paths.models_dir, lambda: torch.device(self.models.config.device),
+                                          tiles=lambda: (self.settings["ESRGAN_tile"],
+                                                         self.settings["ESRGAN_tile_overlap"]))
+        self.engine = Engine(self.models, self.networks, self.upscalers)
         self.handlers = builtin_handlers()
         self.queue = JobQueue(self._run_job, max_size=self.settings["queue_max_size"])
         self.model_status = ModelStatus()
@@ -155,7 +162,8 @@ class App:
 
     def limits(self) -> Limits:
         s = self.settings
-        return Limits(max_size=s["max_image_size"], max_steps=s["max_steps"], max_batch_size=s["max_batch_size"],
+        return Limits(upscalers=tuple(self.upscalers.names()),
+                      max_size=s["max_image_size"], max_steps=s["max_steps"], max_batch_size=s["max_batch_size"],
                       max_n_iter=s["max_batch_count"])
 
     def output_options(self, kind: str = "txt2img", overrides: Mapping[str, Any] | None = None) -> OutputOptions:

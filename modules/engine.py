@@ -26,11 +26,12 @@ from modules.models.manager import ModelManager
 from modules.networks.service import ExtraNetworks
 from modules.output_options import OutputOptions
 from modules.requests import GenerationRequest, Img2ImgRequest
+from modules.upscalers.registry import UpscalerRegistry
 
 __all__ = ["Engine", "JobOutput", "OutputOptions"]
 log = logging.getLogger(__name__)
 Generate = Callable[[ModelParts, Any, JobControl, int, ImageListener | None, ModelSource | None,
-                     ExtraNetworks | None], GenerationResult]
+                     ExtraNetworks | None, UpscalerRegistry | None], GenerationResult]
 
 
 @dataclass
@@ -46,9 +47,11 @@ class JobOutput:
 
 
 class Engine:
-    def __init__(self, models: ModelManager, networks: ExtraNetworks | None = None) -> None:
+    def __init__(self, models: ModelManager, networks: ExtraNetworks | None = None,
+                 upscalers: UpscalerRegistry | None = None) -> None:
         self.models = models
         self.networks = networks
+        self.upscalers = upscalers
 
     def txt2img(self, req: GenerationRequest, control: JobControl | None = None, out: OutputOptions | None = None,
                 preview_every: int = 0, grid: bool = True) -> JobOutput:
@@ -71,7 +74,8 @@ class Engine:
         def load(name: str) -> ModelParts:  # the hires checkpoint or the refiner, with the job's VAE choice
             return self.models.with_vae(self.models.get(name), req.vae)
 
-        job = JobOutput(generate(parts, req, control, preview_every, listener, load, self.networks), paths=paths)
+        job = JobOutput(generate(parts, req, control, preview_every, listener, load, self.networks, self.upscalers),
+                        paths=paths)
         count = len(job.result.images)
         if grid and count and (count > 1 or (out is not None and not out.grid_only_if_multiple)):
             job.grid = image_utils.image_grid(job.result.images)

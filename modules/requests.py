@@ -43,6 +43,7 @@ class Limits:
     max_n_iter: int = 100
     max_cfg_scale: float = 100.0
     max_prompt_chars: int = 20000
+    upscalers: tuple[str, ...] = PIXEL_UPSCALERS  # the pixel upscalers installed (built-ins and model files)
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ def _validate_hires(req: GenerationRequest, limits: Limits) -> None:
         value = getattr(req, name)
         _check(value == 0 or limits.min_size <= value <= limits.max_size, name,
                f"must be 0 (use hr_scale) or between {limits.min_size} and {limits.max_size}")
-    known = list(LATENT_UPSCALE_MODES) + list(PIXEL_UPSCALERS)
+    known = list(LATENT_UPSCALE_MODES) + list(dict.fromkeys([*PIXEL_UPSCALERS, *limits.upscalers]))
     _check(req.hr_upscaler in known, "hr_upscaler",
            f"unknown upscaler {req.hr_upscaler!r}; available: {', '.join(known)}")
     up_w, up_h, _, _ = req.hires_target()

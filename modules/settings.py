@@ -105,6 +105,7 @@ _PREVIEW = "Live previews"
 _LIMITS = "API and limits"
 _SAMPLER = "Sampler parameters"
 _INFOTEXT = "Infotext"
+_UPSCALING = "Upscaling"
 
 
 def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[], list[str]] = list
@@ -147,6 +148,10 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
         Option("infotext_styles", "Apply if any", "Infer styles from prompts of pasted infotext (Ignore: keep the "
                "prompt; Apply: take the styles out and select them; Discard: take them out only; Apply if any: "
                "Apply when some are found)", _INFOTEXT, "choice", ("Ignore", "Apply", "Discard", "Apply if any")),
+        Option("ESRGAN_tile", 192, "Tile size for model upscalers (0 = no tiling)", _UPSCALING, "int", minimum=0,
+               maximum=512, step=16),
+        Option("ESRGAN_tile_overlap", 8, "Tile overlap for model upscalers (low values = visible seams)", _UPSCALING,
+               "int", minimum=0, maximum=48, step=1),
         Option("cross_attention_optimization", "Automatic", "Cross attention optimization", _OPT, "choice",
                ("Automatic", "xformers", "sdp")),
         Option("precision", "auto", "Precision (auto: float16 on CUDA, float32 on CPU)", _OPT, "choice",

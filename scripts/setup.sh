@@ -19,3 +19,6 @@ CONSTRAINT=$(mktemp)
 echo "torch==${TORCH_VERSION}" > "$CONSTRAINT"
 .venv/bin/python -m pip install -q -c "$CONSTRAINT" -e ".${EXTRAS:+[$EXTRAS]}"
 rm -f "$CONSTRAINT"
+# spandrel (model upscalers) declares torchvision, which would replace torch with another build and cannot import
+# beside this one: it is installed pinned, without its declared dependencies (the ones it uses are ours).
+.venv/bin/python -m pip install -q --no-deps "spandrel==0.4.2" "spandrel-extra-arches==0.2.0"

@@ -30,6 +30,7 @@ from modules.generation.txt2img import refiner_for, sampling_options
 from modules.models.loader import ModelParts
 from modules.networks.service import ExtraNetworks
 from modules.requests import Img2ImgRequest
+from modules.upscalers.registry import UpscalerRegistry
 
 Tensor = torch.Tensor
 
@@ -128,7 +129,7 @@ def _prepare_job(parts: ModelParts, req: Img2ImgRequest, first_seeds: list[int],
 
 def img2img(parts: ModelParts, req: Img2ImgRequest, control: JobControl, preview_every: int = 0,
             on_image: ImageListener | None = None, models: ModelSource | None = None,
-            networks: ExtraNetworks | None = None) -> GenerationResult:
+            networks: ExtraNetworks | None = None, upscalers: UpscalerRegistry | None = None) -> GenerationResult:
     """Generate ``n_iter`` batches from the init images. ``req`` must be validated already."""
     req = resolve_seeds(req)
     if len(req.init_images) > 1:  # several init images make one batch of that size, as in A1111

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from modules import samplers
+from modules.errors import ValidationError
 from modules.generation import latents as lat
 from modules.generation.batches import (
     Batch,
@@ -40,12 +41,14 @@ from modules.networks.service import ExtraNetworks
 from modules.requests import (
     LATENT_UPSCALE_MODES,
     NO_REFINER,
+    PIXEL_UPSCALERS,
     SAME_CHECKPOINT,
     SAME_SAMPLER,
     GenerationRequest,
     Img2ImgRequest,
 )
 from modules.sampling import schedules
+from modules.upscalers.registry import UpscalerError, UpscalerRegistry
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -94,9 +97,29 @@ def _first_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder,
     return sample_from_noise(parts, ps, rng, control)
 
 
+def _pixel_upscale(images: list[Image.Image], name: str, width: int, height: int,
+                   upscalers: UpscalerRegistry | None, control: JobControl) -> list[Image.Image]:
+    """The first pass's images at the hires size through a pixel upscaler: the built-in resamplers, or a model
+    upscaler run in tiles (progress per tile; an interrupt stops it)."""
+    if name in PIXEL_UPSCALERS:
+        resample = Image.Resampling.NEAREST if name == "Nearest" else Image.Resampling.LANCZOS
+        return [im.resize((width, height), resample) for im in images]
+    if upscalers is None or upscalers.find(name) is None:
+        raise ValidationError(f"hr_upscaler: unknown upscaler {name!r}", field="hr_upscaler")
+
+    def on_tile(done: int, total: int) -> bool:
+        control.update(phase=f"upscaling: tile {done} of {total}")
+        return not control.should_stop()
+
+    try:
+        return [upscalers.resize(im, width, height, name, on_tile) for im in images]
+    except UpscalerError as exc:
+        raise ValidationError(f"hr_upscaler: {exc}", field="hr_upscaler") from None
+
+
 def _hires_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder, prompts: PreparedPrompts,
                 latents: Tensor, seeds: list[int], subseeds: list[int], control: JobControl,
-                preview_every: int, generator: torch.Generator) -> Tensor:
+                preview_every: int, generator: torch.Generator, upscalers: UpscalerRegistry | None = None) -> Tensor:
     parts = models.current
     up_w, up_h, final_w, final_h = req.hires_target()
     images = None
@@ -110,8 +133,7 @@ def _hires_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder,
         mode, antialias = LATENT_UPSCALE_MODES[req.hr_upscaler]
         latents = upscale_latents(latents, up_w, up_h, mode, antialias)
     else:
-        resample = Image.Resampling.NEAREST if req.hr_upscaler == "Nearest" else Image.Resampling.LANCZOS
-        images = [im.resize((up_w, up_h), resample) for im in images]
+        images = _pixel_upscale(images, req.hr_upscaler, up_w, up_h, upscalers, control)
         latents = lat.encode(parts.vae, lat.from_pil(images), generator).to(parts.device)
     if (up_w, up_h) != (final_w, final_h):
         latents = crop_latents(latents, final_w, final_h)
@@ -134,7 +156,7 @@ def _hires_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder,
 
 def txt2img(parts: ModelParts, req: GenerationRequest, control: JobControl, preview_every: int = 0,
             on_image: ImageListener | None = None, models: ModelSource | None = None,
-            networks: ExtraNetworks | None = None) -> GenerationResult:
+            networks: ExtraNetworks | None = None, upscalers: UpscalerRegistry | None = None) -> GenerationResult:
     """Generate ``n_iter`` batches of ``batch_size`` images. ``req`` must be validated already. ``models`` loads
     the hires checkpoint and the refiner when the request names them."""
     req = resolve_seeds(req)
@@ -149,7 +171,7 @@ def txt2img(parts: ModelParts, req: GenerationRequest, control: JobControl, prev
         latents = _first_pass(job, req, batch.encoder, batch.prompts, rng, control, preview_every, generator)
         if req.enable_hr and not control.should_stop():
             latents = _hires_pass(job, req, batch.encoder, batch.prompts, latents, batch.seeds, batch.subseeds,
-                                  control, preview_every, generator)
+                                  control, preview_every, generator, upscalers)
         return Sampled(latents, parts=job.current)
 
     return run_batches(parts, req, control, sample, on_image, networks)

@@ -18,7 +18,7 @@ from modules.errors import WebUIError
 from modules.job_types import ImagesResult, JobSpec, ReloadModelJob, UnloadModelJob
 from modules.jobs import Job, JobState
 from modules.models.registry import CheckpointInfo
-from modules.requests import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
+from modules.requests import LATENT_UPSCALE_MODES
 from webui.api.convert import Prepared, prepare, response_body
 from webui.api.schemas import Img2ImgBody, OptionsBody, Txt2ImgBody
 from webui.api.waiting import failure_response, wait_for
@@ -76,8 +76,8 @@ def build_router(app: App) -> APIRouter:
 
     @r.get("/upscalers")
     def upscalers() -> list[dict[str, Any]]:
-        return [{"name": n, "model_name": None, "model_path": None, "model_url": None,
-                 "scale": 4 if n != "None" else 1} for n in PIXEL_UPSCALERS]
+        app.upscalers.refresh()  # a file added since is listed (A1111 lists what its folders hold)
+        return [u.api() for u in app.upscalers.entries()]
 
     @r.get("/latent-upscale-modes")
     def latent_modes() -> list[dict[str, str]]:
@@ -117,7 +117,9 @@ def build_router(app: App) -> APIRouter:
 
     @r.get("/realesrgan-models")
     def realesrgan_models() -> list[dict[str, Any]]:
-        return []
+        app.upscalers.refresh()
+        return [{"name": u.name, "path": str(u.path), "scale": u.nominal_scale}
+                for u in app.upscalers.entries() if u.folder == "RealESRGAN"]
 
     @r.get("/hypernetworks")
     def hypernetworks() -> list[dict[str, Any]]:

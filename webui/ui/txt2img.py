@@ -18,10 +18,10 @@ from webui.ui.txt2img_handlers import (
     FIELDS,
     PASTE_FIELDS,
     SAME_SCHEDULER,
-    UPSCALERS,
     Txt2ImgHandlers,
     default_values,
     hires_resolution_html,
+    hires_upscalers,
 )
 
 __all__ = ["FAST", "Txt2ImgUI", "build_txt2img_tab", "style_names"]
@@ -39,7 +39,7 @@ def checkpoint_titles(app: App) -> list[str]:
     return [info.title for info in app.registry.list()]
 
 
-def _hires_accordion(ui: Txt2ImgUI, d: dict[str, Any], checkpoints: list[str]) -> None:
+def _hires_accordion(ui: Txt2ImgUI, d: dict[str, Any], checkpoints: list[str], upscalers: list[str]) -> None:
     f, p = ui.fields, ui.parts
     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
         with gr.Row():
@@ -47,7 +47,7 @@ def _hires_accordion(ui: Txt2ImgUI, d: dict[str, Any], checkpoints: list[str]) -
             p["hr_final_resolution"] = gr.HTML(hires_resolution_html(512, 512, 2.0, 0, 0),
                                                elem_id="txtimg_hr_finalres")
         with gr.Row():
-            f["hr_upscaler"] = gr.Dropdown(label=label("hr_upscaler"), choices=list(UPSCALERS), value=d["hr_upscaler"],
+            f["hr_upscaler"] = gr.Dropdown(label=label("hr_upscaler"), choices=upscalers, value=d["hr_upscaler"],
                                            elem_id="txt2img_hr_upscaler")
             f["hr_second_pass_steps"] = gr.Slider(0, 150, value=d["hr_second_pass_steps"], step=1,
                                                   label=label("hr_second_pass_steps"), elem_id="txt2img_hires_steps")
@@ -97,7 +97,7 @@ def build_txt2img_tab(app: App, counter: TokenCounter) -> Txt2ImgUI:
 def _parameters(ui: Txt2ImgUI, d: dict[str, Any], app: App) -> None:
     rows.sampler_rows(ui, d)
     checkpoints = checkpoint_titles(app)
-    _hires_accordion(ui, d, checkpoints)
+    _hires_accordion(ui, d, checkpoints, hires_upscalers(app))
     rows.refiner_accordion(ui, d, checkpoints)
     with gr.Row(elem_id="txt2img_dimensions_row"):
         rows.size_column(ui, d)

@@ -278,7 +278,7 @@ class Txt2ImgHandlers:
         if not set(values) - {"prompt", "negative_prompt", "scheduler"}:
             return {}, warning_html(["No generation parameters found in the prompt"])
         notes = [f"Ignored {note}" for note in ignored]
-        out = _paste_values(values, notes)
+        out = _paste_values(values, notes, hires_upscalers(self.app))
         for key, label in (("randn_source", "RNG"), ("eta_noise_seed_delta", "ENSD")):
             current = self.app.settings[by_field(key).setting or key]
             if key in values and str(values[key]) != str(current):
@@ -297,12 +297,17 @@ def refiner_paste(values: dict[str, object]) -> dict[str, Any]:
     return {"refiner_enable": False}
 
 
-def _paste_values(values: dict[str, object], notes: list[str]) -> dict[str, Any]:
+def hires_upscalers(app: App) -> list[str]:
+    """The hires fix's upscaler menu: the latent modes, then the pixel upscalers installed."""
+    return [*LATENT_UPSCALE_MODES, *app.upscalers.names()]
+
+
+def _paste_values(values: dict[str, object], notes: list[str], upscalers: list[str]) -> dict[str, Any]:
     """The form values for the pasted request fields: known choices only, A1111's defaults for what the infotext
     leaves out of a section it uses (hires, variation seed), clip skip 1 when not stated."""
     out: dict[str, Any] = {name: value for name, value in values.items() if name in PASTE_FIELDS}
     for name, allowed in (("sampler_name", samplers.sampler_names()), ("scheduler", samplers.schedule_labels()),
-                          ("hr_upscaler", UPSCALERS), ("hr_sampler_name", [None, *samplers.sampler_names()]),
+                          ("hr_upscaler", upscalers), ("hr_sampler_name", [None, *samplers.sampler_names()]),
                           ("hr_scheduler", [None, *samplers.schedule_labels()])):
         if name in out and out[name] not in allowed:
             notes.append(f"Unknown {name.replace('_', ' ')} {out.pop(name)!r}; kept the current one")

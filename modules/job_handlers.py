@@ -18,9 +18,11 @@ from modules import images as image_utils
 from modules.batch import run_batch
 from modules.engine import JobOutput
 from modules.errors import ModelLoadError, ValidationError
+from modules.extras import ExtrasResult, run_extras, validate_extras
 from modules.generation.control import JobControl
 from modules.job_types import (
     DeviceConfigJob,
+    ExtrasJob,
     ImagesResult,
     Img2ImgBatchJob,
     Img2ImgJob,
@@ -192,6 +194,15 @@ def run_merge_job(app: App, spec: MergeJob, control: JobControl) -> MergeResultS
     return service.run_merge(app, spec.request, control)
 
 
+def check_extras(app: App, spec: ExtrasJob) -> None:
+    app.upscalers.refresh()  # a model file added since start is found (a walk of a few folders)
+    validate_extras(spec.request, app.upscalers)
+
+
+def run_extras_job(app: App, spec: ExtrasJob, control: JobControl) -> ExtrasResult:
+    return run_extras(app.upscalers, spec.request, control)
+
+
 def builtin_handlers() -> JobHandlers:
     """Every job kind of the application and its handler: the one place where kinds are registered."""
     handlers = JobHandlers()
@@ -203,4 +214,5 @@ def builtin_handlers() -> JobHandlers:
     handlers.register(UnloadModelJob, run_unload_model)
     handlers.register(DeviceConfigJob, run_device_config)
     handlers.register(MergeJob, run_merge_job, check_merge)
+    handlers.register(ExtrasJob, run_extras_job, check_extras)
     return handlers

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from PIL import Image
 
+from modules.extras import ExtrasRequest, ExtrasResult
 from modules.merge.service import MergeRequest
 from modules.output_options import OutputOptions
 from modules.requests import GenerationRequest, Img2ImgRequest, Limits
@@ -82,8 +83,14 @@ class MergeJob:
     request: MergeRequest
 
 
+@dataclass(frozen=True)
+class ExtrasJob:
+    kind: ClassVar[str] = "extras"
+    request: ExtrasRequest
+
+
 JobSpec = (Txt2ImgJob | Img2ImgJob | Img2ImgBatchJob | LoadModelJob | ReloadModelJob | UnloadModelJob
-           | DeviceConfigJob | MergeJob)
+           | DeviceConfigJob | MergeJob | ExtrasJob)
 
 
 # -- results -----------------------------------------------------------------------------------------------------
@@ -179,4 +186,4 @@ class MergeResultSummary:
         return dict(self.__dict__)
 
 
-JobResult = ImagesResult | BatchResult | ModelResult | MergeResultSummary
+JobResult = ImagesResult | BatchResult | ModelResult | MergeResultSummary | ExtrasResult

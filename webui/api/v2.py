@@ -14,9 +14,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from modules.app import App
-from modules.job_types import BatchResult, ImagesResult, MergeResultSummary, ModelResult
+from modules.extras import ExtrasResult
+from modules.job_types import BatchResult, ExtrasJob, ImagesResult, MergeResultSummary, ModelResult
 from modules.jobs import Job, JobState
 from webui.api.convert import Rendering, interruption, prepare, response_body
+from webui.api.extras import ExtrasBatchBody, ExtrasSingleBody, extras_request_batch, extras_request_single
 from webui.api.schemas import Img2ImgBody, Txt2ImgBody
 from webui.api.waiting import error_field
 
@@ -59,6 +61,9 @@ def result_body(job: Job) -> dict[str, Any] | None:
         return {"model": result.title}
     if isinstance(result, MergeResultSummary):
         return result.as_dict()
+    if isinstance(result, ExtrasResult):
+        return {"html_info": result.html_info, "interrupted": result.interrupted,
+                "images": [base64.b64encode(i.png).decode("ascii") for i in result.images]}
     return None
 
 
@@ -119,6 +124,16 @@ def build_router(app: App) -> APIRouter:
     async def submit_img2img(body: Img2ImgBody, request: Request) -> JSONResponse:
         prepared = await run_in_threadpool(prepare, app, body, "img2img")
         return _accepted(app, app.submit(prepared.spec, _user(request), prepared.rendering))
+
+    @r.post("/extra-single-image", status_code=202)
+    async def submit_extra_single(body: ExtrasSingleBody, request: Request) -> JSONResponse:
+        req = await run_in_threadpool(extras_request_single, body)
+        return _accepted(app, await run_in_threadpool(app.submit, ExtrasJob(req), _user(request)))
+
+    @r.post("/extra-batch-images", status_code=202)
+    async def submit_extra_batch(body: ExtrasBatchBody, request: Request) -> JSONResponse:
+        req = await run_in_threadpool(extras_request_batch, body)
+        return _accepted(app, await run_in_threadpool(app.submit, ExtrasJob(req), _user(request)))
 
     @r.get("/jobs")
     def list_jobs(request: Request) -> list[dict[str, Any]]:

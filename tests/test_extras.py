@@ -1,0 +1,109 @@
+"""Extras through the API: upscaling by a factor and to a size, a second upscaler blended in, batches, the jobs
+API, and bad input answered with 422."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+from safetensors.torch import save_file
+
+from modules.upscalers.spandrel_loader import spandrel
+
+
+def _compact(upscale: int):
+    spandrel()
+    from spandrel.architectures.Compact import Compact
+
+    return Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=upscale)
+
+
+@pytest.fixture
+def server(api, data_dir):
+    folder = data_dir / "models" / "RealESRGAN"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(_compact(4).state_dict(), str(folder / "tiny4x.safetensors"))
+    save_file(_compact(2).state_dict(), str(folder / "tiny2x.safetensors"))
+    return api
+
+
+def _png(width: int, height: int, parameters: str | None = None) -> str:
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    info = PngImagePlugin.PngInfo()
+    if parameters:
+        info.add_text("parameters", parameters)
+    buf = io.BytesIO()
+    image.save(buf, "PNG", pnginfo=info)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _open(data: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(data)))
+    image.load()
+    return image
+
+
+def test_scale_by_keeps_the_parameters_and_adds_the_postprocessing_entry(server):
+    r = server.post("/sdapi/v1/extra-single-image", json={
+        "image": _png(40, 32, "a cat\nSteps: 20, Seed: 1, Size: 40x32"), "upscaler_1": "tiny4x",
+        "upscaling_resize": 2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    out = _open(body["image"])
+    assert out.size == (80, 64)
+    assert out.info["parameters"] == "a cat\nSteps: 20, Seed: 1, Size: 40x32"
+    assert out.info["postprocessing"] == "Postprocess upscale by: 2.0, Postprocess upscaler: tiny4x"
+    assert body["html_info"] == "<p>Postprocess upscale by: 2.0, Postprocess upscaler: tiny4x</p>"
+
+
+def test_scale_to_with_crop_and_a_second_upscaler(server):
+    r = server.post("/sdapi/v1/extra-single-image", json={
+        "image": _png(40, 30), "resize_mode": 1, "upscaling_resize_w": 96, "upscaling_resize_h": 96,
+        "upscaling_crop": True, "upscaler_1": "tiny4x", "upscaler_2": "tiny2x", "extras_upscaler_2_visibility": 0.5})
+    assert r.status_code == 200, r.text
+    out = _open(r.json()["image"])
+    assert out.size == (96, 96)
+    assert out.info["postprocessing"] == ('Postprocess upscale to: 96x96, Postprocess crop to: 96x96, '
+                                          'Postprocess upscaler: tiny4x, Postprocess upscaler 2: tiny2x')
+    plain = server.post("/sdapi/v1/extra-single-image", json={"image": _png(40, 30), "upscaler_1": "None"})
+    assert _open(plain.json()["image"]).size == (40, 30) and plain.json()["html_info"] == "<p></p>"
+
+
+def test_batch_and_the_jobs_api(server):
+    images = [{"data": _png(16, 16), "name": "a.png"}, {"data": _png(24, 8), "name": "b.png"}]
+    r = server.post("/sdapi/v1/extra-batch-images", json={"imageList": images, "upscaler_1": "tiny2x"})
+    assert r.status_code == 200, r.text
+    assert [_open(i).size for i in r.json()["images"]] == [(32, 32), (48, 16)]
+    accepted = server.post("/sdapi/v2/extra-single-image", json={"image": _png(16, 16), "upscaler_1": "tiny2x"})
+    assert accepted.status_code == 202
+    job_id = accepted.json()["id"]
+    import time
+
+    for _ in range(200):
+        job = server.get(f"/sdapi/v2/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.05)
+    assert job["state"] == "succeeded", job
+    assert job["kind"] == "extras" and _open(job["result"]["images"][0]).size == (32, 32)
+
+
+@pytest.mark.parametrize("changes,field", [
+    ({"upscaler_1": "4x-Missing"}, "upscaler_1"),
+    ({"upscaler_1": "tiny2x", "upscaler_2": "nope", "extras_upscaler_2_visibility": 0.3}, "upscaler_2"),
+    ({"image": "bm90IGFuIGltYWdl"}, "image"),
+    ({"gfpgan_visibility": 0.5, "upscaler_1": "tiny2x"}, "gfpgan_visibility"),
+    ({"upscaling_resize": 9, "upscaler_1": "tiny2x"}, "upscaling_resize"),
+])
+def test_bad_input_is_a_422_naming_the_field(server, changes, field):
+    r = server.post("/sdapi/v1/extra-single-image", json={"image": _png(16, 16), **changes})
+    assert r.status_code == 422, r.text
+    assert field in r.text
+    if field == "upscaler_1":
+        assert "tiny4x" in r.text  # the names installed are listed
+    empty = server.post("/sdapi/v1/extra-batch-images", json={"imageList": [], "upscaler_1": "tiny2x"})
+    assert empty.status_code == 422

@@ -177,6 +177,10 @@ class App:
             save_to_dirs=s["save_to_dirs"], enable_pnginfo=s["enable_pnginfo"],
             grid_only_if_multiple=s["grid_only_if_multiple"], jpeg_quality=s["jpeg_quality"])
 
+    def extras_output_dir(self) -> Path:
+        """Where the Extras tab saves its images (``outdir_extras_samples``)."""
+        return self._data_path(self.settings["outdir_extras_samples"])
+
     def _data_path(self, value: str) -> Path:
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.paths.data_dir / path

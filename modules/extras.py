@@ -9,8 +9,9 @@ keys (``Postprocess upscale by``, ``Postprocess upscaler``, ...). Face restorati
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -50,6 +51,10 @@ class ExtrasImage:
     name: str
     png: bytes
     postprocessing: str
+    path: Path | None = None  # where it was saved
+
+
+Save = Callable[[Image.Image, Mapping[str, str]], Path]  # (image, text chunks) -> the file written
 
 
 @dataclass(frozen=True)
@@ -165,8 +170,10 @@ def _text_chunks(image: Image.Image) -> dict[str, str]:
             and k not in TEXT_KEYS_SKIPPED}
 
 
-def run_extras(upscalers: UpscalerRegistry, req: ExtrasRequest, control: JobControl | None = None) -> ExtrasResult:
-    """Every image of the request through :func:`postprocess`, as PNGs keeping their text chunks."""
+def run_extras(upscalers: UpscalerRegistry, req: ExtrasRequest, control: JobControl | None = None,
+               save: Save | None = None) -> ExtrasResult:
+    """Every image of the request through :func:`postprocess`, as PNGs keeping their text chunks (and saved with
+    ``save`` when given)."""
     control = control or JobControl()
     out = []
     control.update(job_count=len(req.images), job_no=0)
@@ -177,6 +184,7 @@ def run_extras(upscalers: UpscalerRegistry, req: ExtrasRequest, control: JobCont
         result, info = postprocess(upscalers, req, image, control)
         text = postprocessing_text(info)
         chunks: dict[str, Any] = {**_text_chunks(image), **({"postprocessing": text} if text else {})}
-        out.append(ExtrasImage(name, image_utils.encode_image(result, "png", None, extra_text=chunks), text))
+        path = save(result, chunks) if save is not None else None
+        out.append(ExtrasImage(name, image_utils.encode_image(result, "png", None, extra_text=chunks), text, path))
     control.update(job_no=len(req.images), phase="done")
     return ExtrasResult(tuple(out), interrupted=control.interrupted)

@@ -8,13 +8,15 @@ result (:mod:`modules.job_types`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from modules import images as image_utils
+from modules import outputs
 from modules.batch import run_batch
 from modules.engine import JobOutput
 from modules.errors import ModelLoadError, ValidationError
@@ -200,7 +202,15 @@ def check_extras(app: App, spec: ExtrasJob) -> None:
 
 
 def run_extras_job(app: App, spec: ExtrasJob, control: JobControl) -> ExtrasResult:
-    return run_extras(app.upscalers, spec.request, control)
+    folder = spec.output_dir
+    if folder is None:
+        return run_extras(app.upscalers, spec.request, control)
+
+    def save(image: Image.Image, chunks: Mapping[str, str]) -> Path:
+        return outputs.save_image(image, folder, spec.output_format, chunks.get("parameters"), pattern="",
+                                  extra_text={k: v for k, v in chunks.items() if k != "parameters"})
+
+    return run_extras(app.upscalers, spec.request, control, save)
 
 
 def builtin_handlers() -> JobHandlers:

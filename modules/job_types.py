@@ -87,6 +87,8 @@ class MergeJob:
 class ExtrasJob:
     kind: ClassVar[str] = "extras"
     request: ExtrasRequest
+    output_dir: Path | None = None  # None: nothing saved (the API); the Extras tab saves to outputs/extras-images
+    output_format: str = "png"
 
 
 JobSpec = (Txt2ImgJob | Img2ImgJob | Img2ImgBatchJob | LoadModelJob | ReloadModelJob | UnloadModelJob

@@ -177,6 +177,8 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
                _PATHS, "str", locked_when_exposed=True, confine="folder"),
         Option("outdir_img2img_grids", "outputs/img2img-grids", "Output directory for img2img grids", _PATHS,
                "str", locked_when_exposed=True, confine="folder"),
+        Option("outdir_extras_samples", "outputs/extras-images", "Output directory for images from extras tab",
+               _PATHS, "str", locked_when_exposed=True, confine="folder"),
         Option("live_previews_enable", True, "Show live previews of the created image", _PREVIEW, "bool"),
         Option("show_progress_every_n_steps", 5, "Live preview display period (sampling steps)", _PREVIEW, "int",
                minimum=1, maximum=32, step=1),

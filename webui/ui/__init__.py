@@ -1,4 +1,5 @@
-"""The Gradio UI: A1111's quicksettings bar and tabs (txt2img, img2img, PNG Info, Checkpoint Merger, Settings)."""
+"""The Gradio UI: A1111's quicksettings bar and tabs (txt2img, img2img, Extras, PNG Info, Checkpoint Merger,
+Settings)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import gradio as gr
 
 from modules.app import App
 from webui.ui.common import CSS, TokenCounter, style_tag
+from webui.ui.extras import build_extras_tab
 from webui.ui.img2img import build_img2img_tab, connect_send_to
 from webui.ui.merger import build_merger_tab
 from webui.ui.pnginfo import build_pnginfo_tab
@@ -32,6 +34,8 @@ def build_ui(app: App) -> gr.Blocks:
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 img2img = build_img2img_tab(app, counter)
                 connect_send_to(txt2img, img2img, tabs)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                build_extras_tab(app)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo = build_pnginfo_tab(app, txt2img, tabs, quick.checkpoint)
                 connect_pnginfo_send(pnginfo, img2img, tabs)

@@ -1,0 +1,131 @@
+"""The Extras tab, as A1111's: a single image or a batch of uploads, upscaled by a factor or to a size with
+Upscaler 1 (and Upscaler 2 blended in at its visibility); the results are shown with their postprocessing text
+and saved to ``outputs/extras-images`` (``outdir_extras_samples``). Runs as a queued job like every generation."""
+
+from __future__ import annotations
+
+import html
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from modules.app import App
+from modules.errors import WebUIError
+from modules.extras import ExtrasRequest, ExtrasResult
+from modules.job_types import ExtrasJob
+from modules.jobs import JobState
+from webui.ui.common import REFRESH, error_html, tool_button, user_message, warning_html
+from webui.ui.txt2img_handlers import request_user
+
+TAB = "extras"
+MAX_BATCH = 64
+
+
+@dataclass
+class ExtrasUI:
+    fields: dict[str, Any] = field(default_factory=dict)
+    parts: dict[str, Any] = field(default_factory=dict)
+
+
+def _open_upload(item: Any) -> tuple[str, Image.Image]:
+    path = getattr(item, "name", None) or str(item)
+    image = Image.open(path)
+    image.load()
+    return path.rsplit("/", 1)[-1], image
+
+
+def extras_request(app: App, values: dict[str, Any]) -> ExtrasRequest:
+    """The request the form describes (the single image or the batch, by the tab shown)."""
+    if values["source"] == 1:
+        uploads = list(values["batch"] or [])[:MAX_BATCH]
+        try:
+            images = [_open_upload(u) for u in uploads]
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise WebUIError(f"an uploaded file is not an image ({exc})") from None
+    else:
+        images = [("", values["image"])] if values["image"] is not None else []
+    return ExtrasRequest(
+        images=tuple(images), resize_mode=int(values["resize_mode"]),
+        upscaling_resize=float(values["upscaling_resize"]), upscaling_resize_w=int(values["upscaling_resize_w"]),
+        upscaling_resize_h=int(values["upscaling_resize_h"]), upscaling_crop=bool(values["upscaling_crop"]),
+        upscaler_1=str(values["upscaler_1"] or "None"), upscaler_2=str(values["upscaler_2"] or "None"),
+        extras_upscaler_2_visibility=float(values["upscaler_2_visibility"]))
+
+
+def run(app: App, values: dict[str, Any], user: str | None) -> tuple[Any, str, str]:
+    """(gallery images, html info, message) for the form's values."""
+    try:
+        req = extras_request(app, values)
+        job = app.submit(ExtrasJob(req, app.extras_output_dir(), app.settings["samples_format"]), user)
+    except WebUIError as exc:
+        return gr.skip(), "", error_html(user_message(exc))
+    job.wait()
+    if job.state is JobState.FAILED:
+        return gr.skip(), "", error_html(job.error or "failed")
+    result = job.result
+    if not isinstance(result, ExtrasResult):
+        return gr.skip(), "", warning_html(["Interrupted"])
+    images = [Image.open(io.BytesIO(i.png)) for i in result.images]
+    saved = [str(i.path) for i in result.images if i.path is not None]
+    note = warning_html([f"Saved: {html.escape(', '.join(saved))}"]) if saved else ""
+    return images, result.html_info, note
+
+
+def build_extras_tab(app: App) -> ExtrasUI:
+    ui = ExtrasUI()
+    f, p = ui.fields, ui.parts
+    names = app.upscalers.names()
+    f["source"] = gr.State(0)
+    f["resize_mode"] = gr.State(0)
+    with gr.Row(equal_height=False, elem_id="extras_row"):
+        with gr.Column(elem_id="extras_settings"):
+            with gr.Tabs(elem_id="mode_extras"):
+                with gr.Tab("Single Image", id="single_image", elem_id="extras_single_tab") as single:
+                    f["image"] = gr.Image(label="Source", type="pil", image_mode="RGB", elem_id="extras_image")
+                with gr.Tab("Batch Process", id="batch_process", elem_id="extras_batch_process_tab") as batch:
+                    f["batch"] = gr.File(label="Batch Process", file_count="multiple", elem_id="extras_image_batch")
+            p["generate"] = gr.Button("Generate", variant="primary", elem_id="extras_generate")
+            with gr.Tabs(elem_id="extras_resize_mode"):
+                with gr.Tab("Scale by", id="scale_by", elem_id="extras_scale_by_tab") as scale_by:
+                    f["upscaling_resize"] = gr.Slider(1.0, 8.0, value=4.0, step=0.05, label="Resize",
+                                                      elem_id="extras_upscaling_resize")
+                with gr.Tab("Scale to", id="scale_to", elem_id="extras_scale_to_tab") as scale_to:
+                    with gr.Row():
+                        f["upscaling_resize_w"] = gr.Number(512, label="Width", precision=0, minimum=1,
+                                                            elem_id="extras_upscaling_resize_w")
+                        f["upscaling_resize_h"] = gr.Number(512, label="Height", precision=0, minimum=1,
+                                                            elem_id="extras_upscaling_resize_h")
+                        f["upscaling_crop"] = gr.Checkbox(True, label="Crop to fit", elem_id="extras_upscaling_crop")
+            with gr.Row():
+                f["upscaler_1"] = gr.Dropdown(names, value="None", label="Upscaler 1", elem_id="extras_upscaler_1")
+                p["refresh"] = tool_button(REFRESH, "extras_upscalers_refresh")
+            with gr.Row():
+                f["upscaler_2"] = gr.Dropdown(names, value="None", label="Upscaler 2", elem_id="extras_upscaler_2")
+                f["upscaler_2_visibility"] = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="Upscaler 2 visibility",
+                                                       elem_id="extras_upscaler_2_visibility")
+        with gr.Column(elem_id="extras_results"):
+            p["gallery"] = gr.Gallery(label="Output", elem_id="extras_gallery", columns=2, format="png")
+            p["html_info"] = gr.HTML(elem_id="html_info_extras")
+            p["message"] = gr.HTML(elem_id="extras_message")
+    quiet: dict[str, Any] = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
+    single.select(lambda: 0, outputs=[f["source"]], **quiet)
+    batch.select(lambda: 1, outputs=[f["source"]], **quiet)
+    scale_by.select(lambda: 0, outputs=[f["resize_mode"]], **quiet)
+    scale_to.select(lambda: 1, outputs=[f["resize_mode"]], **quiet)
+
+    def refresh() -> tuple[Any, Any]:
+        app.upscalers.refresh()
+        return gr.update(choices=app.upscalers.names()), gr.update(choices=app.upscalers.names())
+
+    p["refresh"].click(refresh, outputs=[f["upscaler_1"], f["upscaler_2"]], **quiet)
+    names_order = list(f)
+
+    def generate(*args: Any, request: gr.Request | None = None) -> tuple[Any, str, str]:
+        return run(app, dict(zip(names_order, args, strict=True)), request_user(request))
+
+    p["generate"].click(generate, inputs=[f[n] for n in names_order],
+                        outputs=[p["gallery"], p["html_info"], p["message"]], api_visibility="private")
+    return ui

@@ -200,6 +200,7 @@ def test_every_job_kind_is_a_serialisable_spec_with_one_handler(tmp_path):
 
     from modules import job_types
     from modules.job_handlers import builtin_handlers
+    from modules.extras import ExtrasRequest
     from modules.merge.service import MergeRequest
     from modules.output_options import OutputOptions
     from modules.requests import Img2ImgRequest
@@ -211,6 +212,7 @@ def test_every_job_kind_is_a_serialisable_spec_with_one_handler(tmp_path):
         job_types.Img2ImgBatchJob(Img2ImgRequest(), (tmp_path / "a.png",), tmp_path),
         job_types.LoadModelJob("tiny"), job_types.ReloadModelJob(), job_types.UnloadModelJob(),
         job_types.DeviceConfigJob("fp32", "sdp"), job_types.MergeJob(MergeRequest(primary_model_name="a")),
+        job_types.ExtrasJob(ExtrasRequest(images=(("a.png", image),), upscaler_1="Lanczos"), tmp_path),
     ]
     assert {type(s) for s in specs} == set(typing.get_args(job_types.JobSpec))
     handlers = builtin_handlers()

@@ -199,8 +199,8 @@ def test_every_job_kind_is_a_serialisable_spec_with_one_handler(tmp_path):
     from PIL import Image
 
     from modules import job_types
-    from modules.job_handlers import builtin_handlers
     from modules.extras import ExtrasRequest
+    from modules.job_handlers import builtin_handlers
     from modules.merge.service import MergeRequest
     from modules.output_options import OutputOptions
     from modules.requests import Img2ImgRequest

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests.browser_steps import add_upscaler_model, check_extras, check_styles_editor
 from tests.browser_support import css, tab, value_of, wait
 
 pytest_plugins = ["tests.browser_support"]  # the driver and webui_server fixtures
@@ -40,11 +41,13 @@ def _open_page(drv, tab: str, title: str) -> None:
     next(b for b in buttons if b.text.strip() == title).click()
 
 
-def test_lora_card_search_insert_and_edit(webui_server, data_dir, driver):
+def test_lora_card_search_insert_and_edit(webui_server, data_dir, driver, tmp_path):
+    """Then, on the same server (one start for three tabs' checks): the styles editor and the Extras tab."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
     _networks(data_dir)
+    add_upscaler_model(data_dir)
     url, _ = webui_server()
     drv = driver
     drv.get(url)
@@ -114,5 +117,7 @@ def test_lora_card_search_insert_and_edit(webui_server, data_dir, driver):
     _card(drv, "img2img", "textual_inversion", "badhands").find_element("css selector", ".name").click()
     wait(drv, lambda d: value_of(d, "#img2img_neg_prompt textarea") == " badhands", 10, "img2img's negative prompt")
     assert value_of(drv, "#img2img_prompt textarea") == ""
+    check_styles_editor(drv, url, data_dir)
+    check_extras(drv, url, data_dir, tmp_path)
     server_log = (data_dir / "server.log").read_text(errors="replace")
     assert "Traceback" not in server_log, server_log[-3000:]

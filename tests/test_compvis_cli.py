@@ -72,12 +72,18 @@ def test_config_flag_accepts_a_diffusers_config_folder(tmp_path, model_store):
     (["--C", "8"], "--C 4 and --f 8"),
     (["--config", "nope.yaml", "--ckpt", "x"], "config not found: nope.yaml"),
 ])
-def test_bad_input_one_line_nonzero(tmp_path, args, message):
+def test_bad_input_one_line_nonzero(tmp_path, args, message, capsys, monkeypatch):
+    """The same ``main`` the script calls, in this process (the end-to-end runs above and below go through the real
+    script in a subprocess; these only check the one-line messages)."""
+    from webui.compvis import main
+
     (tmp_path / "x").write_bytes(b"")
-    result = run_cli(*args, cwd=tmp_path)
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+    monkeypatch.chdir(tmp_path)
+    code = main(list(args))
+    err = capsys.readouterr().err
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
 
 
 def test_unreadable_and_malicious_checkpoints(tmp_path):

@@ -107,3 +107,15 @@ def test_bad_input_is_a_422_naming_the_field(server, changes, field):
         assert "tiny4x" in r.text  # the names installed are listed
     empty = server.post("/sdapi/v1/extra-batch-images", json={"imageList": [], "upscaler_1": "tiny2x"})
     assert empty.status_code == 422
+
+
+def test_the_tab_refuses_a_cleared_number_with_a_message():
+    from modules.errors import WebUIError
+    from webui.ui.extras import extras_request
+
+    values = {"source": 0, "image": Image.new("RGB", (8, 8)), "resize_mode": 1, "upscaling_resize": 2.0,
+              "upscaling_resize_w": None, "upscaling_resize_h": 64, "upscaling_crop": True, "upscaler_1": "Lanczos",
+              "upscaler_2": "None", "upscaler_2_visibility": 0.0}
+    with pytest.raises(WebUIError, match="Width: enter a number"):
+        extras_request(None, values)  # type: ignore[arg-type]
+    assert extras_request(None, {**values, "upscaling_resize_w": 64}).upscaling_resize_w == 64  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from modules.models.loader import ModelParts
 from modules.networks.file_cache import FileVersionCache
+from modules.networks.tags import collect_tags
 
 if TYPE_CHECKING:
     from diffusers.models.attention_processor import Attention
@@ -65,15 +66,7 @@ def parse_tag(args: Sequence[str]) -> HypernetTag:
 
 def hypernet_tags(networks: Sequence[tuple[str, list[str]]], warn: Warn) -> list[HypernetTag]:
     """The prompt's hypernet tags, in order; a tag that cannot be read is named in a warning and left out."""
-    out = []
-    for kind, args in networks:
-        if kind != TAG_KIND:
-            continue
-        try:
-            out.append(parse_tag(args))
-        except ValueError as exc:
-            warn(str(exc))
-    return out
+    return collect_tags(networks, (TAG_KIND,), parse_tag, warn)
 
 
 # --- files --------------------------------------------------------------------------------------------------------

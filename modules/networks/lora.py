@@ -28,6 +28,7 @@ from modules.networks import lora_deltas
 from modules.networks.file_cache import FileVersionCache
 from modules.networks.lora_files import LoraInfo, LoraRegistry
 from modules.networks.lora_keys import Target, group_modules, model_targets
+from modules.networks.tags import collect_tags
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -64,15 +65,7 @@ def parse_tag(args: Sequence[str]) -> LoraTag:
 
 
 def lora_tags(networks: Sequence[tuple[str, list[str]]], warn: Warn) -> list[LoraTag]:
-    out = []
-    for kind, args in networks:
-        if kind not in TAG_KINDS:
-            continue
-        try:
-            out.append(parse_tag(args))
-        except ValueError as exc:
-            warn(str(exc))
-    return out
+    return collect_tags(networks, TAG_KINDS, parse_tag, warn)
 
 
 def lora_hashes(used: Mapping[str, str]) -> str | None:

@@ -37,6 +37,14 @@ def _open_upload(item: Any) -> tuple[str, Image.Image]:
     return path.rsplit("/", 1)[-1], image
 
 
+def _number(values: dict[str, Any], name: str, label: str) -> float:
+    """A form number; a cleared field is a message, not an exception."""
+    value = values[name]
+    if value is None or value == "":
+        raise WebUIError(f"{label}: enter a number")
+    return float(value)
+
+
 def extras_request(app: App, values: dict[str, Any]) -> ExtrasRequest:
     """The request the form describes (the single image or the batch, by the tab shown)."""
     if values["source"] == 1:
@@ -49,10 +57,12 @@ def extras_request(app: App, values: dict[str, Any]) -> ExtrasRequest:
         images = [("", values["image"])] if values["image"] is not None else []
     return ExtrasRequest(
         images=tuple(images), resize_mode=int(values["resize_mode"]),
-        upscaling_resize=float(values["upscaling_resize"]), upscaling_resize_w=int(values["upscaling_resize_w"]),
-        upscaling_resize_h=int(values["upscaling_resize_h"]), upscaling_crop=bool(values["upscaling_crop"]),
+        upscaling_resize=_number(values, "upscaling_resize", "Resize"),
+        upscaling_resize_w=int(_number(values, "upscaling_resize_w", "Width")),
+        upscaling_resize_h=int(_number(values, "upscaling_resize_h", "Height")),
+        upscaling_crop=bool(values["upscaling_crop"]),
         upscaler_1=str(values["upscaler_1"] or "None"), upscaler_2=str(values["upscaler_2"] or "None"),
-        extras_upscaler_2_visibility=float(values["upscaler_2_visibility"]))
+        extras_upscaler_2_visibility=_number(values, "upscaler_2_visibility", "Upscaler 2 visibility"))
 
 
 def run(app: App, values: dict[str, Any], user: str | None) -> tuple[Any, str, str]:

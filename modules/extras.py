@@ -9,12 +9,12 @@ keys (``Postprocess upscale by``, ``Postprocess upscaler``, ...). Face restorati
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from modules import images as image_utils
 from modules.errors import ValidationError
@@ -30,7 +30,9 @@ TEXT_KEYS_SKIPPED = ("postprocessing",)
 class ExtrasRequest:
     """One Extras run: the images (name, image) and A1111's postprocessing fields."""
 
-    images: tuple[tuple[str, Image.Image], ...]
+    images: tuple[tuple[str, Image.Image], ...] = ()
+    input_paths: tuple[Path, ...] = ()  # Batch from Directory: files read one at a time as they are processed
+    show_results: bool = True  # False: the directory batch's images are saved but not returned
     resize_mode: int = 0  # 0: scale by upscaling_resize; 1: scale to upscaling_resize_w x upscaling_resize_h
     upscaling_resize: float = 2.0
     upscaling_resize_w: int = 512
@@ -54,24 +56,27 @@ class ExtrasImage:
     path: Path | None = None  # where it was saved
 
 
-Save = Callable[[Image.Image, Mapping[str, str]], Path]  # (image, text chunks) -> the file written
+Save = Callable[[Image.Image, Mapping[str, str], str], Path]  # (image, text chunks, source name) -> file written
 
 
 @dataclass(frozen=True)
 class ExtrasResult:
     images: tuple[ExtrasImage, ...]
     interrupted: bool = False
+    skipped: tuple[tuple[str, str], ...] = ()  # (file name, why) for the directory batch's unreadable files
+    saved: tuple[Path, ...] = ()  # every file written (also when the images are not returned)
+    last_postprocessing: str = ""  # the last image's postprocessing text (also when it is not returned)
 
     @property
     def html_info(self) -> str:
         """A1111's ``html_info``: the last image's postprocessing text as HTML."""
-        text = self.images[-1].postprocessing if self.images else ""
+        text = self.last_postprocessing
         return "<p>" + "<br>\n".join(html.escape(line) for line in text.split("\n")) + "</p>"
 
 
 def validate_extras(req: ExtrasRequest, upscalers: UpscalerRegistry) -> None:
     """Refuse, naming the field, what cannot run (before the job is queued)."""
-    if not req.images:
+    if not req.images and not req.input_paths:
         raise ValidationError("image: no image given", field="image")
     if req.resize_mode not in (0, 1):
         raise ValidationError("resize_mode: must be 0 (scale by) or 1 (scale to)", field="resize_mode")
@@ -170,21 +175,55 @@ def _text_chunks(image: Image.Image) -> dict[str, str]:
             and k not in TEXT_KEYS_SKIPPED}
 
 
+def _read(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        out = image.copy()
+    out.info = dict(image.info)
+    return out
+
+
+def _sources(req: ExtrasRequest, skipped: list[tuple[str, str]]) -> Iterator[tuple[str, Image.Image]]:
+    """The request's images, then its directory's files read one at a time (one that cannot be read is noted in
+    ``skipped`` and passed over, as A1111 does)."""
+    yield from req.images
+    for path in req.input_paths:
+        try:
+            image = _read(path)
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            skipped.append((path.name, f"not an image: {type(exc).__name__}"))
+            continue
+        try:
+            _check_output_size(req, image, path.name)
+        except ValidationError as exc:
+            skipped.append((path.name, str(exc)))
+            continue
+        yield path.name, image
+
+
 def run_extras(upscalers: UpscalerRegistry, req: ExtrasRequest, control: JobControl | None = None,
                save: Save | None = None) -> ExtrasResult:
     """Every image of the request through :func:`postprocess`, as PNGs keeping their text chunks (and saved with
-    ``save`` when given)."""
+    ``save`` when given; ``save`` gets the source's file name too, for "use original name")."""
     control = control or JobControl()
-    out = []
-    control.update(job_count=len(req.images), job_no=0)
-    for number, (name, image) in enumerate(req.images):
+    out: list[ExtrasImage] = []
+    text = ""
+    saved: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    total = len(req.images) + len(req.input_paths)
+    control.update(job_count=total, job_no=0)
+    for number, (name, image) in enumerate(_sources(req, skipped)):
         if control.should_stop():
             break
-        control.update(job_no=number, phase="upscaling")
+        control.update(job_no=number, phase=f"image {number + 1} of {total}" if total > 1 else "upscaling")
         result, info = postprocess(upscalers, req, image, control)
         text = postprocessing_text(info)
         chunks: dict[str, Any] = {**_text_chunks(image), **({"postprocessing": text} if text else {})}
-        path = save(result, chunks) if save is not None else None
-        out.append(ExtrasImage(name, image_utils.encode_image(result, "png", None, extra_text=chunks), text, path))
-    control.update(job_no=len(req.images), phase="done")
-    return ExtrasResult(tuple(out), interrupted=control.interrupted)
+        path = save(result, chunks, name) if save is not None else None
+        if path is not None:
+            saved.append(path)
+        if req.show_results or not req.input_paths:
+            out.append(ExtrasImage(name, image_utils.encode_image(result, "png", None, extra_text=chunks), text, path))
+    control.update(job_no=total, phase="done")
+    return ExtrasResult(tuple(out), interrupted=control.interrupted, skipped=tuple(skipped), saved=tuple(saved),
+                        last_postprocessing=text)

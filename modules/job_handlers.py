@@ -206,9 +206,11 @@ def run_extras_job(app: App, spec: ExtrasJob, control: JobControl) -> ExtrasResu
     if folder is None:
         return run_extras(app.upscalers, spec.request, control)
 
-    def save(image: Image.Image, chunks: Mapping[str, str]) -> Path:
+    def save(image: Image.Image, chunks: Mapping[str, str], name: str) -> Path:
+        forced = Path(name).stem if spec.original_names and name else ""
         return outputs.save_image(image, folder, spec.output_format, chunks.get("parameters"), pattern="",
-                                  extra_text={k: v for k, v in chunks.items() if k != "parameters"})
+                                  extra_text={k: v for k, v in chunks.items() if k != "parameters"},
+                                  forced_name=forced)
 
     return run_extras(app.upscalers, spec.request, control, save)
 

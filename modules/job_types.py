@@ -89,6 +89,7 @@ class ExtrasJob:
     request: ExtrasRequest
     output_dir: Path | None = None  # None: nothing saved (the API); the Extras tab saves to outputs/extras-images
     output_format: str = "png"
+    original_names: bool = False  # batches: each file saved under its source's name (``use_original_name_batch``)
 
 
 JobSpec = (Txt2ImgJob | Img2ImgJob | Img2ImgBatchJob | LoadModelJob | ReloadModelJob | UnloadModelJob

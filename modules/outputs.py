@@ -273,13 +273,14 @@ def build_filename(seq: int, decoration: str, ext: str, basename: str = "", digi
 
 def save_image(image: Image.Image, folder: Path, fmt: str, infotext: str | None, pattern: str = "[seed]",
                values: Mapping[str, object] | None = None, basename: str = "", digits: int = 5,
-               extra_text: Mapping[str, str] | None = None, quality: int = 95) -> Path:
+               extra_text: Mapping[str, str] | None = None, quality: int = 95, forced_name: str = "") -> Path:
     """Save ``image`` under A1111's naming in ``folder`` (created when missing) and return its path.
 
     Samples: ``00000-<pattern>.png`` (seq = :func:`next_sequence_number`); grids: ``basename="grid", digits=4,
     pattern=""`` -> ``grid-0000.png``. Never overwrites: when a name is taken the next number is tried. The write is
     atomic (a temporary file hard-linked into place). JPEG/WebP images beyond those formats' limits are saved as PNG.
-    ``width``/``height`` values default to the image's size.
+    ``width``/``height`` values default to the image's size. ``forced_name`` (A1111's "use original name"): the file
+    is ``<forced_name>.<ext>``, or ``<forced_name>-1.<ext>``... when that is taken.
     """
     ext = fmt.lower().lstrip(".")
     if basename and (basename != sanitize_filename_part(basename) or basename in (".", "..")):
@@ -297,6 +298,13 @@ def save_image(image: Image.Image, folder: Path, fmt: str, infotext: str | None,
 
     def writer(f: IO[bytes]) -> None:
         f.write(data)
+
+    if forced_name:
+        clean = sanitize_filename_part(forced_name, replace_spaces=False) or ""
+        stem = _truncate_utf8(clean, MAX_FILENAME_BYTES - 16 - len(ext)).rstrip(" .")
+        if stem in ("", ".", ".."):
+            raise ValueError(f"invalid file name {forced_name!r}")
+        return fileio.write_new_file(folder, lambda n: f"{stem}-{n}.{ext}" if n else f"{stem}.{ext}", 0, writer)
 
     def name_for(n: int) -> str:
         return build_filename(n, decoration, ext, basename, digits)

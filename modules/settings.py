@@ -167,6 +167,8 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
         Option("return_grid", True, "Show grid in gallery and return it from the API", _SAVE, "bool"),
         Option("enable_pnginfo", True, "Save text information about generation parameters as chunks to png "
                "files", _SAVE, "bool"),
+        Option("use_original_name_batch", True, "Use original name for output filename during batch process in "
+               "extras tab", _SAVE, "bool"),
         Option("jpeg_quality", 80, "Quality for saved jpeg and webp images", _SAVE, "int", minimum=1, maximum=100,
                step=1),
         Option("outdir_txt2img_samples", "outputs/txt2img-images", "Output directory for txt2img images", _PATHS,

@@ -62,7 +62,8 @@ def add_upscaler_model(data_dir) -> None:
 
 
 def check_extras(drv, url: str, data_dir, tmp_path) -> None:
-    """The Extras tab upscales an upload with the model, shows the postprocessing text and saves the result."""
+    """The Extras tab upscales an upload with the model, shows the postprocessing text and saves the result; "Send to
+    img2img" puts the result into img2img."""
     source = tmp_path / "source.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(source)
     drv.get(url)
@@ -82,3 +83,10 @@ def check_extras(drv, url: str, data_dir, tmp_path) -> None:
     assert len(saved) == 1
     with Image.open(saved[0]) as image:
         assert image.size == (192, 160) and "Postprocess upscaler: tiny2x" in image.info["postprocessing"]
+    # Send to img2img: the result becomes img2img's init image
+    css(drv, "#extras_send_to_img2img").click()
+    wait(drv, lambda d: css(d, "#img2img_image").is_displayed(), 10, "the switch to img2img")
+    wait(drv, lambda d: [img for img in d.find_elements("css selector", "#img2img_image img")
+                         if img.get_attribute("src")], 10, "the sent image")
+    sent = [img for img in drv.find_elements("css selector", "#img2img_image img") if img.get_attribute("src")]
+    assert drv.execute_script("return arguments[0].naturalWidth", sent[0]) == 192

@@ -119,3 +119,47 @@ def test_the_tab_refuses_a_cleared_number_with_a_message():
     with pytest.raises(WebUIError, match="Width: enter a number"):
         extras_request(None, values)  # type: ignore[arg-type]
     assert extras_request(None, {**values, "upscaling_resize_w": 64}).upscaling_resize_w == 64  # type: ignore[arg-type]
+
+
+def _dir_values(input_dir, output_dir, show: bool) -> dict:
+    return {"source": 2, "image": None, "batch": None, "input_dir": str(input_dir), "output_dir": str(output_dir),
+            "show_results": show, "resize_mode": 0, "upscaling_resize": 2.0, "upscaling_resize_w": 64,
+            "upscaling_resize_h": 64, "upscaling_crop": True, "upscaler_1": "Lanczos", "upscaler_2": "None",
+            "upscaler_2_visibility": 0.0}
+
+
+def test_batch_from_directory_saves_under_the_original_names_and_reports_what_it_skipped(data_dir, tmp_path):
+    from modules.app import App, StartOptions
+    from webui.ui.extras import run
+
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    _open(_png(8, 12)).save(source / "first photo.png",
+                                                                   pnginfo=_pnginfo("a dog\nSteps: 4"))
+    Image.new("RGB", (12, 4), "red").save(source / "second.jpg")
+    (source / "notes.txt").write_text("not an image")
+    app = App(StartOptions(data_dir=data_dir, device="cpu", skip_load_model=True))
+    app.start()
+    try:
+        gallery, info, message = run(app, _dir_values(source, out, show=False), None)
+        assert gallery == [] and "Postprocess upscale by: 2.0" in info
+        assert "Saved 2" in message and "Skipped notes.txt: not an image" in message
+        first = Image.open(out / "first photo.png")
+        assert first.size == (16, 24) and first.info["parameters"] == "a dog\nSteps: 4"
+        assert first.info["postprocessing"] == "Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos"
+        assert Image.open(out / "second.png").size == (24, 8)
+        gallery, _, _ = run(app, _dir_values(source, out, show=True), None)
+        assert len(gallery) == 2 and (out / "first photo-1.png").exists()  # nothing overwritten
+        gallery, _, message = run(app, _dir_values(tmp_path / "missing", out, show=True), None)
+        assert "input directory not found" in message
+    finally:
+        app.stop()
+    exposed = App(StartOptions(data_dir=data_dir, device="cpu", skip_load_model=True, exposed=True))
+    _, _, message = run(exposed, _dir_values(source, out, show=True), None)
+    assert "server folders cannot be used" in message
+
+
+def _pnginfo(text: str) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    return info

@@ -14,7 +14,7 @@ from webui.ui.img2img import build_img2img_tab, connect_send_to
 from webui.ui.merger import build_merger_tab
 from webui.ui.pnginfo import build_pnginfo_tab
 from webui.ui.quicksettings import build_quicksettings, checkpoint_choices, checkpoint_titles
-from webui.ui.send_to import connect_pnginfo_send
+from webui.ui.send_to import connect_extras_send, connect_pnginfo_send
 from webui.ui.settings_tab import build_settings_tab
 from webui.ui.txt2img import build_txt2img_tab, style_names
 
@@ -35,7 +35,8 @@ def build_ui(app: App) -> gr.Blocks:
                 img2img = build_img2img_tab(app, counter)
                 connect_send_to(txt2img, img2img, tabs)
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
-                build_extras_tab(app)
+                extras = build_extras_tab(app)
+                connect_extras_send(extras, img2img, tabs)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo = build_pnginfo_tab(app, txt2img, tabs, quick.checkpoint)
                 connect_pnginfo_send(pnginfo, img2img, tabs)

@@ -10,12 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from modules.engine import Engine
 from modules.errors import ValidationError, WebUIError
 from modules.hashing import HashCache
+from modules.interrogate.service import Interrogators
 from modules.job_handlers import builtin_handlers
-from modules.job_types import DeviceConfigJob, Img2ImgJob, JobResult, JobSpec, LoadModelJob, Txt2ImgJob
+from modules.job_types import (
+    DeviceConfigJob,
+    Img2ImgJob,
+    InterrogateJob,
+    JobResult,
+    JobSpec,
+    LoadModelJob,
+    Txt2ImgJob,
+)
 from modules.jobs import Job, JobQueue
 from modules.models.manager import DeviceConfig, ModelManager, default_device
 from modules.models.registry import CheckpointRegistry
@@ -66,6 +76,7 @@ class StartOptions:
     embeddings_dir: Path | None = None
     hypernetwork_dir: Path | None = None
     styles_files: tuple[str, ...] = ()
+    model_dirs: tuple[tuple[str, Path], ...] = ()  # (models/ folder kind, extra folder): A1111's path flags
     ckpt: str | None = None
     device: str | None = None
     precision: str | None = None  # overrides the setting when given on the command line
@@ -116,8 +127,11 @@ class App:
         self.networks = ExtraNetworks([self.paths.lora_dir], [self.paths.embeddings_dir], self.hashes,
                                       [self.paths.hypernetwork_dir])
         self.upscalers = UpscalerRegistry(self.paths.models_dir, lambda: torch.device(self.models.config.device),
+                                          extra_dirs=options.model_dirs,
                                           tiles=lambda: (self.settings["ESRGAN_tile"],
                                                          self.settings["ESRGAN_tile_overlap"]))
+        self.interrogators = Interrogators(self.paths.models_dir, lambda: torch.device(self.models.config.device),
+                                           [d for kind, d in options.model_dirs if kind == "CLIP"])
         self.engine = Engine(self.models, self.networks, self.upscalers)
         self.handlers = builtin_handlers()
         self.queue = JobQueue(self._run_job, max_size=self.settings["queue_max_size"])
@@ -197,6 +211,12 @@ class App:
         """Check ``spec`` (raising :class:`ValidationError` before anything is queued) and queue it."""
         self.handlers.check(self, spec)
         return self.queue.submit(spec, owner, tag)
+
+    def interrogate_job(self, image: Image.Image, model: str) -> InterrogateJob:
+        """The spec of an interrogation, with the interrogate settings as they are now."""
+        keys = [k for k in self.settings.options if k.startswith(("interrogate_", "deepbooru_"))]
+        snapshot = self.settings.snapshot()
+        return InterrogateJob(image, model, tuple((k, snapshot[k]) for k in keys))
 
     def generation_job(self, req: GenerationRequest, save: bool = True,
                        output_overrides: Mapping[str, Any] | None = None, return_grid: bool | None = None

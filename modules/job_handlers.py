@@ -28,6 +28,8 @@ from modules.job_types import (
     ImagesResult,
     Img2ImgBatchJob,
     Img2ImgJob,
+    InterrogateJob,
+    InterrogateResult,
     JobResult,
     JobSpec,
     LoadModelJob,
@@ -215,6 +217,15 @@ def run_extras_job(app: App, spec: ExtrasJob, control: JobControl) -> ExtrasResu
     return run_extras(app.upscalers, spec.request, control, save)
 
 
+def check_interrogate(app: App, spec: InterrogateJob) -> None:
+    app.interrogators.check(spec.model, dict(spec.options))
+
+
+def run_interrogate(app: App, spec: InterrogateJob, control: JobControl) -> InterrogateResult:
+    control.update(phase=f"interrogating with {spec.model}")
+    return InterrogateResult(app.interrogators.interrogate(spec.image, spec.model, dict(spec.options)))
+
+
 def builtin_handlers() -> JobHandlers:
     """Every job kind of the application and its handler: the one place where kinds are registered."""
     handlers = JobHandlers()
@@ -227,4 +238,5 @@ def builtin_handlers() -> JobHandlers:
     handlers.register(DeviceConfigJob, run_device_config)
     handlers.register(MergeJob, run_merge_job, check_merge)
     handlers.register(ExtrasJob, run_extras_job, check_extras)
+    handlers.register(InterrogateJob, run_interrogate, check_interrogate)
     return handlers

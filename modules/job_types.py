@@ -92,8 +92,24 @@ class ExtrasJob:
     original_names: bool = False  # batches: each file saved under its source's name (``use_original_name_batch``)
 
 
+@dataclass(frozen=True)
+class InterrogateJob:
+    """A prompt read from an image by ``model`` ("clip" or "deepdanbooru"), with the interrogate settings of the
+    moment it was queued."""
+
+    kind: ClassVar[str] = "interrogate"
+    image: Image.Image
+    model: str = "clip"
+    options: tuple[tuple[str, object], ...] = ()  # the interrogate settings (name, value)
+
+
+@dataclass(frozen=True)
+class InterrogateResult:
+    caption: str
+
+
 JobSpec = (Txt2ImgJob | Img2ImgJob | Img2ImgBatchJob | LoadModelJob | ReloadModelJob | UnloadModelJob
-           | DeviceConfigJob | MergeJob | ExtrasJob)
+           | DeviceConfigJob | MergeJob | ExtrasJob | InterrogateJob)
 
 
 # -- results -----------------------------------------------------------------------------------------------------
@@ -189,4 +205,4 @@ class MergeResultSummary:
         return dict(self.__dict__)
 
 
-JobResult = ImagesResult | BatchResult | ModelResult | MergeResultSummary | ExtrasResult
+JobResult = ImagesResult | BatchResult | ModelResult | MergeResultSummary | ExtrasResult | InterrogateResult

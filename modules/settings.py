@@ -106,6 +106,9 @@ _LIMITS = "API and limits"
 _SAMPLER = "Sampler parameters"
 _INFOTEXT = "Infotext"
 _UPSCALING = "Upscaling"
+_FACES = "Face restoration"
+_INTERROGATE = "Interrogate"
+_POSTPROCESSING = "Postprocessing"
 
 
 def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[], list[str]] = list
@@ -152,6 +155,38 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
                maximum=512, step=16),
         Option("ESRGAN_tile_overlap", 8, "Tile overlap for model upscalers (low values = visible seams)", _UPSCALING,
                "int", minimum=0, maximum=48, step=1),
+        Option("face_restoration", False, "Restore faces (uses a face restoration model on generation results)",
+               _FACES, "bool"),
+        Option("face_restoration_model", "CodeFormer", "Face restoration model", _FACES, "choice",
+               ("CodeFormer", "GFPGAN")),
+        Option("code_former_weight", 0.5, "CodeFormer weight (0 = maximum effect; 1 = minimum effect)", _FACES,
+               "float", minimum=0, maximum=1, step=0.01),
+        Option("face_restoration_unload", False, "Move face restoration model from VRAM into RAM after processing",
+               _FACES, "bool"),
+        Option("interrogate_keep_models_in_memory", False, "Keep models in VRAM", _INTERROGATE, "bool"),
+        Option("interrogate_return_ranks", False, "Include ranks of model tags matches in results (booru only)",
+               _INTERROGATE, "bool"),
+        Option("interrogate_clip_num_beams", 1, "BLIP: num_beams", _INTERROGATE, "int", minimum=1, maximum=16,
+               step=1),
+        Option("interrogate_clip_min_length", 24, "BLIP: minimum description length", _INTERROGATE, "int",
+               minimum=1, maximum=128, step=1),
+        Option("interrogate_clip_max_length", 48, "BLIP: maximum description length", _INTERROGATE, "int",
+               minimum=1, maximum=256, step=1),
+        Option("interrogate_clip_dict_limit", 1500, "CLIP: maximum number of lines in text file (0 = No limit)",
+               _INTERROGATE, "int", minimum=0, maximum=1000000, step=1),
+        Option("interrogate_deepbooru_score_threshold", 0.5, "deepbooru: score threshold", _INTERROGATE, "float",
+               minimum=0, maximum=1, step=0.01),
+        Option("deepbooru_sort_alpha", True, "deepbooru: sort tags alphabetically (if not: sort by score)",
+               _INTERROGATE, "bool"),
+        Option("deepbooru_use_spaces", True, "deepbooru: use spaces in tags (if not: use underscores)", _INTERROGATE,
+               "bool"),
+        Option("deepbooru_escape", True, "deepbooru: escape (\\) brackets (so they are used as literal brackets and "
+               "not for emphasis)", _INTERROGATE, "bool"),
+        Option("deepbooru_filter_tags", "", "deepbooru: filter out those tags (separate by comma)", _INTERROGATE,
+               "str"),
+        Option("postprocessing_existing_caption_action", "Ignore", "Action for existing captions (when generating "
+               "captions; Ignore = use generated; Keep = use original; Prepend/Append = combine both)",
+               _POSTPROCESSING, "choice", ("Ignore", "Keep", "Prepend", "Append")),
         Option("cross_attention_optimization", "Automatic", "Cross attention optimization", _OPT, "choice",
                ("Automatic", "xformers", "sdp")),
         Option("precision", "auto", "Precision (auto: float16 on CUDA, float32 on CPU)", _OPT, "choice",
@@ -167,6 +202,8 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
         Option("return_grid", True, "Show grid in gallery and return it from the API", _SAVE, "bool"),
         Option("enable_pnginfo", True, "Save text information about generation parameters as chunks to png "
                "files", _SAVE, "bool"),
+        Option("save_images_before_face_restoration", False, "Save a copy of image before doing face restoration",
+               _SAVE, "bool"),
         Option("use_original_name_batch", True, "Use original name for output filename during batch process in "
                "extras tab", _SAVE, "bool"),
         Option("jpeg_quality", 80, "Quality for saved jpeg and webp images", _SAVE, "int", minimum=1, maximum=100,

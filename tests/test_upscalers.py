@@ -164,3 +164,17 @@ def test_upscaler_routes_and_an_unknown_hires_upscaler(api, data_dir):
     r = api.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "width": 64, "height": 64, "enable_hr": True,
                                            "hr_scale": 1.5, "hr_upscaler": "RealESRGAN_x2plus"})
     assert r.status_code == 200, r.text
+
+
+def test_a1111_model_path_flags_add_folders(models_dir, tmp_path):
+    from webui.launch import parse_launch_args, start_options
+
+    args, _ = parse_launch_args(["--realesrgan-models-path", str(models_dir / "RealESRGAN"),
+                                 "--dat-models-path", str(tmp_path)], {})
+    options = start_options(args, exposed=False)
+    assert options.model_dirs == (("RealESRGAN", models_dir / "RealESRGAN"), ("DAT", tmp_path))
+    empty = tmp_path / "models"
+    registry = UpscalerRegistry(empty, lambda: torch.device("cpu"), extra_dirs=options.model_dirs)
+    found = {u.name: u.folder for u in registry.entries() if u.path is not None}
+    assert found and set(found.values()) == {"RealESRGAN"}
+    assert all(registry.find(n).path.parent == models_dir / "RealESRGAN" for n in found)  # type: ignore[union-attr]

@@ -22,6 +22,7 @@ from webui.launch_options import (
     attention_from_flags,
     device_from_flags,
     ignored_flags,
+    model_dirs_from_flags,
     parse_admin_users,
     precision_from_flags,
     server_config,
@@ -141,6 +142,7 @@ def start_options(args: argparse.Namespace, exposed: bool) -> StartOptions:
     return StartOptions(data_dir=args.data_dir, models_dir=args.models_dir, ckpt_dirs=tuple(args.ckpt_dir),
                         lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir,
                         hypernetwork_dir=args.hypernetwork_dir, styles_files=tuple(args.styles_file or ()),
+                        model_dirs=model_dirs_from_flags(args),
                         ckpt=args.ckpt, device=device_from_flags(args), precision=precision_from_flags(args),
                         skip_load_model=args.skip_load_model_at_start or args.ui_debug_mode, exposed=exposed,
                         admin_users=parse_admin_users(args.admin_users))

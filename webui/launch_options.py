@@ -38,6 +38,14 @@ HONOURED: tuple[FlagRow, ...] = (
     ("--embeddings-dir", "str", None, "folder of textual-inversion embeddings (instead of embeddings/)"),
     ("--styles-file", "list", None, "styles file or wildcard (may repeat; instead of styles.csv)"),
     ("--hypernetwork-dir", "str", None, "folder of hypernetworks (instead of models/hypernetworks)"),
+    ("--esrgan-models-path", "str", None, "extra folder of ESRGAN models (besides models/ESRGAN)"),
+    ("--realesrgan-models-path", "str", None, "extra folder of RealESRGAN models"),
+    ("--swinir-models-path", "str", None, "extra folder of SwinIR models"),
+    ("--dat-models-path", "str", None, "extra folder of DAT models"),
+    ("--scunet-models-path", "str", None, "extra folder of ScuNET models"),
+    ("--gfpgan-models-path", "str", None, "extra folder of GFPGAN models (and the face detector)"),
+    ("--codeformer-models-path", "str", None, "extra folder of CodeFormer models (and the face detector)"),
+    ("--clip-models-path", "str", None, "extra folder of CLIP interrogator models"),
     ("--ckpt", "str", None, "checkpoint to load at start (path or name)"),
     ("--nowebui", "on", None, "serve the API only"),
     ("--api", "on", None, "accepted for compatibility: the API is always on"),
@@ -108,16 +116,8 @@ IGNORED: tuple[FlagRow, ...] = (
     ("--lyco-dir-backcompat|--lyco-dir", "str", None, "folder of LyCORIS networks"),
     ("--gfpgan-dir", "str", None, "GFPGAN source folder"),
     ("--gfpgan-model", "str", None, "GFPGAN model file"),
-    ("--codeformer-models-path", "str", None, "folder of CodeFormer models"),
-    ("--gfpgan-models-path", "str", None, "folder of GFPGAN models"),
-    ("--esrgan-models-path", "str", None, "folder of ESRGAN models"),
     ("--bsrgan-models-path", "str", None, "folder of BSRGAN models"),
-    ("--realesrgan-models-path", "str", None, "folder of RealESRGAN models"),
-    ("--dat-models-path", "str", None, "folder of DAT models"),
-    ("--scunet-models-path", "str", None, "folder of ScuNET models"),
-    ("--swinir-models-path", "str", None, "folder of SwinIR models"),
     ("--ldsr-models-path", "str", None, "folder of LDSR models"),
-    ("--clip-models-path", "str", None, "folder of CLIP interrogator models"),
     ("--ui-config-file", "str", None, "UI defaults file (ui-config.json)"),
     ("--ui-settings-file", "str", None, "settings file (config.json)"),
     ("--no-half-vae", "on", None, "run the VAE in float32"),
@@ -393,3 +393,15 @@ def _redact(flags: dict[str, Any]) -> dict[str, Any]:
         if flags.get(key):
             flags[key] = REDACTED
     return flags
+
+
+MODEL_PATH_FLAGS: tuple[tuple[str, str], ...] = (  # A1111's per-kind model folder flags -> the models/ folder kind
+    ("esrgan_models_path", "ESRGAN"), ("realesrgan_models_path", "RealESRGAN"), ("swinir_models_path", "SwinIR"),
+    ("dat_models_path", "DAT"), ("scunet_models_path", "ScuNET"), ("gfpgan_models_path", "GFPGAN"),
+    ("codeformer_models_path", "Codeformer"), ("clip_models_path", "CLIP"))
+
+
+def model_dirs_from_flags(args: argparse.Namespace) -> tuple[tuple[str, Path], ...]:
+    """(folder kind, path) for each model folder flag given."""
+    return tuple((kind, Path(getattr(args, key)).expanduser()) for key, kind in MODEL_PATH_FLAGS
+                 if getattr(args, key, None))

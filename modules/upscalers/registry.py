@@ -72,9 +72,12 @@ class Upscaler:
 class UpscalerRegistry:
     """Finds, loads (the last ``cache_size`` models stay loaded), caches and runs the upscalers."""
 
-    def __init__(self, models_dir: Path, device: Callable[[], torch.device], extra_dirs: Sequence[Path] = (),
-                 cache_size: int = 2, tiles: Callable[[], tuple[int, int]] = lambda: (192, 8)) -> None:
-        self.dirs = [(f, models_dir / f) for f in FOLDERS] + [("ESRGAN", d) for d in extra_dirs]
+    def __init__(self, models_dir: Path, device: Callable[[], torch.device],
+                 extra_dirs: Sequence[tuple[str, Path]] = (), cache_size: int = 2,
+                 tiles: Callable[[], tuple[int, int]] = lambda: (192, 8)) -> None:
+        """``extra_dirs``: (folder kind, path) pairs searched after ``models_dir/<kind>`` (A1111's path flags such
+        as ``--esrgan-models-path``)."""
+        self.dirs = [(f, models_dir / f) for f in FOLDERS] + [(kind, d) for kind, d in extra_dirs if kind in FOLDERS]
         self.device = device
         self.tiles = tiles  # (tile size, overlap): A1111's ESRGAN_tile and ESRGAN_tile_overlap settings
         self.cache_size = cache_size

@@ -1,4 +1,5 @@
-"""``POST /sdapi/v1/extra-single-image`` and ``/extra-batch-images``: A1111's Extras (upscaling) as queued jobs.
+"""``POST /sdapi/v1/extra-single-image``, ``/extra-batch-images`` and ``/interrogate``: A1111's Extras (upscaling,
+face restoration) and interrogation as queued jobs.
 
 Bad input (an unknown upscaler, a corrupt image, sizes out of range, face restoration asked for) is a 422 naming
 the field, before anything is queued. As in A1111's API nothing is saved; the images come back as base64 PNGs with
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modules.app import App
 from modules.extras import ExtrasRequest, ExtrasResult
-from modules.job_types import ExtrasJob
+from modules.job_types import ExtrasJob, InterrogateJob, InterrogateResult
 from modules.jobs import JobState
 from webui.api.images import decode_image, decode_images
 from webui.api.waiting import failure_response, wait_for
@@ -45,6 +46,20 @@ class ExtrasBody(BaseModel):
 
 class ExtrasSingleBody(ExtrasBody):
     image: str = Field("", description="base64 image")
+
+
+class InterrogateBody(BaseModel):
+    """A1111's ``InterrogateRequest``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    image: str = Field("", description="base64 image")
+    model: str = Field("clip", description="clip or deepdanbooru")
+
+
+def interrogate_job(app: App, body: InterrogateBody) -> InterrogateJob:
+    """The job of an interrogate request (the image decoded; ValidationError when it cannot be)."""
+    return app.interrogate_job(decode_image(body.image, "image"), body.model)
 
 
 class FileData(BaseModel):
@@ -103,5 +118,17 @@ def build_router(app: App) -> APIRouter:
         if isinstance(result, JSONResponse):
             return result
         return {"html_info": result.html_info, "images": [_b64(i.png) for i in result.images]}
+
+    @r.post("/interrogate")
+    async def interrogate(body: InterrogateBody, request: Request) -> Any:
+        spec = await run_in_threadpool(interrogate_job, app, body)
+        job = await run_in_threadpool(app.submit, spec, getattr(request.state, "user", None))
+        await wait_for(job)
+        if job.state is JobState.FAILED:
+            return failure_response(job)
+        if not isinstance(job.result, InterrogateResult):
+            return JSONResponse({"error": "Interrupted", "detail": "the job was cancelled", "job_id": job.id},
+                                status_code=409)
+        return {"caption": job.result.caption}
 
     return r

@@ -15,10 +15,24 @@ from fastapi.responses import JSONResponse
 
 from modules.app import App
 from modules.extras import ExtrasResult
-from modules.job_types import BatchResult, ExtrasJob, ImagesResult, MergeResultSummary, ModelResult
+from modules.job_types import (
+    BatchResult,
+    ExtrasJob,
+    ImagesResult,
+    InterrogateResult,
+    MergeResultSummary,
+    ModelResult,
+)
 from modules.jobs import Job, JobState
 from webui.api.convert import Rendering, interruption, prepare, response_body
-from webui.api.extras import ExtrasBatchBody, ExtrasSingleBody, extras_request_batch, extras_request_single
+from webui.api.extras import (
+    ExtrasBatchBody,
+    ExtrasSingleBody,
+    InterrogateBody,
+    extras_request_batch,
+    extras_request_single,
+    interrogate_job,
+)
 from webui.api.schemas import Img2ImgBody, Txt2ImgBody
 from webui.api.waiting import error_field
 
@@ -61,6 +75,8 @@ def result_body(job: Job) -> dict[str, Any] | None:
         return {"model": result.title}
     if isinstance(result, MergeResultSummary):
         return result.as_dict()
+    if isinstance(result, InterrogateResult):
+        return {"caption": result.caption}
     if isinstance(result, ExtrasResult):
         return {"html_info": result.html_info, "interrupted": result.interrupted,
                 "images": [base64.b64encode(i.png).decode("ascii") for i in result.images]}
@@ -129,6 +145,11 @@ def build_router(app: App) -> APIRouter:
     async def submit_extra_single(body: ExtrasSingleBody, request: Request) -> JSONResponse:
         req = await run_in_threadpool(extras_request_single, body)
         return _accepted(app, await run_in_threadpool(app.submit, ExtrasJob(req), _user(request)))
+
+    @r.post("/interrogate", status_code=202)
+    async def submit_interrogate(body: InterrogateBody, request: Request) -> JSONResponse:
+        spec = await run_in_threadpool(interrogate_job, app, body)
+        return _accepted(app, await run_in_threadpool(app.submit, spec, _user(request)))
 
     @r.post("/extra-batch-images", status_code=202)
     async def submit_extra_batch(body: ExtrasBatchBody, request: Request) -> JSONResponse:

@@ -15,7 +15,7 @@ import gradio as gr
 from modules import samplers
 from modules.app import App
 from modules.params import label
-from webui.ui import common, extra_networks, styles_editor
+from webui.ui import common, extra_networks, interrogate, styles_editor
 from webui.ui.common import PASTE, RANDOM, REUSE, TokenCounter, tool_button
 from webui.ui.txt2img_handlers import reuse_seed, select_image
 
@@ -91,6 +91,8 @@ def prompt_row(ui: GenerationUI, app: App) -> None:
                 p["extra_networks"] = tool_button(extra_networks.SYMBOL, f"{tab}_extra_networks")
                 p["styles_refresh"] = tool_button(common.REFRESH, f"{tab}_styles_refresh")
                 p["styles_edit"] = styles_editor.edit_button(tab)
+            if tab == "img2img":
+                interrogate.add_buttons(p)
             f["styles"] = gr.Dropdown(label=label("styles"), choices=style_names(app), value=[], multiselect=True,
                                       elem_id=f"{tab}_styles")
 

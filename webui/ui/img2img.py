@@ -13,6 +13,7 @@ from modules.batch import PNG_INFO_FIELDS
 from modules.generation.image_prep import MASKED_CONTENT, RESIZE_MODES
 from modules.params import label
 from webui.ui import generation_rows as rows
+from webui.ui import interrogate
 from webui.ui.common import TokenCounter
 from webui.ui.generation_rows import FAST, GenerationUI
 from webui.ui.img2img_handlers import (
@@ -205,6 +206,7 @@ def build_img2img_tab(app: App, counter: TokenCounter) -> Img2ImgUI:
     _wire_generate(ui)
     rows.wire_shared(ui, app, counter)
     _wire_tabs(ui)
+    interrogate.wire(app, ui.fields, ui.parts, request_user)
     return ui
 
 

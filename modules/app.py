@@ -14,8 +14,10 @@ from PIL import Image
 
 from modules.engine import Engine
 from modules.errors import ValidationError, WebUIError
+from modules.extras_steps import ExtrasTools
+from modules.faces.restorers import FaceRestorers
 from modules.hashing import HashCache
-from modules.interrogate.service import Interrogators
+from modules.interrogate.service import Interrogators, clip_options
 from modules.job_handlers import builtin_handlers
 from modules.job_types import (
     DeviceConfigJob,
@@ -130,9 +132,12 @@ class App:
                                           extra_dirs=options.model_dirs,
                                           tiles=lambda: (self.settings["ESRGAN_tile"],
                                                          self.settings["ESRGAN_tile_overlap"]))
+        self.faces = FaceRestorers(self.paths.models_dir, lambda: torch.device(self.models.config.device),
+                                   gfpgan_dirs=[d for kind, d in options.model_dirs if kind == "GFPGAN"],
+                                   codeformer_dirs=[d for kind, d in options.model_dirs if kind == "Codeformer"])
         self.interrogators = Interrogators(self.paths.models_dir, lambda: torch.device(self.models.config.device),
                                            [d for kind, d in options.model_dirs if kind == "CLIP"])
-        self.engine = Engine(self.models, self.networks, self.upscalers)
+        self.engine = Engine(self.models, self.networks, self.upscalers, self.faces)
         self.handlers = builtin_handlers()
         self.queue = JobQueue(self._run_job, max_size=self.settings["queue_max_size"])
         self.model_status = ModelStatus()
@@ -212,11 +217,27 @@ class App:
         self.handlers.check(self, spec)
         return self.queue.submit(spec, owner, tag)
 
+    def interrogate_options(self) -> tuple[tuple[str, object], ...]:
+        """The interrogate settings as they are now (for a job to carry)."""
+        snapshot = self.settings.snapshot()
+        return tuple((k, snapshot[k]) for k in self.settings.options if k.startswith(("interrogate_", "deepbooru_")))
+
+    def extras_tools(self, options: tuple[tuple[str, object], ...] = ()) -> ExtrasTools:
+        """Extras' face restorers and captioners (with the interrogate settings ``options``)."""
+        settings = dict(options)
+
+        def deepbooru(image: Image.Image) -> str:
+            return self.interrogators.interrogate(image, "deepdanbooru", settings)
+
+        def blip(image: Image.Image) -> str:
+            self.interrogators.check("clip", settings)
+            return self.interrogators.clip.caption(image, clip_options(settings))
+
+        return ExtrasTools(self.faces, {"Deepbooru": deepbooru, "BLIP": blip})
+
     def interrogate_job(self, image: Image.Image, model: str) -> InterrogateJob:
         """The spec of an interrogation, with the interrogate settings as they are now."""
-        keys = [k for k in self.settings.options if k.startswith(("interrogate_", "deepbooru_"))]
-        snapshot = self.settings.snapshot()
-        return InterrogateJob(image, model, tuple((k, snapshot[k]) for k in keys))
+        return InterrogateJob(image, model, self.interrogate_options())
 
     def generation_job(self, req: GenerationRequest, save: bool = True,
                        output_overrides: Mapping[str, Any] | None = None, return_grid: bool | None = None

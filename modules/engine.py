@@ -16,7 +16,8 @@ from PIL import Image
 
 from modules import images as image_utils
 from modules import outputs
-from modules.generation.batches import ImageListener, ModelSource
+from modules.faces.restorers import FaceRestorers
+from modules.generation.batches import FaceRestore, ImageListener, ModelSource
 from modules.generation.control import JobControl
 from modules.generation.img2img import img2img
 from modules.generation.result import GenerationResult
@@ -31,7 +32,7 @@ from modules.upscalers.registry import UpscalerRegistry
 __all__ = ["Engine", "JobOutput", "OutputOptions"]
 log = logging.getLogger(__name__)
 Generate = Callable[[ModelParts, Any, JobControl, int, ImageListener | None, ModelSource | None,
-                     ExtraNetworks | None, UpscalerRegistry | None], GenerationResult]
+                     ExtraNetworks | None, UpscalerRegistry | None, FaceRestore | None], GenerationResult]
 
 
 @dataclass
@@ -48,10 +49,11 @@ class JobOutput:
 
 class Engine:
     def __init__(self, models: ModelManager, networks: ExtraNetworks | None = None,
-                 upscalers: UpscalerRegistry | None = None) -> None:
+                 upscalers: UpscalerRegistry | None = None, faces: FaceRestorers | None = None) -> None:
         self.models = models
         self.networks = networks
         self.upscalers = upscalers
+        self.faces = faces
 
     def txt2img(self, req: GenerationRequest, control: JobControl | None = None, out: OutputOptions | None = None,
                 preview_every: int = 0, grid: bool = True) -> JobOutput:
@@ -74,14 +76,30 @@ class Engine:
         def load(name: str) -> ModelParts:  # the hires checkpoint or the refiner, with the job's VAE choice
             return self.models.with_vae(self.models.get(name), req.vae)
 
-        job = JobOutput(generate(parts, req, control, preview_every, listener, load, self.networks, self.upscalers),
-                        paths=paths)
+        faces = self._restore_faces if self.faces is not None else None
+        job = JobOutput(generate(parts, req, control, preview_every, listener, load, self.networks, self.upscalers,
+                                 faces), paths=paths)
         count = len(job.result.images)
         if grid and count and (count > 1 or (out is not None and not out.grid_only_if_multiple)):
             job.grid = image_utils.image_grid(job.result.images)
             if out is not None and out.save_grid:
                 job.grid_path = _save_grid(job, out, control)
         return job
+
+
+    def _restore_faces(self, image: Image.Image, req: GenerationRequest, control: JobControl) -> Image.Image:
+        """"Restore faces" on one generated image; a restorer that cannot run leaves it as it is, with a warning."""
+        assert self.faces is not None
+        name = req.face_restoration_model
+        if name not in self.faces.names():
+            control.warn(f"Restore faces: {name} is not installed (its weights file goes in models/"
+                         f"{'GFPGAN' if name == 'GFPGAN' else 'Codeformer'}); the images were not restored")
+            return image
+        result = self.faces.restore(image, name, codeformer_weight=req.code_former_weight,
+                                    cancel=control.should_stop)
+        if result.warning:
+            control.warn(result.warning)
+        return result.image
 
 
 def _values(result: GenerationResult, index: int) -> dict[str, object]:

@@ -3,7 +3,9 @@
 Each image is upscaled by a factor ("scale by") or to a size ("scale to": the factor that covers the size, then
 optionally a centred crop to it), with Upscaler 1, and Upscaler 2 blended over it at its visibility. The image's own
 text chunks (its generation parameters) are kept and a ``postprocessing`` entry lists what was done, with A1111's
-keys (``Postprocess upscale by``, ``Postprocess upscaler``, ...). Face restoration is not available yet.
+keys (``Postprocess upscale by``, ``Postprocess upscaler``, ``GFPGAN visibility``, ...). Faces are restored with
+GFPGAN and CodeFormer after upscaling, then the training preparation may make several images of each
+(:mod:`modules.extras_steps`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from PIL import Image, UnidentifiedImageError
 
 from modules import images as image_utils
 from modules.errors import ValidationError
+from modules.extras_steps import ExtrasTools, check_faces, restore, training_outputs
 from modules.generation.control import JobControl
 from modules.infotext import quote
+from modules.training_prep import TrainingPrepOptions
 from modules.upscalers.registry import UpscalerError, UpscalerRegistry
 
 MAX_OUTPUT_SIDE = 16384
@@ -44,8 +48,9 @@ class ExtrasRequest:
     gfpgan_visibility: float = 0.0
     codeformer_visibility: float = 0.0
     codeformer_weight: float = 0.0
-    upscale_first: bool = False
+    upscale_first: bool = False  # ignored, as in A1111 1.10: upscaling always runs before face restoration
     max_side_length: int = 0
+    training: TrainingPrepOptions | None = None  # the training preparation steps (the Extras tab)
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,11 @@ class ExtrasImage:
     png: bytes
     postprocessing: str
     path: Path | None = None  # where it was saved
+    caption: str | None = None  # the caption file's text (training preparation)
 
 
-Save = Callable[[Image.Image, Mapping[str, str], str], Path]  # (image, text chunks, source name) -> file written
+# (image, text chunks, source name, file-name suffix, caption) -> the file written (and its caption file beside it)
+Save = Callable[[Image.Image, Mapping[str, str], str, str, str | None], Path]
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class ExtrasResult:
     skipped: tuple[tuple[str, str], ...] = ()  # (file name, why) for the directory batch's unreadable files
     saved: tuple[Path, ...] = ()  # every file written (also when the images are not returned)
     last_postprocessing: str = ""  # the last image's postprocessing text (also when it is not returned)
+    warnings: tuple[str, ...] = ()
 
     @property
     def html_info(self) -> str:
@@ -74,7 +82,7 @@ class ExtrasResult:
         return "<p>" + "<br>\n".join(html.escape(line) for line in text.split("\n")) + "</p>"
 
 
-def validate_extras(req: ExtrasRequest, upscalers: UpscalerRegistry) -> None:
+def validate_extras(req: ExtrasRequest, upscalers: UpscalerRegistry, tools: ExtrasTools | None = None) -> None:
     """Refuse, naming the field, what cannot run (before the job is queued)."""
     if not req.images and not req.input_paths:
         raise ValidationError("image: no image given", field="image")
@@ -96,9 +104,12 @@ def validate_extras(req: ExtrasRequest, upscalers: UpscalerRegistry) -> None:
         if name not in (None, "", "None") and upscalers.find(name) is None:
             raise ValidationError(f"{field}: unknown upscaler {name!r}; available: {', '.join(upscalers.names())}",
                                   field=field)
-    for field in ("gfpgan_visibility", "codeformer_visibility"):
-        if getattr(req, field) > 0:
-            raise ValidationError(f"{field}: face restoration is not available yet", field=field)
+    tools = tools or ExtrasTools()
+    check_faces(tools.faces, req.gfpgan_visibility, req.codeformer_visibility, req.codeformer_weight)
+    if req.training is not None and req.training.caption.enable:
+        for name in req.training.caption.option:
+            if name not in tools.captioners:
+                raise ValidationError(f"Caption: the {name} captioner is not available", field="caption")
     for name, image in req.images:
         _check_output_size(req, image, name)
 
@@ -147,10 +158,17 @@ def _upscale(upscalers: UpscalerRegistry, image: Image.Image, name: str, factor:
     return out
 
 
-def postprocess(upscalers: UpscalerRegistry, req: ExtrasRequest, image: Image.Image,
-                control: JobControl) -> tuple[Image.Image, dict[str, object]]:
-    """One image through the upscalers; (the result, its postprocessing entries)."""
-    image = image.convert("RGB")
+def postprocess(upscalers: UpscalerRegistry, req: ExtrasRequest, image: Image.Image, control: JobControl,
+                tools: ExtrasTools | None = None) -> tuple[Image.Image, dict[str, object]]:
+    """One image through the upscalers, then the face restorers; (the result, its postprocessing entries)."""
+    image, info = _upscale_step(upscalers, req, image.convert("RGB"), control)
+    image = restore(tools or ExtrasTools(), image, req.gfpgan_visibility, req.codeformer_visibility,
+                    req.codeformer_weight, control, info)
+    return image, info
+
+
+def _upscale_step(upscalers: UpscalerRegistry, req: ExtrasRequest, image: Image.Image,
+                  control: JobControl) -> tuple[Image.Image, dict[str, object]]:
     if req.upscaler_1 in (None, "", "None"):
         return image, {}
     factor, width, height, crop, info = _target(req, image)
@@ -183,10 +201,12 @@ def _read(path: Path) -> Image.Image:
     return out
 
 
-def _sources(req: ExtrasRequest, skipped: list[tuple[str, str]]) -> Iterator[tuple[str, Image.Image]]:
-    """The request's images, then its directory's files read one at a time (one that cannot be read is noted in
-    ``skipped`` and passed over, as A1111 does)."""
-    yield from req.images
+def _sources(req: ExtrasRequest, skipped: list[tuple[str, str]]
+             ) -> Iterator[tuple[str, Image.Image, Path | None]]:
+    """(name, image, its file) for the request's images, then its directory's files read one at a time (one that
+    cannot be read is noted in ``skipped`` and passed over, as A1111 does)."""
+    for name, image in req.images:
+        yield name, image, None
     for path in req.input_paths:
         try:
             image = _read(path)
@@ -198,32 +218,42 @@ def _sources(req: ExtrasRequest, skipped: list[tuple[str, str]]) -> Iterator[tup
         except ValidationError as exc:
             skipped.append((path.name, str(exc)))
             continue
-        yield path.name, image
+        yield path.name, image, path
+
+
+def _target_fields(req: ExtrasRequest) -> dict[str, object]:
+    return {"resize_mode": req.resize_mode, "upscaling_resize": req.upscaling_resize,
+            "upscaling_resize_w": req.upscaling_resize_w, "upscaling_resize_h": req.upscaling_resize_h,
+            "max_side_length": req.max_side_length}
 
 
 def run_extras(upscalers: UpscalerRegistry, req: ExtrasRequest, control: JobControl | None = None,
-               save: Save | None = None) -> ExtrasResult:
-    """Every image of the request through :func:`postprocess`, as PNGs keeping their text chunks (and saved with
-    ``save`` when given; ``save`` gets the source's file name too, for "use original name")."""
+               save: Save | None = None, tools: ExtrasTools | None = None) -> ExtrasResult:
+    """Every image of the request through :func:`postprocess` and the training preparation, as PNGs keeping their
+    text chunks (and saved with ``save`` when given; it gets the source's file name too, for "use original
+    name", and the output's suffix and caption)."""
     control = control or JobControl()
+    tools = tools or ExtrasTools()
     out: list[ExtrasImage] = []
     text = ""
     saved: list[Path] = []
     skipped: list[tuple[str, str]] = []
     total = len(req.images) + len(req.input_paths)
     control.update(job_count=total, job_no=0)
-    for number, (name, image) in enumerate(_sources(req, skipped)):
+    for number, (name, image, source) in enumerate(_sources(req, skipped)):
         if control.should_stop():
             break
         control.update(job_no=number, phase=f"image {number + 1} of {total}" if total > 1 else "upscaling")
-        result, info = postprocess(upscalers, req, image, control)
+        result, info = postprocess(upscalers, req, image, control, tools)
         text = postprocessing_text(info)
         chunks: dict[str, Any] = {**_text_chunks(image), **({"postprocessing": text} if text else {})}
-        path = save(result, chunks, name) if save is not None else None
-        if path is not None:
-            saved.append(path)
-        if req.show_results or not req.input_paths:
-            out.append(ExtrasImage(name, image_utils.encode_image(result, "png", None, extra_text=chunks), text, path))
+        for output in training_outputs(tools, req.training, result, image.size, _target_fields(req), source):
+            path = save(output.image, chunks, name, output.suffix, output.caption) if save is not None else None
+            if path is not None:
+                saved.append(path)
+            if req.show_results or not req.input_paths:
+                png = image_utils.encode_image(output.image, "png", None, extra_text=chunks)
+                out.append(ExtrasImage(name, png, text, path, output.caption))
     control.update(job_no=total, phase="done")
     return ExtrasResult(tuple(out), interrupted=control.interrupted, skipped=tuple(skipped), saved=tuple(saved),
-                        last_postprocessing=text)
+                        last_postprocessing=text, warnings=tuple(control.warnings))

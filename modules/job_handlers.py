@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from modules import fileio, outputs
 from modules import images as image_utils
-from modules import outputs
 from modules.batch import run_batch
 from modules.engine import JobOutput
 from modules.errors import ModelLoadError, ValidationError
@@ -200,21 +200,29 @@ def run_merge_job(app: App, spec: MergeJob, control: JobControl) -> MergeResultS
 
 def check_extras(app: App, spec: ExtrasJob) -> None:
     app.upscalers.refresh()  # a model file added since start is found (a walk of a few folders)
-    validate_extras(spec.request, app.upscalers)
+    validate_extras(spec.request, app.upscalers, app.extras_tools(spec.interrogate_options))
+    training = spec.request.training
+    if training is not None and training.caption.enable:  # a missing captioner model is named before queueing
+        for name in training.caption.option:
+            app.interrogators.check("deepdanbooru" if name == "Deepbooru" else "clip", dict(spec.interrogate_options))
 
 
 def run_extras_job(app: App, spec: ExtrasJob, control: JobControl) -> ExtrasResult:
     folder = spec.output_dir
+    tools = app.extras_tools(spec.interrogate_options)
     if folder is None:
-        return run_extras(app.upscalers, spec.request, control)
-
-    def save(image: Image.Image, chunks: Mapping[str, str], name: str) -> Path:
-        forced = Path(name).stem if spec.original_names and name else ""
-        return outputs.save_image(image, folder, spec.output_format, chunks.get("parameters"), pattern="",
+        return run_extras(app.upscalers, spec.request, control, tools=tools)
+    def save(image: Image.Image, chunks: Mapping[str, str], name: str, suffix: str, caption: str | None) -> Path:
+        forced = Path(name).stem + suffix if spec.original_names and name else ""
+        path = outputs.save_image(image, folder, spec.output_format, chunks.get("parameters"),
+                                  pattern=suffix.lstrip("-"),
                                   extra_text={k: v for k, v in chunks.items() if k != "parameters"},
                                   forced_name=forced)
+        if caption is not None:  # the caption file beside the image, as A1111 writes it
+            fileio.atomic_write_text(path.with_suffix(".txt"), caption)
+        return path
 
-    return run_extras(app.upscalers, spec.request, control, save)
+    return run_extras(app.upscalers, spec.request, control, save, tools)
 
 
 def check_interrogate(app: App, spec: InterrogateJob) -> None:

@@ -90,6 +90,7 @@ class ExtrasJob:
     output_dir: Path | None = None  # None: nothing saved (the API); the Extras tab saves to outputs/extras-images
     output_format: str = "png"
     original_names: bool = False  # batches: each file saved under its source's name (``use_original_name_batch``)
+    interrogate_options: tuple[tuple[str, object], ...] = ()  # the settings the captioners use
 
 
 @dataclass(frozen=True)

@@ -304,6 +304,13 @@ def _r_or(key: str, field: str, missing: object) -> Reader:
     return reader
 
 
+def _r_restore_faces(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
+    """"Face restoration: CodeFormer" turns restoration on with that model (A1111 writes it only when on)."""
+    if "Face restoration" not in written or not p.get("Face restoration"):
+        return {}
+    return {"restore_faces": True, "face_restoration_model": str(p["Face restoration"])}
+
+
 def _r_checkpoint(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
     """The model an infotext names: its hash when there is one (A1111 looks hashes up first), else its name."""
     value = p.get("Model hash") if "Model hash" in written else None
@@ -471,7 +478,12 @@ PARAMS: tuple[Param, ...] = (
     # sampler parameters (A1111 keeps their defaults in the settings; sent through the API)
     Param("batch_size", int, api_default=1, label="Batch size", cli="--n_samples"),
     Param("n_iter", int, api_default=1, label="Batch count"),
-    Param("restore_faces", bool, api_default=False, label="Restore faces", axis="Face restore"),
+    Param("restore_faces", bool, read=_r_restore_faces, setting="face_restoration", label="Restore faces",
+          axis="Face restore"),
+    Param("face_restoration_model", str, "Face restoration",
+          write=lambda r, c: r.face_restoration_model if r.restore_faces else None, read=lambda p, w: {}, api=(),
+          setting="face_restoration_model", label="Face restoration model"),
+    Param("code_former_weight", float, api=(), setting="code_former_weight", label="CodeFormer weight"),
     Param("s_churn", float, "Sigma churn", write=_w_sigma("s_churn"), api_default=0.0, label="Sigma churn",
           axis="Sigma Churn"),
     Param("s_tmin", float, "Sigma tmin", write=_w_sigma("s_tmin"), api_default=0.0, label="Sigma tmin",

@@ -66,6 +66,8 @@ class GenerationRequest:
     height: int = 512
     tiling: bool = False
     restore_faces: bool = False
+    face_restoration_model: str = "CodeFormer"  # A1111 takes these two from its settings
+    code_former_weight: float = 0.5
     eta: float | None = None
     s_churn: float = 0.0
     s_tmin: float = 0.0

@@ -161,8 +161,6 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
                ("CodeFormer", "GFPGAN")),
         Option("code_former_weight", 0.5, "CodeFormer weight (0 = maximum effect; 1 = minimum effect)", _FACES,
                "float", minimum=0, maximum=1, step=0.01),
-        Option("face_restoration_unload", False, "Move face restoration model from VRAM into RAM after processing",
-               _FACES, "bool"),
         Option("interrogate_keep_models_in_memory", False, "Keep models in VRAM", _INTERROGATE, "bool"),
         Option("interrogate_return_ranks", False, "Include ranks of model tags matches in results (booru only)",
                _INTERROGATE, "bool"),
@@ -202,8 +200,6 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
         Option("return_grid", True, "Show grid in gallery and return it from the API", _SAVE, "bool"),
         Option("enable_pnginfo", True, "Save text information about generation parameters as chunks to png "
                "files", _SAVE, "bool"),
-        Option("save_images_before_face_restoration", False, "Save a copy of image before doing face restoration",
-               _SAVE, "bool"),
         Option("use_original_name_batch", True, "Use original name for output filename during batch process in "
                "extras tab", _SAVE, "bool"),
         Option("jpeg_quality", 80, "Quality for saved jpeg and webp images", _SAVE, "int", minimum=1, maximum=100,

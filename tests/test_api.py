@@ -95,7 +95,9 @@ def test_override_settings_apply_to_that_job_only(api):
 def test_restore_faces_succeeds_with_a_warning(api):
     r = api.post("/sdapi/v1/txt2img", json={"prompt": "x", "restore_faces": True, **SMALL})
     assert r.status_code == 200
-    assert any("face restoration" in w for w in json.loads(r.json()["info"])["warnings"])
+    info = json.loads(r.json()["info"])
+    assert any("CodeFormer is not installed" in w for w in info["warnings"])
+    assert info["face_restoration_model"] == "CodeFormer" and "Face restoration: CodeFormer" in info["infotexts"][0]
 
 
 def test_infotext_field_fills_the_request(api):

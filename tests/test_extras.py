@@ -163,3 +163,42 @@ def _pnginfo(text: str) -> PngImagePlugin.PngInfo:
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", text)
     return info
+
+
+def test_training_preparation_makes_flipped_captioned_copies(data_dir, tmp_path):
+    import torch
+
+    from modules.app import App, StartOptions
+    from modules.interrogate.deepbooru import MODEL_FILE
+    from tests.test_deepbooru import DIVISOR, TAGS, gradient_image, seeded_state
+    from webui.ui.extras import run
+
+    folder = data_dir / "models" / "torch_deepdanbooru"
+    folder.mkdir(parents=True)
+    torch.save({**seeded_state(DIVISOR, len(TAGS)), "tags": TAGS}, folder / MODEL_FILE)
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    gradient_image(64, 48).save(source / "pic.png")
+    (source / "pic.txt").write_text("my caption", encoding="utf-8")
+    values = {**_dir_values(source, out, show=True), "upscaler_1": "None", "gfpgan_enable": False,
+              "gfpgan_visibility": 1.0, "codeformer_enable": False, "codeformer_visibility": 1.0,
+              "codeformer_weight": 0.0, "split_enable": False, "split_threshold": 0.5, "overlap_ratio": 0.2,
+              "focal_crop_enable": False, "face_weight": 0.9, "entropy_weight": 0.15, "edges_weight": 0.5,
+              "focal_debug": False, "autosized_crop_enable": False, "mindim": 384, "maxdim": 768, "minarea": 4096,
+              "maxarea": 409600, "objective": "Maximize area", "error_threshold": 0.1, "flip_enable": True,
+              "flip_option": ["Horizontal"], "caption_enable": True, "caption_option": ["Deepbooru"]}
+    app = App(StartOptions(data_dir=data_dir, device="cpu", skip_load_model=True))
+    app.settings.update({"postprocessing_existing_caption_action": "Prepend"})
+    app.start()
+    try:
+        gallery, _, message = run(app, values, None)
+        assert len(gallery) == 2 and "Saved 2" in message, message
+        first, flipped = Image.open(out / "pic.png"), Image.open(out / "pic-1.png")
+        assert np.array_equal(np.asarray(flipped), np.asarray(first)[:, ::-1])
+        captions = [(out / n).read_text(encoding="utf-8") for n in ("pic.txt", "pic-1.txt")]
+        assert all(c.startswith("my caption ") and len(c) > len("my caption ") for c in captions)
+        values["caption_option"] = ["BLIP"]
+        _, _, message = run(app, values, None)
+        assert "models/BLIP" in message  # the captioner's model is missing: named before anything runs
+    finally:
+        app.stop()

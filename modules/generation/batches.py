@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 Finish = Callable[[int, Image.Image], Image.Image]  # (index in the batch, decoded image) -> final image
 ImageListener = Callable[[GenerationResult, int], None]  # (result so far, index of the image just added)
+FaceRestore = Callable[[Image.Image, GenerationRequest, JobControl], Image.Image]  # "Restore faces" on one image
 
 
 @dataclass
@@ -141,9 +142,11 @@ def _warn_skipped_embeddings(found: EmbeddingSet, texts: list[str], parts: Model
 
 
 def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, sample: Sample,
-                on_image: ImageListener | None = None, networks: ExtraNetworks | None = None) -> GenerationResult:
+                on_image: ImageListener | None = None, networks: ExtraNetworks | None = None,
+                faces: FaceRestore | None = None) -> GenerationResult:
     """Run ``req.n_iter`` batches of ``req.batch_size`` images (``req`` validated, seeds resolved), with the
-    networks the prompt names applied to the model for the job."""
+    networks the prompt names applied to the model for the job; ``faces`` restores each decoded image's faces when
+    the request asks for it (before img2img's colour correction and overlay, as in A1111)."""
     prompts = prepare_prompts(req, req.image_count)
     tags, hypernets = _network_tags(prompts, networks, control)
     encoder = TextEncoder(parts, req.clip_skip)
@@ -155,7 +158,7 @@ def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, 
         encoder = TextEncoder(parts, req.clip_skip, found, networks.embeddings.for_model)
         _warn_skipped_embeddings(found, [req.prompt, req.negative_prompt], parts, control)
     if networks is None or not (tags or hypernets):
-        return _run_batches(parts, req, control, sample, on_image, prompts, encoder, {})
+        return _run_batches(parts, req, control, sample, on_image, prompts, encoder, {}, faces)
     # A1111 writes no infotext key for hypernetworks: the tags stay in the prompt, which is what a paste reads
     with ExitStack() as stack:
         extra: dict[str, str | None] = {}
@@ -164,12 +167,12 @@ def run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, 
             extra["Lora hashes"] = lora_hashes(applied.hashes)
         if hypernets:
             stack.enter_context(networks.hypernetworks.applied(parts, hypernets, control.warn))
-        return _run_batches(parts, req, control, sample, on_image, prompts, encoder, extra)
+        return _run_batches(parts, req, control, sample, on_image, prompts, encoder, extra, faces)
 
 
 def _run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl, sample: Sample,
                  on_image: ImageListener | None, prompts: PreparedPrompts, encoder: TextEncoder,
-                 extra: dict[str, str | None]) -> GenerationResult:
+                 extra: dict[str, str | None], faces: FaceRestore | None) -> GenerationResult:
     total = req.image_count
     # with a variation seed every image keeps the seed and only the variation seed counts up, as in A1111
     seeds = [req.seed] * total if req.subseed_strength > 0 else all_seeds(req.seed, total)
@@ -201,6 +204,9 @@ def _run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl,
             vae = (sampled.parts or parts).vae
             for k, image in enumerate(lat.to_pil(lat.decode(vae, sampled.latents, control.warn))):
                 i = batch.first + k
+                if req.restore_faces and faces is not None and not control.interrupted:
+                    control.update(phase="restoring faces")
+                    image = faces(image, req, control)
                 result.images.append(sampled.finish(k, image) if sampled.finish else image)
                 ctx = infotext_context(parts, seeds[i], subseeds[i])
                 result.infotexts.append(param_io.build_infotext(req, ctx, prompts.original_positive[i],

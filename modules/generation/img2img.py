@@ -14,6 +14,7 @@ from modules.generation import image_prep
 from modules.generation import latents as lat
 from modules.generation.batches import (
     Batch,
+    FaceRestore,
     ImageListener,
     JobModels,
     ModelSource,
@@ -129,7 +130,8 @@ def _prepare_job(parts: ModelParts, req: Img2ImgRequest, first_seeds: list[int],
 
 def img2img(parts: ModelParts, req: Img2ImgRequest, control: JobControl, preview_every: int = 0,
             on_image: ImageListener | None = None, models: ModelSource | None = None,
-            networks: ExtraNetworks | None = None, upscalers: UpscalerRegistry | None = None) -> GenerationResult:
+            networks: ExtraNetworks | None = None, upscalers: UpscalerRegistry | None = None,
+            faces: FaceRestore | None = None) -> GenerationResult:
     """Generate ``n_iter`` batches from the init images. ``req`` must be validated already."""
     req = resolve_seeds(req)
     if len(req.init_images) > 1:  # several init images make one batch of that size, as in A1111
@@ -158,4 +160,4 @@ def img2img(parts: ModelParts, req: Img2ImgRequest, control: JobControl, preview
                                       req.initial_noise_multiplier, mask=init.mask)
         return Sampled(latents, lambda k, image: image_prep.finish(image, init.prepared[k]), job.current)
 
-    return run_batches(parts, req, control, sample, on_image, networks)
+    return run_batches(parts, req, control, sample, on_image, networks, faces)

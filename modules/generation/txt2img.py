@@ -13,6 +13,7 @@ from modules.errors import ValidationError
 from modules.generation import latents as lat
 from modules.generation.batches import (
     Batch,
+    FaceRestore,
     ImageListener,
     JobModels,
     ModelSource,
@@ -156,7 +157,8 @@ def _hires_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder,
 
 def txt2img(parts: ModelParts, req: GenerationRequest, control: JobControl, preview_every: int = 0,
             on_image: ImageListener | None = None, models: ModelSource | None = None,
-            networks: ExtraNetworks | None = None, upscalers: UpscalerRegistry | None = None) -> GenerationResult:
+            networks: ExtraNetworks | None = None, upscalers: UpscalerRegistry | None = None,
+            faces: FaceRestore | None = None) -> GenerationResult:
     """Generate ``n_iter`` batches of ``batch_size`` images. ``req`` must be validated already. ``models`` loads
     the hires checkpoint and the refiner when the request names them."""
     req = resolve_seeds(req)
@@ -174,4 +176,4 @@ def txt2img(parts: ModelParts, req: GenerationRequest, control: JobControl, prev
                                   control, preview_every, generator, upscalers)
         return Sampled(latents, parts=job.current)
 
-    return run_batches(parts, req, control, sample, on_image, networks)
+    return run_batches(parts, req, control, sample, on_image, networks, faces)

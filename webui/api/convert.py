@@ -83,8 +83,6 @@ def _checks(body: GenerationBody, warnings: list[str]) -> None:
         raise ValidationError(f"alwayson_scripts: always on script {name} not found", field="alwayson_scripts")
     if body.script_name:
         raise ValidationError(f"script_name: script {body.script_name!r} not found", field="script_name")
-    if getattr(body, "restore_faces", None):
-        warnings.append("restore_faces: no face restoration model is installed; images were not restored")
     if getattr(body, "image_cfg_scale", None) is not None:
         warnings.append("image_cfg_scale applies to instruct-pix2pix models, which are not supported yet")
 
@@ -160,7 +158,8 @@ def info_json(result: ImagesResult, rendering: Rendering, extra: dict[str, Any] 
         "all_negative_prompts": negatives, "seed": seeds[0], "all_seeds": seeds, "subseed": subseeds[0],
         "all_subseeds": subseeds, "subseed_strength": req.subseed_strength, "width": req.width,
         "height": req.height, "sampler_name": req.sampler_name, "cfg_scale": req.cfg_scale, "steps": req.steps,
-        "batch_size": req.batch_size, "restore_faces": req.restore_faces, "face_restoration_model": None,
+        "batch_size": req.batch_size, "restore_faces": req.restore_faces,
+        "face_restoration_model": req.face_restoration_model if req.restore_faces else None,
         "sd_model_name": result.model_name, "sd_model_hash": result.model_hash, "sd_vae_name": result.vae_name,
         "sd_vae_hash": result.vae_hash, "seed_resize_from_w": req.seed_resize_from_w or -1,
         "seed_resize_from_h": req.seed_resize_from_h or -1,

@@ -113,7 +113,7 @@ def build_router(app: App) -> APIRouter:
 
     @r.get("/face-restorers")
     def face_restorers() -> list[dict[str, Any]]:
-        return []
+        return app.faces.api()
 
     @r.get("/realesrgan-models")
     def realesrgan_models() -> list[dict[str, Any]]:

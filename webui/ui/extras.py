@@ -20,6 +20,7 @@ from modules.extras import ExtrasRequest, ExtrasResult
 from modules.job_types import ExtrasJob
 from modules.jobs import JobState
 from webui.ui.common import REFRESH, error_html, tool_button, user_message, warning_html
+from webui.ui.extras_sections import build_face_sections, build_training_sections, face_values, training_options
 from webui.ui.txt2img_handlers import request_user
 
 TAB = "extras"
@@ -93,6 +94,7 @@ def extras_request(app: App, values: dict[str, Any]) -> ExtrasRequest:
             raise WebUIError(f"Batch from Directory: no files in {values['input_dir']}")
     else:
         images = [("", values["image"])] if values["image"] is not None else []
+    faces = face_values(values) if "gfpgan_enable" in values else {}
     return ExtrasRequest(
         images=tuple(images), input_paths=paths, show_results=bool(values.get("show_results", True)),
         resize_mode=int(values["resize_mode"]),
@@ -101,7 +103,12 @@ def extras_request(app: App, values: dict[str, Any]) -> ExtrasRequest:
         upscaling_resize_h=int(_number(values, "upscaling_resize_h", "Height")),
         upscaling_crop=bool(values["upscaling_crop"]),
         upscaler_1=str(values["upscaler_1"] or "None"), upscaler_2=str(values["upscaler_2"] or "None"),
-        extras_upscaler_2_visibility=_number(values, "upscaler_2_visibility", "Upscaler 2 visibility"))
+        extras_upscaler_2_visibility=_number(values, "upscaler_2_visibility", "Upscaler 2 visibility"),
+        gfpgan_visibility=faces.get("gfpgan_visibility", 0.0),
+        codeformer_visibility=faces.get("codeformer_visibility", 0.0),
+        codeformer_weight=faces.get("codeformer_weight", 0.0),
+        training=(training_options(values, app.settings["postprocessing_existing_caption_action"])
+                  if "split_enable" in values else None))
 
 
 def run(app: App, values: dict[str, Any], user: str | None) -> tuple[Any, str, str]:
@@ -109,7 +116,8 @@ def run(app: App, values: dict[str, Any], user: str | None) -> tuple[Any, str, s
     try:
         req = extras_request(app, values)
         job = app.submit(ExtrasJob(req, output_folder(app, values), app.settings["samples_format"],
-                                   original_names=bool(app.settings["use_original_name_batch"])), user)
+                                   original_names=bool(app.settings["use_original_name_batch"]),
+                                   interrogate_options=app.interrogate_options()), user)
     except WebUIError as exc:
         return gr.skip(), "", error_html(user_message(exc))
     job.wait()
@@ -124,6 +132,7 @@ def run(app: App, values: dict[str, Any], user: str | None) -> tuple[Any, str, s
         shown = ", ".join(str(p) for p in result.saved[:8]) + (" ..." if len(result.saved) > 8 else "")
         lines.append(f"Saved {len(result.saved)}: {html.escape(shown)}")
     lines += [f"Skipped {html.escape(name)}: {html.escape(why)}" for name, why in result.skipped]
+    lines += [html.escape(w) for w in result.warnings]
     if result.interrupted:
         lines.append("Interrupted")
     return images, result.html_info, warning_html(lines) if lines else ""
@@ -171,6 +180,8 @@ def build_extras_tab(app: App) -> ExtrasUI:
                 f["upscaler_2"] = gr.Dropdown(names, value="None", label="Upscaler 2", elem_id="extras_upscaler_2")
                 f["upscaler_2_visibility"] = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="Upscaler 2 visibility",
                                                        elem_id="extras_upscaler_2_visibility")
+            build_face_sections(f)
+            build_training_sections(f)
         with gr.Column(elem_id="extras_results"):
             p["gallery"] = gr.Gallery(label="Output", elem_id="extras_gallery", columns=2, format="png")
             p["selected"] = gr.State(0)

@@ -81,5 +81,7 @@ def training_outputs(tools: ExtrasTools, options: TrainingPrepOptions | None, im
     if size is not None:
         options = replace(options, target_width=size[0], target_height=size[1])
     existing = read_caption(source) if source is not None and options.caption.enable else None
-    prepared: list[PreparedImage] = run_detailed(image, existing, options, captioners=tools.captioners)
+    faces = tools.faces.face_boxes if tools.faces is not None and options.focal_crop.enable else None
+    prepared: list[PreparedImage] = run_detailed(image, existing, options, captioners=tools.captioners,
+                                                 faces=faces)
     return [Output(p.image, p.caption, suffix) for p, suffix in zip(prepared, name_suffixes(prepared), strict=True)]

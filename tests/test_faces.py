@@ -498,3 +498,13 @@ def test_gfpgan_end_to_end_from_the_models_folder(tmp_path: Path, detector_file:
     assert (out[100:156, 100:156] != before[100:156, 100:156]).any()  # the face went through the network
     assert (out[:30, :30] == before[:30, :30]).all() and (out[226:, 226:] == before[226:, 226:]).all()
     (models / "GFPGAN" / "GFPGANv1.4.pth").unlink()  # 330 MB
+
+
+def test_face_boxes_for_the_focal_crop_use_the_installed_detector(tmp_path: Path, detector_file: Path) -> None:
+    models = tmp_path / "models"
+    restorers = FaceRestorers(models, lambda: CPU, detect_size=32)
+    image = Image.new("RGB", (96, 64), (120, 100, 90))
+    assert restorers.face_boxes(image) == []  # no detector file: no faces, nothing downloaded
+    _place(detector_file, models / "facexlib" / DETECTOR_FILE)
+    assert restorers.face_boxes(image) == [pytest.approx((2 * (16 - 128), 2 * (16 - 128), 2 * (16 + 128),
+                                                          2 * (16 + 128)))]

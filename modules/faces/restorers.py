@@ -215,6 +215,16 @@ class FaceRestorers:
             warning = f"{name}: interrupted after {result.faces} of {result.found} faces"
         return FaceRestoreResult(result.image, result.faces - result.failed, warning)
 
+    def face_boxes(self, image: Image.Image) -> list[tuple[float, float, float, float]]:
+        """The faces' boxes in ``image`` (for the focal-point crop), found with the face detector when its file is
+        installed in a restorer's folder or ``models/facexlib``; none without it."""
+        path = self.helper_path(GFPGAN, DETECTOR_FILE)
+        if path is None:
+            return []
+        detector = self._helper(path, self.device_fn(), load_retinaface)
+        assert isinstance(detector, RetinaFace)
+        return [face.box for face in detector.detect(image.convert("RGB"), resize=self.detect_size)]
+
     @staticmethod
     def _runner(name: str, net: torch.nn.Module, device: torch.device, codeformer_weight: float) -> RestoreNet:
         param = next(net.parameters())

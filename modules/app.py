@@ -38,7 +38,7 @@ from modules.paths import Paths
 from modules.requests import GenerationRequest, Img2ImgRequest, Limits
 from modules.settings import Settings, build_options
 from modules.styles import StyleDatabase
-from modules.upscalers.registry import UpscalerRegistry
+from modules.upscalers.registry import DEFAULT_TILE_SETTINGS, TILE_SETTINGS, UpscalerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,7 @@ class App:
                                       [self.paths.hypernetwork_dir])
         self.upscalers = UpscalerRegistry(self.paths.models_dir, lambda: torch.device(self.models.config.device),
                                           extra_dirs=options.model_dirs,
-                                          tiles=lambda: (self.settings["ESRGAN_tile"],
-                                                         self.settings["ESRGAN_tile_overlap"]))
+                                          tiles=self._tile_settings)
         self.faces = FaceRestorers(self.paths.models_dir, lambda: torch.device(self.models.config.device),
                                    gfpgan_dirs=[d for kind, d in options.model_dirs if kind == "GFPGAN"],
                                    codeformer_dirs=[d for kind, d in options.model_dirs if kind == "Codeformer"])
@@ -216,6 +215,10 @@ class App:
         """Check ``spec`` (raising :class:`ValidationError` before anything is queued) and queue it."""
         self.handlers.check(self, spec)
         return self.queue.submit(spec, owner, tag)
+
+    def _tile_settings(self, kind: str) -> tuple[int, int]:
+        size, overlap = TILE_SETTINGS.get(kind, DEFAULT_TILE_SETTINGS)
+        return int(self.settings[size]), int(self.settings[overlap])
 
     def interrogate_options(self) -> tuple[tuple[str, object], ...]:
         """The interrogate settings as they are now (for a job to carry)."""

@@ -33,7 +33,7 @@ def _child(model: str, size: int, tile: int, device: str) -> dict[str, float]:
     path = Path(model)
     folder = path.parent
     registry = UpscalerRegistry(folder.parent, lambda: torch.device(device), extra_dirs=[("ESRGAN", folder)],
-                                tiles=lambda: (tile, 8))
+                                tiles=lambda kind: (tile, 8))
     upscaler = registry.find(path.stem)
     assert upscaler is not None, f"{path} not found"
     registry.model(upscaler)

@@ -77,7 +77,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def registry(models_dir):
-    return UpscalerRegistry(models_dir, lambda: torch.device("cpu"), tiles=lambda: (0, 0))
+    return UpscalerRegistry(models_dir, lambda: torch.device("cpu"), tiles=lambda kind: (0, 0))
 
 
 def _image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -105,8 +105,8 @@ def test_every_model_is_found_detected_and_runs_as_spandrel_runs_it(registry, mo
 
 def test_tiled_and_whole_agree_on_an_image_larger_than_a_tile(models_dir):
     image = _image(90, 70, seed=3)
-    whole = UpscalerRegistry(models_dir, lambda: torch.device("cpu"), tiles=lambda: (0, 0))
-    tiled = UpscalerRegistry(models_dir, lambda: torch.device("cpu"), tiles=lambda: (32, 8))
+    whole = UpscalerRegistry(models_dir, lambda: torch.device("cpu"), tiles=lambda kind: (0, 0))
+    tiled = UpscalerRegistry(models_dir, lambda: torch.device("cpu"), tiles=lambda kind: (32, 8))
     seen: list[tuple[int, int]] = []
     a = np.asarray(whole.upscale(image, "realesr-tiny-compact", 4), dtype=np.int16)
     b = np.asarray(tiled.upscale(image, "realesr-tiny-compact", 4, on_tile=lambda d, t: seen.append((d, t)) or True),
@@ -178,3 +178,27 @@ def test_a1111_model_path_flags_add_folders(models_dir, tmp_path):
     found = {u.name: u.folder for u in registry.entries() if u.path is not None}
     assert found and set(found.values()) == {"RealESRGAN"}
     assert all(registry.find(n).path.parent == models_dir / "RealESRGAN" for n in found)  # type: ignore[union-attr]
+
+
+def test_swinir_and_scunet_tiling_averages_overlaps_as_a1111():
+    from modules.upscalers.tiles import upscale_weighted
+
+    calls: list[tuple[int, ...]] = []
+
+    def numbered(x: torch.Tensor) -> torch.Tensor:  # tile k gives the constant k/8 at twice the size
+        calls.append(tuple(x.shape))
+        return torch.full((1, 3, x.shape[2] * 2, x.shape[3] * 2), len(calls) / 8, dtype=x.dtype)
+
+    image = Image.new("RGB", (20, 12))
+    out = upscale_weighted(numbered, image, 8, 2, 2, torch.float32, torch.device("cpu"))
+    # columns start at 0, 6, 12 (the last at the edge); rows at 0, 4 (the last at the edge, 12 - 8)
+    assert calls == [(1, 3, 8, 8)] * 6 and out is not None and out.size == (40, 24)
+    px = np.asarray(out)[:, :, 0]
+    assert px[0, 0] == round(1 / 8 * 255)  # tile 1 alone
+    assert px[0, 13] == round((1 + 2) / 2 / 8 * 255)  # tiles 1 and 2 overlap (x 12..15 at twice the size)
+    assert px[10, 13] == round((1 + 2 + 4 + 5) / 4 / 8 * 255)  # four tiles over it
+    assert px[23, 39] == round(6 / 8 * 255)  # the last tile alone
+    whole = upscale_weighted(lambda x: x.repeat_interleave(2, 2).repeat_interleave(2, 3), _image(20, 12), 8, 2, 2,
+                             torch.float32, torch.device("cpu"))
+    nearest = _image(20, 12).resize((40, 24), Image.Resampling.NEAREST)
+    assert np.array_equal(np.asarray(whole), np.asarray(nearest))  # averaging equal values changes nothing

@@ -21,13 +21,18 @@ import torch
 from PIL import Image
 
 from modules.upscalers.spandrel_loader import spandrel
-from modules.upscalers.tiles import OnTile, upscale_tiled
+from modules.upscalers.tiles import OnTile, upscale_tiled, upscale_weighted
 
 log = logging.getLogger(__name__)
 
 FOLDERS = ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT", "ScuNET")
 EXTENSIONS = (".pth", ".pt", ".safetensors", ".ckpt")
 BUILTIN = ("None", "Lanczos", "Nearest")
+WEIGHTED_TILING = ("SwinIR", "ScuNET")  # the folders whose models A1111 tiles with averaged overlaps
+# folder -> the settings of its tile size and overlap, as A1111 names them (HAT uses ESRGAN's, as in A1111)
+TILE_SETTINGS = {"SwinIR": ("SWIN_tile", "SWIN_tile_overlap"), "ScuNET": ("SCUNET_tile", "SCUNET_tile_overlap"),
+                 "DAT": ("DAT_tile", "DAT_tile_overlap")}
+DEFAULT_TILE_SETTINGS = ("ESRGAN_tile", "ESRGAN_tile_overlap")
 A1111_NAMES = {  # file name -> the name A1111 lists it under
     "RealESRGAN_x4plus.pth": "R-ESRGAN 4x+",
     "RealESRGAN_x4plus_anime_6B.pth": "R-ESRGAN 4x+ Anime6B",
@@ -74,12 +79,12 @@ class UpscalerRegistry:
 
     def __init__(self, models_dir: Path, device: Callable[[], torch.device],
                  extra_dirs: Sequence[tuple[str, Path]] = (), cache_size: int = 2,
-                 tiles: Callable[[], tuple[int, int]] = lambda: (192, 8)) -> None:
+                 tiles: Callable[[str], tuple[int, int]] = lambda kind: (192, 8)) -> None:
         """``extra_dirs``: (folder kind, path) pairs searched after ``models_dir/<kind>`` (A1111's path flags such
         as ``--esrgan-models-path``)."""
         self.dirs = [(f, models_dir / f) for f in FOLDERS] + [(kind, d) for kind, d in extra_dirs if kind in FOLDERS]
         self.device = device
-        self.tiles = tiles  # (tile size, overlap): A1111's ESRGAN_tile and ESRGAN_tile_overlap settings
+        self.tiles = tiles  # folder kind -> (tile size, overlap): A1111's ESRGAN_tile, SWIN_tile, ... settings
         self.cache_size = cache_size
         self._lock = threading.Lock()
         self._entries: dict[str, Upscaler] = {}
@@ -187,7 +192,10 @@ class UpscalerRegistry:
             return image.resize((int(image.width * scale), int(image.height * scale)), resample=resample)
         descriptor = self.model(upscaler)
         param = next(descriptor.model.parameters())
-        tile, overlap = self.tiles()
+        tile, overlap = self.tiles(upscaler.folder)
+        if upscaler.folder in WEIGHTED_TILING:
+            return upscale_weighted(descriptor, image.convert("RGB"), tile, overlap, int(descriptor.scale),
+                                    param.dtype, param.device, on_tile)
         return upscale_tiled(descriptor, image.convert("RGB"), tile, overlap, param.dtype, param.device, on_tile)
 
     def resize(self, image: Image.Image, width: int, height: int, name: str,

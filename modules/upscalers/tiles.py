@@ -7,6 +7,9 @@ trained in, and what A1111 feeds every model upscaler), and comes back as 8-bit 
 together left to right and top to bottom: each tile covers what lies under it, except that over its first
 ``overlap`` pixels (times the scale) it fades in linearly over its neighbour, so seams are blended. Only 8-bit
 images are held, so memory grows with the output image, not with float copies of it.
+
+SwinIR and ScuNET models are tiled as A1111 tiles them instead (:func:`upscale_weighted`): overlapping outputs are
+averaged in float, which holds the output as floats once.
 """
 
 from __future__ import annotations
@@ -99,3 +102,32 @@ def _combine(rows: list[tuple[int, list[tuple[int, Image.Image]]]], width: int, 
         combined.paste(band.crop((0, 0, width, overlap)), (0, y), mask=down)
         combined.paste(band.crop((0, overlap, width, tile)), (0, y + overlap))
     return combined
+
+
+def upscale_weighted(run: Run, image: Image.Image, tile: int, overlap: int, scale: int, dtype: torch.dtype,
+                     device: torch.device, on_tile: OnTile | None = None) -> Image.Image | None:
+    """A1111's other tiling (its SwinIR and ScuNET upscalers): ``tile`` x ``tile`` crops every ``tile - overlap``
+    pixels (the last at the edge), each output added into a float image and divided by how many tiles covered each
+    pixel. None when ``on_tile`` asks to stop."""
+    x = to_bgr_tensor(image, dtype, device)
+    _, _, height, width = x.shape
+    tile = min(tile, height, width)
+    with torch.inference_mode():
+        if tile <= 0:
+            return from_bgr_tensor(run(x))
+        stride = tile - max(0, min(overlap, tile - 1))
+        ys = [*range(0, height - tile, stride), height - tile]
+        xs = [*range(0, width - tile, stride), width - tile]
+        result = torch.zeros(1, 3, height * scale, width * scale, device=device, dtype=dtype)
+        weights = torch.zeros(1, 1, height * scale, width * scale, device=device, dtype=dtype)
+        done = 0
+        for y in ys:
+            for x0 in xs:
+                out = run(x[..., y:y + tile, x0:x0 + tile])
+                area = (..., slice(y * scale, (y + tile) * scale), slice(x0 * scale, (x0 + tile) * scale))
+                result[area] += out
+                weights[area] += 1
+                done += 1
+                if on_tile is not None and not on_tile(done, len(xs) * len(ys)):
+                    return None
+        return from_bgr_tensor(result / weights)

@@ -16,7 +16,7 @@ from PIL import Image
 from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
-from modules.interrogate.clip_files import ModelEntry, find_hf_folders, prefers_safetensors
+from modules.interrogate.clip_files import LoadedModel, ModelEntry, find_hf_folders, prefers_safetensors
 from modules.interrogate.errors import InterrogateUnavailable
 
 CAPTION_PROMPT = "a picture of "
@@ -24,25 +24,11 @@ ORIGINAL_SUFFIXES = (".pth", ".pt", ".safetensors")
 
 
 @dataclass
-class BlipCaptioner:
+class BlipCaptioner(LoadedModel):
     """A loaded BLIP captioning model with its tokenizer and image preprocessing."""
 
     model: BlipForConditionalGeneration
-    tokenizer: Any
     image_processor: BlipImageProcessorPil
-    source: Path
-
-    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
-        module: torch.nn.Module = self.model
-        module.to(device=device, dtype=dtype)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     def prompt_ids(self) -> torch.Tensor:
         ids = self.tokenizer(CAPTION_PROMPT, return_tensors="pt").input_ids

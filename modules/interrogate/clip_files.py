@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from modules.interrogate.errors import InterrogateUnavailable
 
 SAFETENSORS_NAMES = ("model.safetensors", "model.safetensors.index.json")
@@ -105,3 +107,27 @@ def missing_hint(what: str) -> str:
                 "model_base_caption_capfilt_large.pth with a BERT vocab.txt beside it")
     return ("place a Hugging Face CLIP folder there (config.json, model.safetensors and the tokenizer files, for "
             "example a copy of openai/clip-vit-large-patch14); TorchScript files such as ViT-L-14.pt are not read")
+
+
+@dataclass
+class LoadedModel:
+    """A loaded Hugging Face model with its tokenizer and image preprocessing, and the folder it came from."""
+
+    model: Any
+    tokenizer: Any
+    image_processor: Any
+    source: Path
+
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
+        module: torch.nn.Module = self.model
+        module.to(device=device, dtype=dtype)
+
+    @property
+    def device(self) -> torch.device:
+        param: torch.Tensor = next(self.model.parameters())
+        return param.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        param: torch.Tensor = next(self.model.parameters())
+        return param.dtype

@@ -18,7 +18,7 @@ from transformers import CLIPModel, CLIPTokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from modules.errors import ModelLoadError
-from modules.interrogate.clip_files import ModelEntry, find_hf_folders, prefers_safetensors
+from modules.interrogate.clip_files import LoadedModel, ModelEntry, find_hf_folders, prefers_safetensors
 from modules.interrogate.errors import InterrogateUnavailable
 
 TEXT_BATCH = 256
@@ -26,25 +26,11 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 
 
 @dataclass
-class ClipEncoder:
+class ClipEncoder(LoadedModel):
     """A loaded CLIP model with its tokenizer and image preprocessing."""
 
     model: CLIPModel
-    tokenizer: Any
     image_processor: CLIPImageProcessorPil
-    source: Path
-
-    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
-        module: torch.nn.Module = self.model
-        module.to(device=device, dtype=dtype)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     @property
     def context_length(self) -> int:

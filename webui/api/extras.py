@@ -9,7 +9,7 @@ their text chunks (the source's generation parameters and the ``postprocessing``
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -22,6 +22,8 @@ from modules.job_types import ExtrasJob, InterrogateJob, InterrogateResult
 from modules.jobs import JobState
 from webui.api.images import decode_image, decode_images
 from webui.api.waiting import failure_response, wait_for
+
+T = TypeVar("T")
 
 
 class ExtrasBody(BaseModel):
@@ -87,15 +89,20 @@ def extras_request_batch(body: ExtrasBatchBody) -> ExtrasRequest:
     return _request(body, [(f.name, im) for f, im in zip(body.imageList, images, strict=True)])
 
 
-async def _run(app: App, req: ExtrasRequest, request: Request) -> ExtrasResult | JSONResponse:
-    job = await run_in_threadpool(app.submit, ExtrasJob(req), getattr(request.state, "user", None))
+async def _finished(app: App, spec: ExtrasJob | InterrogateJob, request: Request, kind: type[T]) -> T | JSONResponse:
+    """Queue ``spec`` and wait: its result, or the failure (or cancellation) as the response to send."""
+    job = await run_in_threadpool(app.submit, spec, getattr(request.state, "user", None))
     await wait_for(job)
     if job.state is JobState.FAILED:
         return failure_response(job)
-    if not isinstance(job.result, ExtrasResult):
+    if not isinstance(job.result, kind):
         return JSONResponse({"error": "Interrupted", "detail": "the job was cancelled", "job_id": job.id},
                             status_code=409)
     return job.result
+
+
+async def _run(app: App, req: ExtrasRequest, request: Request) -> ExtrasResult | JSONResponse:
+    return await _finished(app, ExtrasJob(req), request, ExtrasResult)
 
 
 def _b64(png: bytes) -> str:
@@ -122,13 +129,7 @@ def build_router(app: App) -> APIRouter:
     @r.post("/interrogate")
     async def interrogate(body: InterrogateBody, request: Request) -> Any:
         spec = await run_in_threadpool(interrogate_job, app, body)
-        job = await run_in_threadpool(app.submit, spec, getattr(request.state, "user", None))
-        await wait_for(job)
-        if job.state is JobState.FAILED:
-            return failure_response(job)
-        if not isinstance(job.result, InterrogateResult):
-            return JSONResponse({"error": "Interrupted", "detail": "the job was cancelled", "job_id": job.id},
-                                status_code=409)
-        return {"caption": job.result.caption}
+        result = await _finished(app, spec, request, InterrogateResult)
+        return result if isinstance(result, JSONResponse) else {"caption": result.caption}
 
     return r

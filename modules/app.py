@@ -36,6 +36,8 @@ from modules.output_options import OutputOptions
 from modules.param_io import setting_values
 from modules.paths import Paths
 from modules.requests import GenerationRequest, Img2ImgRequest, Limits
+from modules.scripts.builtin import builtin_scripts
+from modules.scripts.registry import ScriptCall, ScriptRegistry
 from modules.settings import Settings, build_options
 from modules.styles import StyleDatabase
 from modules.upscalers.registry import DEFAULT_TILE_SETTINGS, TILE_SETTINGS, UpscalerRegistry
@@ -137,6 +139,7 @@ class App:
         self.interrogators = Interrogators(self.paths.models_dir, lambda: torch.device(self.models.config.device),
                                            [d for kind, d in options.model_dirs if kind == "CLIP"])
         self.engine = Engine(self.models, self.networks, self.upscalers, self.faces)
+        self.scripts = ScriptRegistry(builtin_scripts())
         self.handlers = builtin_handlers()
         self.queue = JobQueue(self._run_job, max_size=self.settings["queue_max_size"])
         self.model_status = ModelStatus()
@@ -243,7 +246,8 @@ class App:
         return InterrogateJob(image, model, self.interrogate_options())
 
     def generation_job(self, req: GenerationRequest, save: bool = True,
-                       output_overrides: Mapping[str, Any] | None = None, return_grid: bool | None = None
+                       output_overrides: Mapping[str, Any] | None = None, return_grid: bool | None = None,
+                       script: ScriptCall | None = None, alwayson: tuple[ScriptCall, ...] = ()
                        ) -> Txt2ImgJob | Img2ImgJob:
         """The spec of a txt2img or img2img request: its checkpoint, output options and grid taken from the
         settings now, so that nothing changes once it is queued."""
@@ -252,9 +256,9 @@ class App:
         grid = self.settings["return_grid"] if return_grid is None else return_grid
         if isinstance(req, Img2ImgRequest):
             out = self.output_options("img2img", output_overrides) if save else None
-            return Img2ImgJob(req, out, self.preview_every(), grid)
+            return Img2ImgJob(req, out, self.preview_every(), grid, script, alwayson)
         out = self.output_options("txt2img", output_overrides) if save else None
-        return Txt2ImgJob(req, out, self.preview_every(), grid)
+        return Txt2ImgJob(req, out, self.preview_every(), grid, script, alwayson)
 
     def submit_txt2img(self, req: GenerationRequest, save: bool = True, owner: str | None = None,
                        output_overrides: Mapping[str, Any] | None = None) -> Job:

@@ -116,16 +116,24 @@ def _wants_grid(spec: Txt2ImgJob | Img2ImgJob) -> bool:
     return spec.output is not None and (spec.return_grid or spec.output.save_grid)
 
 
-def run_txt2img(app: App, spec: Txt2ImgJob, control: JobControl) -> ImagesResult:
-    out = app.engine.txt2img(spec.request, control, spec.output, spec.preview_every, _wants_grid(spec))
+def _run_generation(app: App, spec: Txt2ImgJob | Img2ImgJob, control: JobControl) -> ImagesResult:
+    from modules.scripts.runner import run_job
+
+    def generate(req: GenerationRequest, grid: bool) -> JobOutput:
+        run = app.engine.img2img if isinstance(req, Img2ImgRequest) else app.engine.txt2img
+        return run(req, control, spec.output, spec.preview_every, grid and _wants_grid(spec))  # type: ignore[arg-type]
+
+    result = run_job(app, spec, control, generate, images_result)
     app.remember_model(update_setting=spec.request.checkpoint is None)
-    return images_result(out, spec.return_grid)
+    return result
+
+
+def run_txt2img(app: App, spec: Txt2ImgJob, control: JobControl) -> ImagesResult:
+    return _run_generation(app, spec, control)
 
 
 def run_img2img(app: App, spec: Img2ImgJob, control: JobControl) -> ImagesResult:
-    out = app.engine.img2img(spec.request, control, spec.output, spec.preview_every, _wants_grid(spec))
-    app.remember_model(update_setting=spec.request.checkpoint is None)
-    return images_result(out, spec.return_grid)
+    return _run_generation(app, spec, control)
 
 
 def _check_other_checkpoints(app: App, req: GenerationRequest) -> None:
@@ -140,13 +148,19 @@ def _check_other_checkpoints(app: App, req: GenerationRequest) -> None:
 
 
 def check_txt2img(app: App, spec: Txt2ImgJob) -> None:
+    from modules.scripts.runner import check_scripts
+
     validate(spec.request, app.limits())
     _check_other_checkpoints(app, spec.request)
+    check_scripts(app.scripts, spec)
 
 
 def check_img2img(app: App, spec: Img2ImgJob) -> None:
+    from modules.scripts.runner import check_scripts
+
     validate_img2img(spec.request, app.limits())
     _check_other_checkpoints(app, spec.request)
+    check_scripts(app.scripts, spec)
 
 
 def check_batch(app: App, spec: Img2ImgBatchJob) -> None:

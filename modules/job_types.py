@@ -18,6 +18,7 @@ from modules.extras import ExtrasRequest, ExtrasResult
 from modules.merge.service import MergeRequest
 from modules.output_options import OutputOptions
 from modules.requests import GenerationRequest, Img2ImgRequest, Limits
+from modules.scripts.registry import ScriptCall
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class Txt2ImgJob:
     output: OutputOptions | None = None  # None: nothing is saved (and no grid is made), as the API's default
     preview_every: int = 0
     return_grid: bool = False  # put the grid (when one is made) first in the result
+    script: ScriptCall | None = None  # the selected script, run in place of the one generation
+    alwayson: tuple[ScriptCall, ...] = ()  # always-on scripts
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Img2ImgJob:
     output: OutputOptions | None = None
     preview_every: int = 0
     return_grid: bool = False
+    script: ScriptCall | None = None
+    alwayson: tuple[ScriptCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,7 @@ class ImagesResult:
     warnings: tuple[str, ...] = ()
     interrupted: bool = False
     job_timestamp: str = ""
+    first_image: int = 0  # how many of ``images`` are a script's grids (A1111's index_of_first_image)
 
     @property
     def infotexts(self) -> list[str]:

@@ -78,11 +78,6 @@ def _values(app: App, body: GenerationBody, kind: str, warnings: list[str]) -> t
 
 
 def _checks(body: GenerationBody, warnings: list[str]) -> None:
-    if body.alwayson_scripts:
-        name = next(iter(body.alwayson_scripts))
-        raise ValidationError(f"alwayson_scripts: always on script {name} not found", field="alwayson_scripts")
-    if body.script_name:
-        raise ValidationError(f"script_name: script {body.script_name!r} not found", field="script_name")
     if getattr(body, "image_cfg_scale", None) is not None:
         warnings.append("image_cfg_scale applies to instruct-pix2pix models, which are not supported yet")
 
@@ -110,7 +105,9 @@ def prepare(app: App, body: GenerationBody, kind: str) -> Prepared:
     request = request_from_values(cls, values)
     output = {k: v for k, v in coerced.items() if k in _OUTPUT_SETTINGS}
     return_grid = bool(coerced.get("return_grid", app.settings["return_grid"]))
-    spec = app.generation_job(request, bool(body.save_images), output, return_grid)
+    script = app.scripts.selected(body.script_name, body.script_args, kind)
+    alwayson = app.scripts.alwayson_calls(body.alwayson_scripts, kind)
+    spec = app.generation_job(request, bool(body.save_images), output, return_grid, script, alwayson)
     parameters = api_echo(body.model_dump(), kind)
     if isinstance(body, Img2ImgBody) and not body.include_init_images:
         parameters.update(init_images=None, mask=None)
@@ -164,7 +161,7 @@ def info_json(result: ImagesResult, rendering: Rendering, extra: dict[str, Any] 
         "sd_vae_hash": result.vae_hash, "seed_resize_from_w": req.seed_resize_from_w or -1,
         "seed_resize_from_h": req.seed_resize_from_h or -1,
         "denoising_strength": req.denoising_strength if req.enable_hr or isinstance(req, Img2ImgRequest) else None,
-        "extra_generation_params": result.extra_params, "index_of_first_image": 1 if with_grid else 0,
+        "extra_generation_params": result.extra_params, "index_of_first_image": 1 if with_grid else result.first_image,
         "infotexts": infotexts, "styles": list(req.styles), "job_timestamp": result.job_timestamp,
         "clip_skip": req.clip_skip, "is_using_inpainting_conditioning": False, "version": VERSION,
         "interrupted": result.interrupted,

@@ -129,7 +129,11 @@ def build_router(app: App) -> APIRouter:
 
     @r.get("/scripts")
     def scripts() -> dict[str, list[str]]:
-        return {"txt2img": [], "img2img": []}
+        return app.scripts.api_list()
+
+    @r.get("/script-info")
+    def script_info() -> list[dict[str, Any]]:
+        return app.scripts.api_info()
 
     @r.get("/memory")
     def memory() -> dict[str, Any]:

@@ -93,3 +93,24 @@ def test_scripts_are_listed_selected_and_run(server):
 def test_bad_script_requests_are_422s(server, body, field):
     r = server.post("/sdapi/v1/txt2img", json={**SMALL, **body})
     assert r.status_code == 422 and field in r.text, r.text
+
+
+def test_the_script_dropdown_runs_the_selected_script(server):
+    import gradio as gr
+
+    from webui.ui.common import TokenCounter
+    from webui.ui.txt2img import build_txt2img_tab
+    from webui.ui.txt2img_handlers import Txt2ImgHandlers, default_values
+
+    app = server.server.app
+    with gr.Blocks():
+        ui = build_txt2img_tab(app, TokenCounter())
+    assert ui.fields["script_name"].choices[:2] == [("None", "None"), ("Two seeds", "Two seeds")]
+    assert ui.script_fields == ["script_name", "script:two seeds:0", "script:two seeds:1"]
+    handlers = Txt2ImgHandlers(app)
+    values = {**default_values(app), **SMALL, "script_name": "Two seeds", "script:two seeds:0": 2,
+              "script:two seeds:1": "from the form"}
+    job = handlers.submit(values)
+    job.wait()
+    assert job.result.first_image == 1 and job.result.images[0].infotext == "grid from the form"
+    assert [i.seed for i in job.result.images[1:]] == [11, 13]

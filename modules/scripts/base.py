@@ -42,6 +42,7 @@ class Control:
     step: float | None = None
     choices: Choices = None
     index: bool = False
+    multiselect: bool = False
     lines: int = 1
     elem_id: str | None = None
     visible: bool = True

@@ -42,8 +42,17 @@ class GenerationUI:
         super().__init_subclass__(**kwargs)
         cls.tab, cls.field_names, cls.paste_fields = tab, tuple(field_names), tuple(paste_fields)
 
+    script_fields: list[str] = field(default_factory=list)  # the Script dropdown and its scripts' controls
+
     def inputs(self) -> list[Any]:
-        return [self.fields[name] for name in self.field_names]
+        return [self.fields[name] for name in (*self.field_names, *self.script_fields)]
+
+    def add_scripts(self, app: App) -> None:
+        """A1111's "Script" dropdown (with the tab's selectable scripts) at the end of the parameters."""
+        from webui.ui.scripts_ui import build_scripts
+
+        self.script_fields = build_scripts(self.fields, app.scripts.selectable(self.tab), self.tab)
+        self.handlers.fields = (*type(self.handlers).fields, *self.script_fields)
 
     def outputs(self) -> list[Any]:
         """What a generation updates: gallery, infotext, progress, preview, log, job id, results."""

@@ -214,6 +214,7 @@ def _settings(ui: Img2ImgUI, d: dict[str, Any], checkpoints: list[str]) -> None:
     """The left column: the mode sub-tabs, then the parameters."""
     _mode_tabs(ui, d)
     _parameters(ui, d, checkpoints)
+    ui.add_scripts(ui.handlers.app)
 
 
 def _wire_generate(ui: Img2ImgUI) -> None:
@@ -232,7 +233,7 @@ def _wire_generate(ui: Img2ImgUI) -> None:
     p["generate"].click(**start)
     f["prompt"].submit(**start)
     images = {name for names in MODE_INPUTS for name in names}
-    common = [name for name in FIELDS if name not in images]
+    common = [name for name in FIELDS if name not in images] + ui.script_fields
     for counter, own in zip(counters, MODE_INPUTS, strict=True):
         names = common + list(own)
 

@@ -184,7 +184,11 @@ class Img2ImgHandlers(Txt2ImgHandlers):
         """Queue the job the form describes for ``owner`` (checked first: nothing is queued on bad input)."""
         if mode_index(values.get("mode", "img2img")) == BATCH:
             return self.app.submit(plan_batch(self.app, values), owner)
-        return self.app.submit_img2img(build_img2img_request(self.app, values), save=True, owner=owner)
+        from webui.ui.scripts_ui import script_call
+
+        request = build_img2img_request(self.app, values)
+        script = script_call(self.app, values, "img2img")
+        return self.app.submit(self.app.generation_job(request, True, script=script), owner)
 
     def finish(self, job: Job, took: float) -> GenerateUpdate:
         if isinstance(job.spec, Img2ImgBatchJob):

@@ -104,6 +104,7 @@ def _parameters(ui: Txt2ImgUI, d: dict[str, Any], app: App) -> None:
         rows.batch_column(ui, d)
     rows.cfg_slider(ui, d)
     rows.seed_rows(ui, d)
+    ui.add_scripts(app)
 
 
 def _wire(ui: Txt2ImgUI, app: App, counter: TokenCounter) -> None:

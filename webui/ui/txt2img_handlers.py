@@ -200,7 +200,11 @@ class Txt2ImgHandlers:
 
     def submit(self, values: dict[str, Any], owner: str | None = None) -> Job:
         """Queue the job the form describes for ``owner`` (checked first: nothing is queued on bad input)."""
-        return self.app.submit_txt2img(build_request(self.app, values), save=True, owner=owner)
+        from webui.ui.scripts_ui import script_call
+
+        request = build_request(self.app, values)
+        script = script_call(self.app, values, "txt2img")
+        return self.app.submit(self.app.generation_job(request, True, script=script), owner)
 
     def generate_values(self, values: dict[str, Any], owner: str | None = None) -> Iterator[GenerateUpdate]:
         skip, hidden = gr.skip(), gr.update(visible=False, value=None)

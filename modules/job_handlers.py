@@ -119,9 +119,10 @@ def _wants_grid(spec: Txt2ImgJob | Img2ImgJob) -> bool:
 def _run_generation(app: App, spec: Txt2ImgJob | Img2ImgJob, control: JobControl) -> ImagesResult:
     from modules.scripts.runner import run_job
 
-    def generate(req: GenerationRequest, grid: bool) -> JobOutput:
+    def generate(req: GenerationRequest, grid: bool, save: bool) -> JobOutput:
         run = app.engine.img2img if isinstance(req, Img2ImgRequest) else app.engine.txt2img
-        return run(req, control, spec.output, spec.preview_every, grid and _wants_grid(spec))  # type: ignore[arg-type]
+        return run(req, control, spec.output if save else None, spec.preview_every,  # type: ignore[arg-type]
+                   grid and _wants_grid(spec))
 
     result = run_job(app, spec, control, generate, images_result)
     app.remember_model(update_setting=spec.request.checkpoint is None)

@@ -105,8 +105,10 @@ def test_the_script_dropdown_runs_the_selected_script(server):
     app = server.server.app
     with gr.Blocks():
         ui = build_txt2img_tab(app, TokenCounter())
-    assert ui.fields["script_name"].choices[:2] == [("None", "None"), ("Two seeds", "Two seeds")]
-    assert ui.script_fields == ["script_name", "script:two seeds:0", "script:two seeds:1"]
+    titles = [title for title, _ in ui.fields["script_name"].choices]
+    assert titles == ["None", "Prompt matrix", "Prompts from file or textbox", "X/Y/Z plot", "Two seeds"]
+    assert ui.script_fields[0] == "script_name"
+    assert ui.script_fields[-2:] == ["script:two seeds:0", "script:two seeds:1"]
     handlers = Txt2ImgHandlers(app)
     values = {**default_values(app), **SMALL, "script_name": "Two seeds", "script:two seeds:0": 2,
               "script:two seeds:1": "from the form"}

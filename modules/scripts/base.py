@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 TXT2IMG, IMG2IMG = "txt2img", "img2img"
 BOTH = frozenset({TXT2IMG, IMG2IMG})
 Choices = Sequence[Any] | Callable[[], Sequence[Any]] | None
+SaveImage = Callable[[Image.Image, str, "GenerationRequest", int], Path | None]
 
 
 @dataclass(frozen=True)
@@ -100,21 +101,29 @@ class RunContext:
     """What a script's run may use: generations through the engine (saved as the job's own would be), grids,
     the job's progress and interrupt, and the application's services."""
 
-    def __init__(self, kind: str, process: Callable[[GenerationRequest], JobOutput], control: JobControl,
+    def __init__(self, kind: str, process: Callable[[GenerationRequest, bool], JobOutput], control: JobControl,
                  save_grid: Callable[[Image.Image, str, GenerationRequest], Path | None],
-                 services: Any = None) -> None:
+                 services: Any = None, save_image: SaveImage | None = None, return_grid: bool = True) -> None:
         self.kind = kind
         self._process = process
         self.control = control
         self._save_grid = save_grid
+        self._save_image = save_image
         self.services = services  # the application (upscalers, checkpoints, styles) when run by the server
+        self.return_grid = return_grid  # whether the job's result shows grids (A1111's return_grid setting)
 
-    def process(self, req: GenerationRequest) -> JobOutput:
-        """One generation of ``req`` (validated first), saved as the job's outputs are."""
-        return self._process(req)
+    def process(self, req: GenerationRequest, save: bool = True) -> JobOutput:
+        """One generation of ``req`` (validated first); ``save``: its images are saved as the job's outputs are
+        (False for intermediate images such as tiles, which a script assembles and saves with :meth:`save_image`)."""
+        return self._process(req, save)
 
     def save_grid(self, image: Image.Image, infotext: str, req: GenerationRequest) -> Path | None:
         return self._save_grid(image, infotext, req)
+
+    def save_image(self, image: Image.Image, infotext: str, req: GenerationRequest, seed: int) -> Path | None:
+        """Save a finished image the script made as the job's samples are saved (None when the job saves
+        nothing)."""
+        return self._save_image(image, infotext, req, seed) if self._save_image is not None else None
 
 
 class Script:

@@ -22,7 +22,7 @@ from modules.scripts.registry import ScriptRegistry
 if TYPE_CHECKING:
     from modules.app import App
 
-Generation = Callable[[GenerationRequest, bool], JobOutput]  # (request, make a grid?) -> the engine's output
+Generation = Callable[[GenerationRequest, bool, bool], JobOutput]  # (request, grid?, save?) -> the engine's output
 
 
 def kind_of(spec: Txt2ImgJob | Img2ImgJob) -> str:
@@ -52,15 +52,15 @@ def run_job(app: App, spec: Txt2ImgJob | Img2ImgJob, control: JobControl, genera
     for script, args in calls:
         req = script.before(req, args)
 
-    def process(one: GenerationRequest, grid: bool = False) -> JobOutput:
+    def process(one: GenerationRequest, save: bool = True, grid: bool = False) -> JobOutput:
         _validated(app, one)
-        out = generate(one, grid)
+        out = generate(one, grid, save)
         for script, args in calls:
             script.after(one, out, args)
         return out
 
     if spec.script is None:
-        return images_result(process(req, True), spec.return_grid)
+        return images_result(process(req, True, True), spec.return_grid)
     script = app.scripts.script(spec.script, kind)
 
     def save_grid(image: Image.Image, infotext: str, used: GenerationRequest) -> Path | None:
@@ -75,7 +75,22 @@ def run_job(app: App, spec: Txt2ImgJob | Img2ImgJob, control: JobControl, genera
             control.warn(f"the grid could not be saved ({exc.strerror or exc})")
             return None
 
-    ctx = RunContext(kind, process, control, save_grid, app)
+    def save_image(image: Image.Image, infotext: str, used: GenerationRequest, seed: int) -> Path | None:
+        out = spec.output
+        if out is None or not out.save_samples:
+            return None
+        folder = out.samples_dir / _today() if out.save_to_dirs else out.samples_dir
+        try:
+            return outputs.save_image(image, folder, out.samples_format, infotext if out.enable_pnginfo else None,
+                                      pattern=out.filename_pattern or "[seed]",
+                                      values={"seed": seed, "prompt": used.prompt, "steps": used.steps,
+                                              "sampler": used.sampler_name, "cfg_scale": used.cfg_scale},
+                                      quality=out.jpeg_quality)
+        except OSError as exc:
+            control.warn(f"an image could not be saved ({exc.strerror or exc})")
+            return None
+
+    ctx = RunContext(kind, process, control, save_grid, app, save_image, spec.return_grid)
     return script_result(script.run(ctx, req, spec.script.args), req, control)
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from modules.engine import Engine
 from modules.errors import ValidationError, WebUIError
+from modules.extensions import ExtensionManager
 from modules.extras_steps import ExtrasTools
 from modules.faces.restorers import FaceRestorers
 from modules.hashing import HashCache
@@ -87,6 +88,8 @@ class StartOptions:
     skip_load_model: bool = False
     exposed: bool = False
     admin_users: tuple[str, ...] = ()  # who may change settings and models; empty: every user (see is_admin)
+    extension_access: bool = False  # --enable-insecure-extension-access: install and toggle extensions when exposed
+    disable_extensions: str = "none"  # "all": --disable-all-extensions, "extra": --disable-extra-extensions
 
 
 class Forbidden(WebUIError):
@@ -139,13 +142,15 @@ class App:
         self.interrogators = Interrogators(self.paths.models_dir, lambda: torch.device(self.models.config.device),
                                            [d for kind, d in options.model_dirs if kind == "CLIP"])
         self.engine = Engine(self.models, self.networks, self.upscalers, self.faces)
-        self.scripts = ScriptRegistry(builtin_scripts())
+        self.scripts = ScriptRegistry(builtin_scripts(self))
         self.handlers = builtin_handlers()
         self.queue = JobQueue(self._run_job, max_size=self.settings["queue_max_size"])
         self.model_status = ModelStatus()
         self.admin_users = frozenset(options.admin_users)
         self.launch_flags: dict[str, Any] = {}
         self.settings.on_change(self._setting_changed)
+        self.extensions = ExtensionManager(self)
+        self.extensions.load()  # last: an extension's setup may use every service
 
     # -- lifecycle
     def start(self) -> None:
@@ -253,6 +258,7 @@ class App:
         settings now, so that nothing changes once it is queued."""
         if req.checkpoint is None:
             req = req.replace(checkpoint=self.settings["sd_model_checkpoint"] or None)
+        alwayson = self.extensions.with_hooks(alwayson)  # extensions' generation hooks run for every job
         grid = self.settings["return_grid"] if return_grid is None else return_grid
         if isinstance(req, Img2ImgRequest):
             out = self.output_options("img2img", output_overrides) if save else None

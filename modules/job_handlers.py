@@ -104,7 +104,9 @@ def images_result(out: JobOutput, return_grid: bool) -> ImagesResult:
     if return_grid and out.grid is not None:
         first = r.infotexts[0] if r.infotexts else ""
         grid = OutputImage(_png(out.grid, first or None), first, path=out.grid_path)
-    request = r.request.replace(init_images=(), mask=None) if isinstance(r.request, Img2ImgRequest) else r.request
+    request = r.request
+    if isinstance(request, Img2ImgRequest):
+        request = request.replace(init_images=(), mask=None, latent_mask=None)
     return ImagesResult(request=request, images=images, grid=grid, grid_path=out.grid_path,
                         model_name=r.model_name, model_hash=r.model_hash, vae_name=r.vae_name, vae_hash=r.vae_hash,
                         extra_params=dict(r.extra_params), warnings=tuple(dict.fromkeys(r.warnings)),

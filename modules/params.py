@@ -495,7 +495,7 @@ PARAMS: tuple[Param, ...] = (
 )
 
 # request fields that are not parameters: the images of an img2img request and a bound set by the server
-NOT_PARAMS: Final = frozenset({"init_images", "mask", "max_image_pixels"})
+NOT_PARAMS: Final = frozenset({"init_images", "mask", "latent_mask", "max_image_pixels"})
 
 
 def params_for(kind: str) -> tuple[Param, ...]:

@@ -219,6 +219,7 @@ class Img2ImgRequest(GenerationRequest):
 
     init_images: tuple[Any, ...] = ()  # PIL images; one is reused for the whole batch
     mask: Any = None  # PIL image, white = regenerate (inpaint)
+    latent_mask: Any = None  # PIL image: A1111's separate mask for the latent blend (its outpainting scripts)
     resize_mode: int = 0  # Just resize, Crop and resize, Resize and fill, Just resize (latent upscale)
     denoising_strength: float = 0.75
     image_cfg_scale: float | None = None

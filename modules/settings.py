@@ -290,6 +290,34 @@ class Settings:
     def on_change(self, hook: Callable[[str, Any], None]) -> None:
         self._hooks.append(hook)
 
+    def add_options(self, options: Iterable[Option]) -> None:
+        """More options after start-up (an extension's); the values saved in ``config.json`` are taken up. A key
+        that is already an option refuses them all."""
+        added = list(options)
+        keys = [o.key for o in added]
+        with self._lock:
+            taken = next((k for i, k in enumerate(keys) if k in self.options or k in keys[:i]), None)
+            if taken is not None:
+                raise ValueError(f"option {taken!r} already exists")
+            for option in added:
+                self.options[option.key] = option
+                self._values[option.key] = option.default
+                if option.key in self._foreign:
+                    self._load_value(option, self._foreign.pop(option.key))
+
+    def stored(self, key: str, default: Any = None) -> Any:
+        """A value kept in ``config.json`` that is not an option (A1111's hidden ones, e.g. ``disabled_extensions``)."""
+        with self._lock:
+            return json.loads(json.dumps(self._foreign.get(key, default)))
+
+    def store(self, values: dict[str, Any]) -> None:
+        """Keep ``values`` (JSON values; no option keys) in ``config.json`` and save."""
+        with self._lock:
+            if any(key in self.options for key in values):
+                raise ValueError("store() keeps values that are not options")
+            self._foreign.update(json.loads(json.dumps(values, allow_nan=False)))
+            self.save()
+
     def get(self, key: str) -> Any:
         with self._lock:
             return self._values[key]

@@ -98,7 +98,7 @@ def test_a_real_a1111_command_line():
     assert unknown == [] and config.port == 7861 and config.exposed and attention_from_flags(args) == "xformers"
     assert config.flags["medvram"] is True and config.flags["theme"] == "dark"
     assert warning_line(args, unknown) == \
-        "ignored launch flags (no effect here): --medvram, --enable-insecure-extension-access, --theme"
+        "ignored launch flags (no effect here): --medvram, --theme"
 
 
 def test_flags_with_a_meaning_raise_no_warning():

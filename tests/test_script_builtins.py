@@ -99,7 +99,7 @@ class Recorder:
     def __init__(self) -> None:
         self.requests: list = []
 
-    def __call__(self, req) -> JobOutput:
+    def __call__(self, req, save: bool = True) -> JobOutput:
         self.requests.append(req)
         count = req.batch_size * req.n_iter
         inits = list(getattr(req, "init_images", ()))

@@ -74,6 +74,8 @@ def test_poor_mans_outpainting_tiles_and_seeds():
     assert [im.size for im in out.images] == [(128, 64)]  # one image, whatever the batch (A1111)
     mask = np.asarray(rec.requests[0].mask)
     assert (mask[:, :40] == 255).all() and (mask[:, 40:] == 0).all()  # new area, less twice the blur
+    latent = np.asarray(rec.requests[0].latent_mask)  # A1111's latent mask: less half the blur
+    assert (latent[:, :34] == 255).all() and (latent[:, 34:] == 0).all()
 
 
 @pytest.mark.parametrize("args,size,at", [
@@ -95,6 +97,14 @@ def test_outpainting_mk2_batches_and_sides():
                                        (13, 2, 64, 64, 32, 32, 1), (13, 2, 128, 64, 32, 32, 1)]
     assert out.grids == 1 and [im.size for im in out.images] == [(256, 256)] + [(128, 128)] * 4
     assert out.seeds[1:] == [11, 12, 13, 14]
+    assert rec.requests[0].latent_mask is not None
+
+
+def test_outpainting_mk2_latent_mask_keeps_the_image_less_twice_the_blur():
+    from modules.scripts.outpainting_mk2 import _latent_mask, _Side
+
+    latent = np.asarray(_latent_mask((64, 64), (80, 64), _Side("right", 16, 2, 2)).convert("L"))
+    assert (latent[:, :45] == 0).all() and (latent[:, 45:] == 255).all()  # 64 - 16 - 2 * 2 (PIL: inclusive)
 
 
 def test_outpainting_mk2_through_the_api_with_a_batch(client):

@@ -335,7 +335,7 @@ def test_build_ui_has_a1111_layout_and_ids(app):
                     "setting_CLIP_stop_at_last_layers", "setting_samples_format", "sd_model_checkpoint_dropdown"):
         assert elem_id in ids, elem_id
     tabs = [b.label for b in blocks if isinstance(b, gr.Tab) and (b.elem_id or "").startswith("tab_")]
-    assert tabs[0] == "txt2img" and tabs[-1] == "Settings"  # A1111's order, Settings last
+    assert tabs[0] == "txt2img" and tabs[-2:] == ["Settings", "Extensions"]  # A1111's order
     by_id = {b.elem_id: b for b in blocks if getattr(b, "elem_id", None)}
     assert by_id["txt2img_sampling"].value == "DPM++ 2M" and by_id["txt2img_scheduler"].value == "Automatic"
     steps = by_id["txt2img_steps"]

@@ -145,7 +145,10 @@ def start_options(args: argparse.Namespace, exposed: bool) -> StartOptions:
                         model_dirs=model_dirs_from_flags(args),
                         ckpt=args.ckpt, device=device_from_flags(args), precision=precision_from_flags(args),
                         skip_load_model=args.skip_load_model_at_start or args.ui_debug_mode, exposed=exposed,
-                        admin_users=parse_admin_users(args.admin_users))
+                        admin_users=parse_admin_users(args.admin_users),
+                        extension_access=args.enable_insecure_extension_access,
+                        disable_extensions="all" if args.disable_all_extensions else
+                        "extra" if args.disable_extra_extensions else "none")
 
 
 def _serve(args: argparse.Namespace, config: ServerConfig, t0: float) -> int:

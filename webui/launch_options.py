@@ -62,6 +62,10 @@ HONOURED: tuple[FlagRow, ...] = (
     ("--allowed-hosts", "str", None, "more Host names the server answers to, comma-separated: name (any port), "
      "name:port, or * for any (turns off the DNS-rebinding check)"),
     ("--insecure", "on", None, "allow listening on the network without auth"),
+    ("--enable-insecure-extension-access", "on", None, "allow installing, enabling and disabling extensions while "
+     "the server is reachable from the network (an extension runs with the server's rights)"),
+    ("--disable-all-extensions", "on", None, "run no extension"),
+    ("--disable-extra-extensions", "on", None, "run only the extensions shipped with the program"),
     ("--skip-load-model-at-start", "on", None, "do not load a model at start-up"),
     ("--ui-debug-mode", "on", None, "start without loading a model (as --skip-load-model-at-start)"),
     ("--no-half", "on", None, "run the model in float32"),
@@ -146,7 +150,6 @@ IGNORED: tuple[FlagRow, ...] = (
     ("--share", "on", None, "public Gradio share link"),
     ("--ngrok", "str", None, "ngrok auth token"),
     ("--ngrok-options", "json", None, "ngrok options as JSON"),
-    ("--enable-insecure-extension-access", "on", None, "extensions tab even when exposed"),
     ("--hide-ui-dir-config", "on", None, "hide folder settings in the UI"),
     ("--freeze-settings", "on", None, "make every setting read-only"),
     ("--freeze-settings-in-sections", "str", None, "read-only setting sections (comma-separated)"),
@@ -169,8 +172,6 @@ IGNORED: tuple[FlagRow, ...] = (
     ("--no-hashing", "on", None, "do not hash checkpoints"),
     ("--subpath", "str", None, "serve under this URL path (reverse proxy)"),
     ("--api-server-stop", "on", None, "stop/restart routes in the API"),
-    ("--disable-all-extensions", "on", None, "run no extension"),
-    ("--disable-extra-extensions", "on", None, "run only built-in extensions"),
     ("--unix-filenames-sanitization", "on", None, "allow any character but '/' in file names"),
     ("--filenames-max-length", "int", 128, "longest file name for saved images"),
     ("--no-prompt-history", "on", None, "do not write params.txt"),

@@ -145,6 +145,7 @@ class PreparedImage:
     paste: tuple[int, int, int, int] | None = None  # x, y, w, h of that paste
     overlay: Image.Image | None = None  # RGBA: the original where it must stay, transparent where regenerated
     source: Image.Image | None = None  # for "Just resize (latent upscale)": the unresized image
+    latent_mask: Image.Image | None = None  # a separate mask for the latents and the pre-fill (A1111's latent_mask)
 
 
 def _fixed_point_gaussian(size: int, sigma: float, bits: int = 8) -> list[int]:
@@ -188,8 +189,10 @@ def gaussian_blur_u8(arr: np.ndarray, sigma: float, axis: int) -> np.ndarray:
 
 def prepare(image: Image.Image, mask: Image.Image | None, width: int, height: int, resize_mode: int,
             blur: tuple[int, int], invert: bool, masked_content: int, full_res: bool, padding: int,
-            round_mask: bool = True) -> PreparedImage:
-    """A1111's img2img preparation of one image and its optional mask."""
+            round_mask: bool = True, latent_mask: Image.Image | None = None) -> PreparedImage:
+    """A1111's img2img preparation of one image and its optional mask. ``latent_mask`` (A1111's, used by its
+    outpainting scripts) replaces the mask where the latents are blended and the masked area pre-filled; the
+    inpainting model's conditioning and the overlay keep the (blurred) mask."""
     image = flatten(image)
     if mask is None:
         if resize_mode == 3:
@@ -212,17 +215,21 @@ def prepare(image: Image.Image, mask: Image.Image | None, width: int, height: in
             work = resize_image(2, image.crop(region), width, height)
             work_mask = resize_image(2, mask.crop(region), width, height)
             prepared = PreparedImage(work, work_mask, base=image, paste=(x1, y1, x2 - x1, y2 - y1),
-                                     overlay=_overlay(image, mask))
+                                     overlay=_overlay(image, mask), latent_mask=latent_mask)
             if masked_content != 1:  # A1111 pre-fills for "fill", "latent noise" and "latent nothing"
-                prepared.image = fill_masked(work, work_mask)
+                prepared.image = fill_masked(work, _same_size(latent_mask, work) or work_mask)
             return prepared
     work = resize_image(resize_mode if resize_mode != 3 else 0, image, width, height)
     work_mask = resize_image(resize_mode if resize_mode != 3 else 0, mask, width, height)
     overlay_mask = Image.fromarray(np.clip(np.asarray(work_mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8))
-    prepared = PreparedImage(work, work_mask, overlay=_overlay(work, overlay_mask))
+    prepared = PreparedImage(work, work_mask, overlay=_overlay(work, overlay_mask), latent_mask=latent_mask)
     if masked_content != 1:  # A1111 pre-fills for "fill", "latent noise" and "latent nothing"
-        prepared.image = fill_masked(work, work_mask)
+        prepared.image = fill_masked(work, _same_size(latent_mask, work) or work_mask)
     return prepared
+
+
+def _same_size(mask: Image.Image | None, image: Image.Image) -> Image.Image | None:
+    return mask.convert("L").resize(image.size) if mask is not None else None
 
 
 def _overlay(image: Image.Image, mask: Image.Image) -> Image.Image:

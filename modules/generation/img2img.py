@@ -45,7 +45,7 @@ def _prepare_all(req: Img2ImgRequest, count: int) -> list[image_prep.PreparedIma
         prepared.append(image_prep.prepare(
             image, req.mask, req.width, req.height, req.resize_mode, (req.mask_blur_x, req.mask_blur_y),
             req.inpainting_mask_invert, req.inpainting_fill, req.inpaint_full_res, req.inpaint_full_res_padding,
-            req.mask_round))
+            req.mask_round, req.latent_mask))
     return prepared
 
 
@@ -71,8 +71,9 @@ def _latent_mask(batch: list[image_prep.PreparedImage], shape: torch.Size, round
     if batch[0].mask is None:
         return None
     masks = []
-    for pixel_mask in _pixel_masks(batch):
-        small = pixel_mask.convert("L").resize((shape[3], shape[2]), Image.Resampling.BICUBIC)
+    for pixel_mask in [item.latent_mask or item.mask for item in batch if item.mask is not None]:
+        # as A1111: the mask as RGB, resized (bicubic) to the latent size, its first channel
+        small = pixel_mask.convert("RGB").resize((shape[3], shape[2]), Image.Resampling.BICUBIC).getchannel(0)
         m = torch.from_numpy(np.asarray(small, dtype="float32") / 255.0)
         masks.append(m.round() if round_mask else m)
     return torch.stack(masks).unsqueeze(1)

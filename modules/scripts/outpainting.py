@@ -159,15 +159,18 @@ class PoorMansOutpainting(Script):
         canvas, mask = _poor_canvas(lay)
         grid = split_tiles(canvas, lay.tile_w, lay.tile_h, lay.pixels)
         masks = split_tiles(mask, lay.tile_w, lay.tile_h, lay.pixels)
+        latents = split_tiles(_poor_mask(lay, lay.blur // 2), lay.tile_w, lay.tile_h, lay.pixels)
         blur = blur_within_limit(ctx, lay.blur * 2)
         one = resolve_seeds(req).replace(
             n_iter=1, batch_size=1, width=lay.tile_w, height=lay.tile_h, mask_blur_x=blur, mask_blur_y=blur,
             inpainting_fill=lay.fill, inpaint_full_res=False)
         first: JobOutput | None = None
-        for (y, h, tile), (_, _, tile_mask) in zip(grid.tiles, masks.tiles, strict=True):
+        for (y, h, tile), (_, _, tile_mask), (_, _, latent) in zip(grid.tiles, masks.tiles, latents.tiles,
+                                                                   strict=True):
             if lay.inside(tile.x, y, tile.width, h) or ctx.control.interrupted:
                 continue
-            job = ctx.process(one.replace(init_images=(tile.image,), mask=tile_mask.image), save=False)
+            job = ctx.process(one.replace(init_images=(tile.image,), mask=tile_mask.image, latent_mask=latent.image),
+                              save=False)
             if first is None:
                 first = job
             one = one.replace(seed=job.result.all_seeds[0] + 1)  # each tile the next seed
@@ -186,12 +189,18 @@ class PoorMansOutpainting(Script):
 def _poor_canvas(lay: _PoorLayout) -> tuple[Image.Image, Image.Image]:
     """The image on the grown (black) canvas, and the mask: white but for the image less twice the blur on each
     grown side."""
-    e, inset = lay.grown, lay.blur * 2
     canvas = Image.new("RGB", lay.size)
-    canvas.paste(lay.image, (e.left, e.up))
+    canvas.paste(lay.image, (lay.grown.left, lay.grown.up))
+    return canvas, _poor_mask(lay, lay.blur * 2)
+
+
+def _poor_mask(lay: _PoorLayout, inset: int) -> Image.Image:
+    """White but for the image less ``inset`` on each grown side (twice the blur for the image mask, half of it
+    for the latent mask, as A1111)."""
+    e = lay.grown
     mask = Image.new("L", lay.size, "white")
     ImageDraw.Draw(mask).rectangle((
         e.left + (inset if e.left > 0 else 0), e.up + (inset if e.up > 0 else 0),
         mask.width - e.right - (inset if e.right > 0 else 0), mask.height - e.down - (inset if e.down > 0 else 0)),
         fill="black")
-    return canvas, mask
+    return mask

@@ -204,13 +204,28 @@ class OutpaintingMk2(Script):
             crops.append(filled[-1].crop(regions[-1]))
             masks.append(mask.crop(regions[-1]))
         x0, y0, x1, y1 = regions[-1]
-        job = ctx.process(req.replace(init_images=tuple(crops), mask=masks[-1], width=x1 - x0, height=y1 - y0),
-                          save=False)
+        latent = _latent_mask((x1 - x0, y1 - y0), _grown_size(batch[-1].size, side), side)
+        job = ctx.process(req.replace(init_images=tuple(crops), mask=masks[-1], latent_mask=latent, width=x1 - x0,
+                                      height=y1 - y0), save=False)
         grown = []
         for k, (image, done) in enumerate(zip(filled, job.result.images, strict=False)):
             image.paste(done, regions[k][:2])
             grown.append(image.crop((0, 0, *_grown_size(batch[k].size, side))))
         return grown, job
+
+
+def _latent_mask(size: tuple[int, int], grown: tuple[int, int], side: _Side) -> Image.Image:
+    """A1111's latent mask of a grown strip: white, black over the old image less twice the blur on the grown
+    side (the image mask keeps the blur once)."""
+    w, h = size
+    mask = Image.new("RGB", size, "white")
+    box = (side.pixels + side.blur_x * 2 if side.name == "left" else 0,
+           side.pixels + side.blur_y * 2 if side.name == "up" else 0,
+           w - side.pixels - side.blur_x * 2 if side.name == "right" else grown[0],
+           h - side.pixels - side.blur_y * 2 if side.name == "down" else grown[1])
+    if box[2] >= box[0] and box[3] >= box[1]:
+        ImageDraw.Draw(mask).rectangle(box, fill="black")
+    return mask
 
 
 def _grown_size(size: tuple[int, int], side: _Side) -> tuple[int, int]:

@@ -107,7 +107,7 @@ def script_result(output: ScriptOutput, req: GenerationRequest, control: JobCont
                     output.subseeds[i], output.prompts[i], output.negative_prompts[i], output.paths[i])
         for i, (image, info) in enumerate(zip(output.images, output.infotexts, strict=True)))
     last = output.last.result if output.last is not None else None
-    request = req.replace(init_images=(), mask=None) if isinstance(req, Img2ImgRequest) else req
+    request = req.replace(init_images=(), mask=None, latent_mask=None) if isinstance(req, Img2ImgRequest) else req
     extra: dict[str, Any] = dict(last.extra_params) if last is not None else {}
     return ImagesResult(
         request=request, images=images, model_name=last.model_name if last else "",

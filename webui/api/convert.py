@@ -110,7 +110,7 @@ def prepare(app: App, body: GenerationBody, kind: str) -> Prepared:
     spec = app.generation_job(request, bool(body.save_images), output, return_grid, script, alwayson)
     parameters = api_echo(body.model_dump(), kind)
     if isinstance(body, Img2ImgBody) and not body.include_init_images:
-        parameters.update(init_images=None, mask=None)
+        parameters.update(init_images=None, mask=None, latent_mask=None)
     return Prepared(spec, Rendering(body.send_images is not False, parameters, tuple(warnings)))
 
 
@@ -125,8 +125,11 @@ def _images(body: Img2ImgBody, values: dict[str, object]) -> dict[str, object]:
         raise ValidationError(f"init_images: {len(images)} images for a batch size of {batch}; give one image or "
                               f"at most batch_size images", field="init_images")
     named = [(f"init_images[{i}]", data) for i, data in enumerate(images)]
-    decoded = decode_images(named + ([("mask", body.mask)] if body.mask else []))
-    return {"init_images": tuple(decoded[:len(images)]), "mask": decoded[len(images)] if body.mask else None}
+    extra = [(name, data) for name, data in (("mask", body.mask), ("latent_mask", body.latent_mask)) if data]
+    decoded = decode_images(named + extra)
+    masks = dict(zip([name for name, _ in extra], decoded[len(images):], strict=True))
+    return {"init_images": tuple(decoded[:len(images)]), "mask": masks.get("mask"),
+            "latent_mask": masks.get("latent_mask")}
 
 
 # -- results -> A1111 responses ----------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ else:
 IGNORED_FIELDS: tuple[str, ...] = (
     "do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards",
     "disable_extra_networks", "comments", "force_task_id",
-    "firstphase_width", "firstphase_height", "firstpass_image", "latent_mask", "image_cfg_scale")
+    "firstphase_width", "firstphase_height", "firstpass_image", "image_cfg_scale")
 
 
 class OptionsBody(ClientBody):

@@ -1,5 +1,5 @@
-"""The Gradio UI: A1111's quicksettings bar and tabs (txt2img, img2img, Extras, PNG Info, Checkpoint Merger,
-Settings)."""
+"""The Gradio UI: A1111's quicksettings bar and tabs (txt2img, img2img, Extras, PNG Info, Checkpoint Merger, the
+extensions' tabs, Settings, Extensions)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import gradio as gr
 
 from modules.app import App
 from webui.ui.common import CSS, TokenCounter, style_tag
+from webui.ui.extensions_tab import build_extension_tabs, build_extensions_tab
 from webui.ui.extras import build_extras_tab
 from webui.ui.img2img import build_img2img_tab, connect_send_to
 from webui.ui.merger import build_merger_tab
@@ -42,8 +43,11 @@ def build_ui(app: App) -> gr.Blocks:
                 connect_pnginfo_send(pnginfo, img2img, tabs)
             with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
                 build_merger_tab(app, quick.checkpoint)
+            build_extension_tabs(app)  # the loaded extensions' own tabs
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings = build_settings_tab(app)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                build_extensions_tab(app, demo)
 
         def on_load() -> list[Any]:
             """Fresh values for a new page: settings, checkpoint list, styles, the settings-derived defaults."""

@@ -154,6 +154,7 @@ class ImagesResult:
     interrupted: bool = False
     job_timestamp: str = ""
     first_image: int = 0  # how many of ``images`` are a script's grids (A1111's index_of_first_image)
+    script: str = ""  # the script that made the images (its title), if any
 
     @property
     def infotexts(self) -> list[str]:

@@ -114,7 +114,7 @@ class Recorder:
 
 def run_script(script, req, args: list, kind: str = "img2img") -> tuple[object, Recorder]:
     recorder = Recorder()
-    ctx = RunContext(kind, recorder, JobControl(), lambda image, info, r: None, None)
+    ctx = RunContext(kind, recorder, JobControl(), lambda image, info, r, basename: None, None)
     return script.run(ctx, req, script.args_with_defaults(args, kind)), recorder
 
 

@@ -217,7 +217,7 @@ def test_interrupt_between_cells_keeps_what_was_made():
             control.interrupt()
         return _fake_job(req)
 
-    ctx = RunContext("txt2img", process, control, lambda image, info, req: None)
+    ctx = RunContext("txt2img", process, control, lambda image, info, req, basename: None)
     out = XYZPlot().run(ctx, GenerationRequest(**SMALL), args(xv="1-4", lone=True))
     assert phases[:3] == ["X/Y/Z plot: 1 out of 4", "X/Y/Z plot: 2 out of 4", "X/Y/Z plot: 3 out of 4"]
     assert out.grids == 1 and len(out.images) == 3  # the grid, then the two cells that were made

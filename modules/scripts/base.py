@@ -71,6 +71,7 @@ class ScriptOutput:
     negative_prompts: list[str] = field(default_factory=list)
     paths: list[Path | None] = field(default_factory=list)
     grids: int = 0
+    index_of_first_image: int | None = None  # what A1111 reports (XYZ and prompt matrix: 1; default: grids)
     warnings: list[str] = field(default_factory=list)
     last: JobOutput | None = None  # the last generation (model names, hashes, extra parameters for the response)
 
@@ -102,7 +103,7 @@ class RunContext:
     the job's progress and interrupt, and the application's services."""
 
     def __init__(self, kind: str, process: Callable[[GenerationRequest, bool], JobOutput], control: JobControl,
-                 save_grid: Callable[[Image.Image, str, GenerationRequest], Path | None],
+                 save_grid: Callable[[Image.Image, str, GenerationRequest, str], Path | None],
                  services: Any = None, save_image: SaveImage | None = None, return_grid: bool = True) -> None:
         self.kind = kind
         self._process = process
@@ -117,8 +118,11 @@ class RunContext:
         (False for intermediate images such as tiles, which a script assembles and saves with :meth:`save_image`)."""
         return self._process(req, save)
 
-    def save_grid(self, image: Image.Image, infotext: str, req: GenerationRequest) -> Path | None:
-        return self._save_grid(image, infotext, req)
+    def save_grid(self, image: Image.Image, infotext: str, req: GenerationRequest, basename: str = "grid"
+                  ) -> Path | None:
+        """Save a grid as the job's grids are saved, named ``<basename>-NNNN`` (A1111: ``xyz_grid``,
+        ``prompt_matrix``, ``grid``); None when the job saves no grids."""
+        return self._save_grid(image, infotext, req, basename)
 
     def save_image(self, image: Image.Image, infotext: str, req: GenerationRequest, seed: int) -> Path | None:
         """Save a finished image the script made as the job's samples are saved (None when the job saves

@@ -115,6 +115,7 @@ class Loopback(Script):
         add_params(out, {"Final denoising strength": args[1], "Denoising curve": options.curve})
         if len(history) > 1:
             self._grid(ctx, history, out)
+        out.index_of_first_image = 0  # A1111 reports 0 although its strip comes first
         return out
 
     def _batch(self, ctx: RunContext, one: Img2ImgRequest, req: Img2ImgRequest, options: _Options

@@ -188,6 +188,7 @@ class OutpaintingMk2(Script):
             grid = image_utils.image_grid(out.images)
             out.add(grid, out.infotexts[0], out.seeds[0], out.subseeds[0], out.prompts[0], out.negative_prompts[0],
                     ctx.save_grid(grid, out.infotexts[0], req), grid=True)
+        out.index_of_first_image = 0  # A1111 reports 0 although its grid comes first
         return out
 
     def _grow(self, ctx: RunContext, req: Img2ImgRequest, batch: list[Image.Image], side: _Side, a: _Args

@@ -128,7 +128,7 @@ class PromptMatrix(Script):
         grid = image_grid(cells, rows=1 << ((len(parts) - 1) // 2))
         grid = draw_prompt_matrix(grid, size[0], size[1], parts, margin)
         info = first.infotexts[0]
-        path = ctx.save_grid(grid, info, first.request)
+        path = ctx.save_grid(grid, info, first.request, "prompt_matrix")
         out.add(grid, info, first.all_seeds[0], first.all_subseeds[0], first.all_prompts[0],
                 first.all_negative_prompts[0], path, grid=True)
         out.last = made[0]

@@ -63,14 +63,14 @@ def run_job(app: App, spec: Txt2ImgJob | Img2ImgJob, control: JobControl, genera
         return images_result(process(req, True, True), spec.return_grid)
     script = app.scripts.script(spec.script, kind)
 
-    def save_grid(image: Image.Image, infotext: str, used: GenerationRequest) -> Path | None:
+    def save_grid(image: Image.Image, infotext: str, used: GenerationRequest, basename: str) -> Path | None:
         if spec.output is None or not spec.output.save_grid:
             return None
         out = spec.output
         folder = out.grids_dir / _today() if out.save_to_dirs else out.grids_dir
         try:
             return outputs.save_image(image, folder, out.grid_format, infotext if out.enable_pnginfo else None,
-                                      pattern="", basename="grid", digits=4, quality=out.jpeg_quality)
+                                      pattern="", basename=basename, digits=4, quality=out.jpeg_quality)
         except OSError as exc:
             control.warn(f"the grid could not be saved ({exc.strerror or exc})")
             return None
@@ -91,7 +91,7 @@ def run_job(app: App, spec: Txt2ImgJob | Img2ImgJob, control: JobControl, genera
             return None
 
     ctx = RunContext(kind, process, control, save_grid, app, save_image, spec.return_grid)
-    return script_result(script.run(ctx, req, spec.script.args), req, control)
+    return script_result(script.run(ctx, req, spec.script.args), req, control, script.title)
 
 
 def _today() -> str:
@@ -100,7 +100,8 @@ def _today() -> str:
     return datetime.date.today().isoformat()
 
 
-def script_result(output: ScriptOutput, req: GenerationRequest, control: JobControl) -> ImagesResult:
+def script_result(output: ScriptOutput, req: GenerationRequest, control: JobControl, script_name: str = ""
+                  ) -> ImagesResult:
     """A script's output as a job result: its grids and images as PNGs with their infotexts."""
     images = tuple(
         OutputImage(image_utils.encode_image(image, "png", info or None), info, output.seeds[i],
@@ -114,4 +115,5 @@ def script_result(output: ScriptOutput, req: GenerationRequest, control: JobCont
         model_hash=last.model_hash if last else None, vae_name=last.vae_name if last else None,
         vae_hash=last.vae_hash if last else None, extra_params=extra,
         warnings=tuple(dict.fromkeys([*output.warnings, *control.warnings])), interrupted=control.interrupted,
-        job_timestamp=last.job_timestamp if last else "", first_image=output.grids)
+        job_timestamp=last.job_timestamp if last else "", script=script_name,
+        first_image=output.grids if output.index_of_first_image is None else output.index_of_first_image)

@@ -58,6 +58,7 @@ def run_plan(ctx: RunContext, plan: Plan) -> ScriptOutput:
             if cell is not None:
                 _add_cell(out, cell)
     out.last = next(c.job for c in cells if c is not None)
+    out.index_of_first_image = 1  # as A1111 reports it, whatever the sub-grids
     return out
 
 
@@ -141,7 +142,7 @@ def with_params(text: str, extra: dict[str, str]) -> str:
 def _add_grid(ctx: RunContext, out: ScriptOutput, grid: Image.Image, first: Cell | None, extra: dict[str, str],
               save: bool = True) -> None:
     info = with_params(first.infotext, extra) if first is not None else ""
-    path = ctx.save_grid(grid, info, first.job.result.request) if save and first is not None else None
+    path = ctx.save_grid(grid, info, first.job.result.request, "xyz_grid") if save and first is not None else None
     if first is None:
         out.add(grid, info, grid=True, path=path)
         return

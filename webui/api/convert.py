@@ -141,6 +141,8 @@ def interruption(result: ImagesResult) -> list[str]:
     """The warning an interrupted job's result carries: how many of its images were made."""
     if not result.interrupted:
         return []
+    if result.script:
+        return [f"interrupted: {result.script} stopped early; {len(result.images)} images returned"]
     return [f"interrupted: {len(result.images)} of {result.request.image_count} images generated"]
 
 

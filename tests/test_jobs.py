@@ -14,6 +14,8 @@ from modules.errors import ErrorKind, GenerationError, ModelLoadError, UnsafeChe
 from modules.jobs import JobQueue, JobState, QueueFull
 from modules.requests import GenerationRequest
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # full GC passes scan only what this module makes
+
 SMALL = {"width": 64, "height": 64, "steps": 2}
 
 
@@ -213,6 +215,7 @@ def test_every_job_kind_is_a_serialisable_spec_with_one_handler(tmp_path):
         job_types.LoadModelJob("tiny"), job_types.ReloadModelJob(), job_types.UnloadModelJob(),
         job_types.DeviceConfigJob("fp32", "sdp"), job_types.MergeJob(MergeRequest(primary_model_name="a")),
         job_types.ExtrasJob(ExtrasRequest(images=(("a.png", image),), upscaler_1="Lanczos"), tmp_path),
+        job_types.InterrogateJob(image, "deepdanbooru", (("interrogate_return_ranks", True),)),
     ]
     assert {type(s) for s in specs} == set(typing.get_args(job_types.JobSpec))
     handlers = builtin_handlers()

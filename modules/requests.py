@@ -258,3 +258,11 @@ def validate_img2img(req: Img2ImgRequest, limits: Limits = Limits()) -> None:
     _check(0 <= req.initial_noise_multiplier <= 1.5, "initial_noise_multiplier", "must be between 0 and 1.5")
     _check(req.image_cfg_scale is None or 0 <= req.image_cfg_scale <= 3, "image_cfg_scale",
            "must be between 0 and 3")
+
+
+def validate_any(req: GenerationRequest, limits: Limits = Limits()) -> None:
+    """:func:`validate_img2img` for an img2img request, :func:`validate` for the others."""
+    if isinstance(req, Img2ImgRequest):
+        validate_img2img(req, limits)
+    else:
+        validate(req, limits)

@@ -18,7 +18,7 @@ from PIL import Image
 from modules.engine import JobOutput
 from modules.errors import ValidationError, WebUIError
 from modules.generation.batches import resolve_seeds
-from modules.requests import GenerationRequest, Img2ImgRequest, Limits, validate, validate_img2img
+from modules.requests import GenerationRequest, Limits, validate_any
 from modules.scripts.base import Control, RunContext, Script, ScriptOutput, arg_error
 from modules.scripts.grids import draw_prompt_matrix, image_grid
 from modules.scripts.xyz_values import shown
@@ -82,10 +82,7 @@ class PromptMatrix(Script):
         one = req.replace(**{"prompt" if prompt_type == "positive" else "negative_prompt": longest})
         limits = self.app.limits() if self.app is not None else Limits()
         try:
-            if isinstance(one, Img2ImgRequest):
-                validate_img2img(one, limits)
-            else:
-                validate(one, limits)
+            validate_any(one, limits)
         except ValidationError as exc:
             raise arg_error(self, str(exc)) from None
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from modules import samplers
 from modules.errors import ValidationError
-from modules.requests import GenerationRequest, Img2ImgRequest, Limits, validate, validate_img2img
+from modules.requests import GenerationRequest, Limits, validate_any
 from modules.scripts.base import BOTH, Control, RunContext, Script, ScriptOutput, arg_error
 
 POSITIONS = ("start", "end")
@@ -223,10 +223,7 @@ class PromptsFromFile(Script):
         for number, line in enumerate(self._lines(args), start=1):
             one = line_request(req, line, at_start)
             try:
-                if isinstance(one, Img2ImgRequest):
-                    validate_img2img(one, limits)
-                else:
-                    validate(one, limits)
+                validate_any(one, limits)
             except ValidationError as exc:
                 raise arg_error(self, f"line {number}: {exc}") from None
             out.append(one)

@@ -15,7 +15,7 @@ from modules import outputs
 from modules.engine import JobOutput
 from modules.generation.control import JobControl
 from modules.job_types import ImagesResult, Img2ImgJob, OutputImage, Txt2ImgJob
-from modules.requests import GenerationRequest, Img2ImgRequest, validate, validate_img2img
+from modules.requests import GenerationRequest, Img2ImgRequest, validate_any
 from modules.scripts.base import IMG2IMG, TXT2IMG, RunContext, ScriptOutput
 from modules.scripts.registry import ScriptRegistry
 
@@ -37,10 +37,7 @@ def check_scripts(scripts: ScriptRegistry, spec: Txt2ImgJob | Img2ImgJob) -> Non
 
 
 def _validated(app: App, req: GenerationRequest) -> None:
-    if isinstance(req, Img2ImgRequest):
-        validate_img2img(req, app.limits())
-    else:
-        validate(req, app.limits())
+    validate_any(req, app.limits())
 
 
 def run_job(app: App, spec: Txt2ImgJob | Img2ImgJob, control: JobControl, generate: Generation,

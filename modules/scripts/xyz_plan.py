@@ -13,7 +13,7 @@ from typing import Any
 from modules.errors import ValidationError
 from modules.generation.batches import resolve_seeds
 from modules.generation.noise import MAX_RANDOM_SEED
-from modules.requests import GenerationRequest, Img2ImgRequest, validate, validate_img2img
+from modules.requests import GenerationRequest, validate_any
 from modules.scripts.xyz_axes import Axis, Catalog, Value, axes_for
 from modules.scripts.xyz_values import csv_text, csv_values, float_values, int_values, orderings, shown
 
@@ -205,10 +205,7 @@ def read_plan(req: GenerationRequest, args: Sequence[Any], kind: str, catalog: C
 
 # -- checks ----------------------------------------------------------------------------------------------------------
 def _validated(req: GenerationRequest, catalog: Catalog) -> None:
-    if isinstance(req, Img2ImgRequest):
-        validate_img2img(req, catalog.limits())
-    else:
-        validate(req, catalog.limits())
+    validate_any(req, catalog.limits())
 
 
 def check_plan(plan: Plan) -> None:

@@ -60,6 +60,20 @@ def no_network_attempts():
     assert not NETWORK_ATTEMPTS, f"network access attempted: {NETWORK_ATTEMPTS}"
 
 
+@pytest.fixture(scope="module")
+def frozen_gc():
+    """Opt-in for a test module (``pytestmark = pytest.mark.usefixtures("frozen_gc")``): while it runs, the objects
+    that already exist (the imported libraries, the session's fixtures, what earlier modules left) are kept out of the
+    garbage collector's full passes (``gc.freeze``). The app runs a full ``gc.collect()`` on every model switch and
+    every failed job; late in a session each one would scan millions of objects, now only what this module made. At
+    the end they are handed back (``gc.unfreeze``) and collected as usual: nothing is kept for good."""
+    import gc
+
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory):
     """Builds tiny models on demand, once per session: ``model_store(family, fmt)`` -> path."""
@@ -186,6 +200,31 @@ def api(live_server):
     with httpx.Client(base_url=server.url, timeout=120) as client:
         client.server = server  # type: ignore[attr-defined]
         yield client
+
+
+@pytest.fixture(scope="module")
+def module_api(tmp_path_factory, model_store):
+    """``api`` shared by a test module: the same live server (``live_server()``'s defaults: a tiny SD 1.x model
+    loaded, API only, no auth) and client, started once. Only for tests that check their own answers and leave
+    nothing behind that another test reads (no settings changed, no models added, no job left running)."""
+    import httpx
+
+    from modules.app import App, StartOptions
+    from webui.launch_options import ServerConfig
+
+    data = tmp_path_factory.mktemp("module-api")
+    install_model(data, model_store("sd1", "safetensors"), "tiny")
+    app = App(StartOptions(data_dir=data, device="cpu"))
+    config = ServerConfig("127.0.0.1", 0, True, {}, {}, False, {"api_auth": None})
+    app.launch_flags = config.flags
+    server = LiveServer(app, config)
+    try:
+        app.queue.wait_idle(60)
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            client.server = server  # type: ignore[attr-defined]
+            yield client
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager

@@ -14,6 +14,8 @@ from PIL import Image
 from modules.images import read_parameters
 from tests.conftest import running_job, wait_for_progress
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # full GC passes scan only what this module makes
+
 SMALL = {"width": 64, "height": 64, "steps": 3}
 
 # what webuiapi 0.9.17 sends for txt2img (every key, its defaults; null where it sends None)
@@ -54,10 +56,10 @@ def test_txt2img_as_webuiapi_sends_it(api):
     assert not (api.server.app.paths.outputs_dir).exists()  # save_images false: nothing written
 
 
-def test_defaults_unknown_fields_nulls_and_sampler_index(api):
-    r = api.post("/sdapi/v1/txt2img", json={"prompt": "x", "sampler_index": "DDIM", "steps": 2, "width": 64,
-                                            "height": 64, "seed": None, "styles": None, "hr_sampler_name": None,
-                                            "not_a_field": {"anything": 1}, "cfg_scale": None})
+def test_defaults_unknown_fields_nulls_and_sampler_index(module_api):
+    r = module_api.post("/sdapi/v1/txt2img", json={"prompt": "x", "sampler_index": "DDIM", "steps": 2, "width": 64,
+                                                   "height": 64, "seed": None, "styles": None, "hr_sampler_name": None,
+                                                   "not_a_field": {"anything": 1}, "cfg_scale": None})
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
     assert "Sampler: DDIM" in info["infotexts"][0] and "CFG scale: 7" in info["infotexts"][0]
@@ -80,29 +82,29 @@ def test_batch_returns_grid_first_and_saves_when_asked(api):
     assert no_send.json()["images"] == []
 
 
-def test_override_settings_apply_to_that_job_only(api):
-    before = api.get("/sdapi/v1/options").json()
-    r = api.post("/sdapi/v1/txt2img", json={"prompt": "x", "seed": 1, **SMALL,
-                                            "override_settings": {"CLIP_stop_at_last_layers": 2,
-                                                                  "samples_format": "jpg"}})
+def test_override_settings_apply_to_that_job_only(module_api):
+    before = module_api.get("/sdapi/v1/options").json()
+    r = module_api.post("/sdapi/v1/txt2img", json={"prompt": "x", "seed": 1, **SMALL,
+                                                   "override_settings": {"CLIP_stop_at_last_layers": 2,
+                                                                         "samples_format": "jpg"}})
     assert r.status_code == 200
     assert "Clip skip: 2" in json.loads(r.json()["info"])["infotexts"][0]
-    assert api.get("/sdapi/v1/options").json() == before
-    r = api.post("/sdapi/v1/txt2img", json={"prompt": "x", "seed": 1, **SMALL})
+    assert module_api.get("/sdapi/v1/options").json() == before
+    r = module_api.post("/sdapi/v1/txt2img", json={"prompt": "x", "seed": 1, **SMALL})
     assert "Clip skip" not in json.loads(r.json()["info"])["infotexts"][0]
 
 
-def test_restore_faces_succeeds_with_a_warning(api):
-    r = api.post("/sdapi/v1/txt2img", json={"prompt": "x", "restore_faces": True, **SMALL})
+def test_restore_faces_succeeds_with_a_warning(module_api):
+    r = module_api.post("/sdapi/v1/txt2img", json={"prompt": "x", "restore_faces": True, **SMALL})
     assert r.status_code == 200
     info = json.loads(r.json()["info"])
     assert any("CodeFormer is not installed" in w for w in info["warnings"])
     assert info["face_restoration_model"] == "CodeFormer" and "Face restoration: CodeFormer" in info["infotexts"][0]
 
 
-def test_infotext_field_fills_the_request(api):
+def test_infotext_field_fills_the_request(module_api):
     text = "a red fox\nNegative prompt: lowres\nSteps: 2, Sampler: DDIM, CFG scale: 5, Seed: 77, Size: 64x64"
-    r = api.post("/sdapi/v1/txt2img", json={"infotext": text, "width": 64})
+    r = module_api.post("/sdapi/v1/txt2img", json={"infotext": text, "width": 64})
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
     assert info["prompt"] == "a red fox" and info["seed"] == 77 and info["steps"] == 2
@@ -115,28 +117,28 @@ def test_infotext_field_fills_the_request(api):
     ({"scheduler": "wiggly"}, "scheduler"), ({"cfg_scale": "high"}, "cfg_scale"), ({"n_iter": 0}, "n_iter"),
     ({"enable_hr": True, "hr_scale": 50}, "hr_scale"), ({"alwayson_scripts": {"ADetailer": {"args": []}}},
                                                           "alwayson_scripts"),
-    ({"script_name": "x/y/z plot"}, "script_name"),
+    ({"script_name": "no such script"}, "script_name"), ({"script_name": "x/y/z plot"}, "script_args"),
     ({"override_settings": {"sd_model_checkpoint": "no-such-model"}}, "sd_model_checkpoint"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 99}}, "CLIP_stop_at_last_layers"),
 ])
-def test_bad_input_is_4xx_naming_the_field_and_queues_nothing(api, body, field):
-    count = len(api.server.app.queue.jobs())
-    r = api.post("/sdapi/v1/txt2img", json={"prompt": "x", **body})
+def test_bad_input_is_4xx_naming_the_field_and_queues_nothing(module_api, body, field):
+    count = len(module_api.server.app.queue.jobs())
+    r = module_api.post("/sdapi/v1/txt2img", json={"prompt": "x", **body})
     assert r.status_code in (400, 422), r.text
     assert r.json()["field"] == field and field.split(".")[-1] in r.json()["detail"]
-    assert len(api.server.app.queue.jobs()) == count
-    r2 = api.post("/sdapi/v2/txt2img", json={"prompt": "x", **body})
-    assert r2.status_code in (400, 422) and len(api.server.app.queue.jobs()) == count
+    assert len(module_api.server.app.queue.jobs()) == count
+    r2 = module_api.post("/sdapi/v2/txt2img", json={"prompt": "x", **body})
+    assert r2.status_code in (400, 422) and len(module_api.server.app.queue.jobs()) == count
 
 
-def test_malformed_json_and_wrong_body_types(api):
-    r = api.post("/sdapi/v1/txt2img", content=b"{not json", headers={"content-type": "application/json"})
+def test_malformed_json_and_wrong_body_types(module_api):
+    r = module_api.post("/sdapi/v1/txt2img", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and "detail" in r.json()
-    r = api.post("/sdapi/v1/txt2img", json=["a", "list"])
+    r = module_api.post("/sdapi/v1/txt2img", json=["a", "list"])
     assert r.status_code == 422
-    r = api.post("/sdapi/v1/options", json={"samples_format": "bmp"})
+    r = module_api.post("/sdapi/v1/options", json={"samples_format": "bmp"})
     assert r.status_code == 422 and r.json()["field"] == "samples_format"
-    r = api.post("/sdapi/v1/options", json={"no_such_option": 1})
+    r = module_api.post("/sdapi/v1/options", json={"no_such_option": 1})
     assert r.status_code == 422
 
 
@@ -150,7 +152,10 @@ def test_listing_routes(api):
     assert {"name": "karras", "label": "Karras"}.items() <= scheds[2].items()
     assert [u["name"] for u in api.get("/sdapi/v1/upscalers").json()] == ["None", "Lanczos", "Nearest"]
     assert {"name": "Latent"} in api.get("/sdapi/v1/latent-upscale-modes").json()
-    assert api.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    assert api.get("/sdapi/v1/scripts").json() == {
+        "txt2img": ["prompt matrix", "prompts from file or textbox", "x/y/z plot"],
+        "img2img": ["loopback", "outpainting mk2", "poor man's outpainting", "prompt matrix",
+                    "prompts from file or textbox", "sd upscale", "x/y/z plot"]}
     assert api.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
     for route in ("sd-vae", "loras", "prompt-styles", "face-restorers", "realesrgan-models", "hypernetworks"):
         assert isinstance(api.get(f"/sdapi/v1/{route}").json(), list), route
@@ -282,17 +287,17 @@ def test_v2_job_cut_by_interrupt_says_so(api):
     assert not any(w.startswith("interrupted") for w in json.loads(whole.json()["info"])["warnings"])
 
 
-def test_grid_only_when_a1111_returns_one(api):
+def test_grid_only_when_a1111_returns_one(module_api):
     """A1111's API makes a grid only with save_images; then it comes first and index_of_first_image is 1."""
     batch = {"prompt": "x", "batch_size": 2, **SMALL}
-    plain = api.post("/sdapi/v1/txt2img", json=batch).json()
+    plain = module_api.post("/sdapi/v1/txt2img", json=batch).json()
     assert len(plain["images"]) == 2 and json.loads(plain["info"])["index_of_first_image"] == 0
-    saved = api.post("/sdapi/v1/txt2img", json={**batch, "save_images": True}).json()
+    saved = module_api.post("/sdapi/v1/txt2img", json={**batch, "save_images": True}).json()
     info = json.loads(saved["info"])
     assert len(saved["images"]) == 3 and info["index_of_first_image"] == 1 and len(info["infotexts"]) == 3
     assert _image(saved["images"][0]).size == (128, 64)
-    off = api.post("/sdapi/v1/txt2img", json={**batch, "save_images": True,
-                                               "override_settings": {"return_grid": False}}).json()
+    off = module_api.post("/sdapi/v1/txt2img", json={**batch, "save_images": True,
+                                                      "override_settings": {"return_grid": False}}).json()
     assert len(off["images"]) == 2
 
 
@@ -306,18 +311,18 @@ def test_options_waits_for_the_model_switch_and_ping_tells_the_truth(api):
     assert api.post("/sdapi/v1/options", json={"sd_model_checkpoint": "missing.safetensors"}).status_code == 422
 
 
-def test_memory_reports_the_process_like_a1111(api):
-    ram = api.get("/sdapi/v1/memory").json()["ram"]
+def test_memory_reports_the_process_like_a1111(module_api):
+    ram = module_api.get("/sdapi/v1/memory").json()["ram"]
     with open("/proc/self/statm", encoding="ascii") as f:  # the server runs in this test process
         rss = int(f.read().split()[1]) * __import__("os").sysconf("SC_PAGE_SIZE")
     assert 0.5 * rss < ram["used"] < 2 * rss and ram["free"] == ram["total"] - ram["used"]
 
 
-def test_four_concurrent_clients_all_served(api):
+def test_four_concurrent_clients_all_served(module_api):
     results = []
 
     def client(i: int) -> None:
-        with httpx.Client(base_url=api.server.url, timeout=120) as c:
+        with httpx.Client(base_url=module_api.server.url, timeout=120) as c:
             results.append(c.post("/sdapi/v1/txt2img", json={"prompt": f"p{i}", "seed": i, **SMALL}))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
@@ -356,11 +361,11 @@ def test_full_queue_answers_503(live_server):
             api.delete(f"/sdapi/v2/jobs/{job_id}")
 
 
-def test_cross_origin_post_refused(api):
+def test_cross_origin_post_refused(module_api):
     for origin in ("https://evil.example", "null"):
-        r = api.post("/sdapi/v1/interrupt", headers={"Origin": origin})
+        r = module_api.post("/sdapi/v1/interrupt", headers={"Origin": origin})
         assert r.status_code == 403
-    ok = api.post("/sdapi/v1/interrupt", headers={"Origin": api.server.url})
+    ok = module_api.post("/sdapi/v1/interrupt", headers={"Origin": module_api.server.url})
     assert ok.status_code == 200
 
 

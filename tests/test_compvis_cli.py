@@ -1,4 +1,5 @@
-"""The CompVis ``scripts/txt2img.py`` command line, end to end in a subprocess."""
+"""The CompVis ``scripts/txt2img.py`` command line: end to end in a subprocess (a generation, and a refused pickle),
+the rest through the same ``main`` the script calls, in this process (each subprocess spends seconds importing)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,21 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_generates_samples_and_grid_like_the_original(tmp_path, model_store):
+def run_main(args: list[str], cwd: Path, monkeypatch, capsys, caplog) -> tuple[int, str, str]:
+    """``main(args)`` in this process, as ``run_cli`` runs the script (``cwd``, ``SDWEBUI_DATA_DIR``): (exit code,
+    stdout, stderr). A traceback is neither raised nor logged."""
+    from webui.compvis import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("SDWEBUI_DATA_DIR", str(cwd))
+    capsys.readouterr()
+    code = main(args)
+    out, err = capsys.readouterr()
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    return code, out, err
+
+
+def test_generates_samples_and_grid_like_the_original(tmp_path, model_store, monkeypatch, capsys, caplog):
     ckpt = model_store("sd1", "safetensors")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red fox\na blue bird\na green frog\n")
@@ -41,8 +56,10 @@ def test_generates_samples_and_grid_like_the_original(tmp_path, model_store):
     with Image.open(out / "grid-0000.png") as grid:
         assert grid.size == (128, 64) and read_parameters(grid)
 
-    second = run_cli(*args, "--from-file", str(prompts), "--skip_grid", "--fixed_code", cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
+    # the second run continues the numbering; main() in this process (the script itself ran above)
+    code, _, err = run_main([*args, "--from-file", str(prompts), "--skip_grid", "--fixed_code"], tmp_path,
+                            monkeypatch, capsys, caplog)
+    assert code == 0, err
     names = sorted(p.name for p in (out / "samples").iterdir())
     assert names == [f"{i:05}.png" for i in range(5)]
     assert not (out / "grid-0001.png").exists()
@@ -54,14 +71,14 @@ def test_generates_samples_and_grid_like_the_original(tmp_path, model_store):
     assert infos[2].startswith("a green frog\n") and "Seed: 7," in infos[2]  # --fixed_code: same start per chunk
 
 
-def test_config_flag_accepts_a_diffusers_config_folder(tmp_path, model_store):
+def test_config_flag_accepts_a_diffusers_config_folder(tmp_path, model_store, monkeypatch, capsys, caplog):
     src = model_store("sd2", "safetensors")
     ckpt = tmp_path / "bare.safetensors"
     shutil.copy2(src, ckpt)  # no config beside it: the narrow model needs --config
-    result = run_cli("--ckpt", str(ckpt), "--config", str(src.with_suffix("")), "--outdir", str(tmp_path / "o"),
-                     "--H", "64", "--W", "64", "--ddim_steps", "1", "--n_samples", "1", "--n_iter", "1",
-                     "--skip_grid", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    code, _, err = run_main(["--ckpt", str(ckpt), "--config", str(src.with_suffix("")), "--outdir",
+                             str(tmp_path / "o"), "--H", "64", "--W", "64", "--ddim_steps", "1", "--n_samples", "1",
+                             "--n_iter", "1", "--skip_grid"], tmp_path, monkeypatch, capsys, caplog)
+    assert code == 0, err
     assert (tmp_path / "o" / "samples" / "00000.png").is_file()
 
 
@@ -86,18 +103,27 @@ def test_bad_input_one_line_nonzero(tmp_path, args, message, capsys, monkeypatch
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
 
 
-def test_unreadable_and_malicious_checkpoints(tmp_path):
+class _Payload:
+    """Pickles as a call of ``os.system``: what a malicious .ckpt carries."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_unreadable_and_malicious_checkpoints(tmp_path, monkeypatch, capsys, caplog):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"this is not a model")
-    result = run_cli("--ckpt", str(junk), "--H", "64", "--W", "64", cwd=tmp_path)
-    assert result.returncode != 0 and "junk.safetensors" in result.stderr and "Traceback" not in result.stderr
+    code, _, err = run_main(["--ckpt", str(junk), "--H", "64", "--W", "64"], tmp_path, monkeypatch, capsys, caplog)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0 and len(lines) == 1 and "junk.safetensors" in lines[0] and "Traceback" not in err
     marker = tmp_path / "ran"
     evil = tmp_path / "evil.ckpt"
-    code = ("import os, torch\n"
-            "class P:\n"
-            f"    def __reduce__(self): return (os.system, ('touch {marker}',))\n"
-            f"torch.save({{'state_dict': {{}}, 'x': P()}}, {str(evil)!r})\n")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
-    result = run_cli("--ckpt", str(evil), "--H", "64", "--W", "64", cwd=tmp_path)
+    import torch
+
+    torch.save({"state_dict": {}, "x": _Payload(marker)}, evil)
+    result = run_cli("--ckpt", str(evil), "--H", "64", "--W", "64", cwd=tmp_path)  # the real script refuses it
     assert result.returncode != 0 and "refused" in result.stderr and "Traceback" not in result.stderr
     assert not marker.exists()

@@ -20,6 +20,8 @@ from modules.models.checkpoint_file import CheckpointFile, load_pickle_checkpoin
 from modules.models.loader import load_model
 from modules.models.registry import CheckpointInfo, CheckpointRegistry
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # full GC passes scan only what this module makes
+
 
 def _info(path: Path) -> CheckpointInfo:
     kind = "diffusers" if path.is_dir() else path.suffix.lstrip(".")

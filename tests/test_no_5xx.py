@@ -8,10 +8,13 @@ import json
 import logging
 import os
 
+import pytest
 import torch
 from PIL import Image
 
 from modules.errors import GenerationError, ValidationError
+
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # full GC passes scan only what this module makes
 
 SMALL = {"width": 64, "height": 64, "steps": 1}
 JSON = {"content-type": "application/json"}
@@ -83,12 +86,12 @@ BAD_INFOTEXT_LINES = [
 ]
 
 
-def test_bad_infotext_values_are_4xx_or_ignored_with_a_note(api):
+def test_bad_infotext_values_are_4xx_or_ignored_with_a_note(module_api):
     from modules.errors import WebUIError
     from webui.api.convert import prepare
     from webui.api.schemas import Txt2ImgBody
 
-    app = api.server.app
+    app = module_api.server.app
     for line in BAD_INFOTEXT_LINES:
         text = f"a fox\nNegative prompt: bad\n{line}, Version: v1.10.1, Comment: x"  # 3 pairs: a parameters line
         try:  # all the infotext says (sizes and steps too), checked as a request would be, not run
@@ -96,12 +99,12 @@ def test_bad_infotext_values_are_4xx_or_ignored_with_a_note(api):
         except WebUIError as exc:
             assert getattr(exc, "field", None), (line, exc)
         body = {"infotext": text, "width": 64, "height": 64, "steps": 1}  # over HTTP, run at a tiny size
-        r = api.post("/sdapi/v1/txt2img", json=body)
+        r = module_api.post("/sdapi/v1/txt2img", json=body)
         assert r.status_code < 500, (line, r.text)
         if r.status_code != 200:
             _assert_client_error(r)
             assert r.json().get("field"), (line, r.text)
-    _still_serving(api)
+    _still_serving(module_api)
 
 
 def test_lone_surrogates_are_replaced_with_a_warning(api):
@@ -137,46 +140,46 @@ NAN_BODIES = [
 ]
 
 
-def test_nan_infinity_and_deep_nesting_are_422_naming_the_field(api):
-    count = len(api.server.app.queue.jobs())
+def test_nan_infinity_and_deep_nesting_are_422_naming_the_field(module_api):
+    count = len(module_api.server.app.queue.jobs())
     for text, field in NAN_BODIES:
         for path in ("/sdapi/v1/txt2img", "/sdapi/v2/txt2img", "/sdapi/v1/img2img", "/sdapi/v2/img2img"):
-            r = _raw_post(api, path, text)
+            r = _raw_post(module_api, path, text)
             _assert_client_error(r, field)
-    assert len(api.server.app.queue.jobs()) == count
-    r = _raw_post(api, "/sdapi/v1/options", '{"jpeg_quality": NaN}')
+    assert len(module_api.server.app.queue.jobs()) == count
+    r = _raw_post(module_api, "/sdapi/v1/options", '{"jpeg_quality": NaN}')
     _assert_client_error(r, "jpeg_quality")
 
 
-def test_unparsable_bodies_are_4xx(api):
+def test_unparsable_bodies_are_4xx(module_api):
     deep = '{"comments": ' + "[" * 100_000 + "]" * 100_000 + "}"
     for text in (deep, '{"seed": ' + "9" * 5000 + "}", '{"prompt": "\\ud800', "\u00ff"):
-        r = api.post("/sdapi/v1/txt2img", content=text.encode("utf-8"), headers=JSON)
+        r = module_api.post("/sdapi/v1/txt2img", content=text.encode("utf-8"), headers=JSON)
         assert 400 <= r.status_code < 500, r.text[:200]
-    r = api.post("/sdapi/v1/txt2img", content=b'{"prompt": "\xff\xfe"}', headers=JSON)
+    r = module_api.post("/sdapi/v1/txt2img", content=b'{"prompt": "\xff\xfe"}', headers=JSON)
     assert 400 <= r.status_code < 500, r.text
-    _still_serving(api)
+    _still_serving(module_api)
 
 
-def test_img2img_checks_every_header_and_the_total_before_decoding(api, monkeypatch):
+def test_img2img_checks_every_header_and_the_total_before_decoding(module_api, monkeypatch):
     import webui.api.images as images
 
     decoded = []
     real_load = images.load_image
     monkeypatch.setattr(images, "load_image", lambda image, field: decoded.append(field) or real_load(image, field))
     huge = _png((8192, 8192))
-    r = api.post("/sdapi/v1/img2img", json={"init_images": [huge] * 8, "batch_size": 8, **SMALL})
+    r = module_api.post("/sdapi/v1/img2img", json={"init_images": [huge] * 8, "batch_size": 8, **SMALL})
     _assert_client_error(r, "init_images")
     assert "megapixels" in r.json()["detail"] and decoded == []
-    r = api.post("/sdapi/v1/img2img", json={"init_images": [_png((64, 64), "RGB"), _png((9000, 9000))],
-                                            "batch_size": 2, **SMALL})
+    r = module_api.post("/sdapi/v1/img2img", json={"init_images": [_png((64, 64), "RGB"), _png((9000, 9000))],
+                                                   "batch_size": 2, **SMALL})
     _assert_client_error(r, "init_images[1]")
     assert decoded == []
-    r = api.post("/sdapi/v1/img2img", json={"init_images": [_png((64, 64), "RGB")], "mask": _png((9000, 9000)),
-                                            **SMALL})
+    r = module_api.post("/sdapi/v1/img2img", json={"init_images": [_png((64, 64), "RGB")],
+                                                   "mask": _png((9000, 9000)), **SMALL})
     _assert_client_error(r, "mask")
     assert decoded == []
-    r = api.post("/sdapi/v1/img2img", json={"init_images": [_png((64, 64), "RGB")], **SMALL})
+    r = module_api.post("/sdapi/v1/img2img", json={"init_images": [_png((64, 64), "RGB")], **SMALL})
     assert r.status_code == 200 and decoded == ["init_images[0]"]
 
 
@@ -201,26 +204,26 @@ FAILURES = [
 ]
 
 
-def test_failed_jobs_answer_by_their_kind(api, monkeypatch, caplog):
-    engine = api.server.app.engine
+def test_failed_jobs_answer_by_their_kind(module_api, monkeypatch, caplog):
+    engine = module_api.server.app.engine
     for exc, status, kind, field, words in FAILURES:
         monkeypatch.setattr(engine, "txt2img", lambda *a, _exc=exc, **k: (_ for _ in ()).throw(_exc))
         caplog.clear()
         with caplog.at_level(logging.ERROR, logger="modules.jobs"):
-            r = api.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL})
+            r = module_api.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL})
         assert r.status_code == status, r.text
         body = r.json()
         assert body["kind"] == kind and words in body["detail"] and body.get("field") == field, body
         assert "Traceback" not in r.text
         logged = [rec for rec in caplog.records if "failed" in rec.getMessage()]
         assert logged and bool(logged[-1].exc_info) == (status == 500)  # only our bugs come with a traceback
-        job_id = api.post("/sdapi/v2/txt2img", json={"prompt": "x", **SMALL}).json()["id"]
-        assert api.server.app.queue.get(job_id).wait(60)
-        assert api.get(f"/sdapi/v2/jobs/{job_id}").json()["error_kind"] == kind
+        job_id = module_api.post("/sdapi/v2/txt2img", json={"prompt": "x", **SMALL}).json()["id"]
+        assert module_api.server.app.queue.get(job_id).wait(60)
+        assert module_api.get(f"/sdapi/v2/jobs/{job_id}").json()["error_kind"] == kind
     monkeypatch.undo()
-    _still_serving(api)
+    _still_serving(module_api)
 
 
-def test_png_info_short_base64_is_4xx(api):
-    r = api.post("/sdapi/v1/png-info", json={"image": "4"})
+def test_png_info_short_base64_is_4xx(module_api):
+    r = module_api.post("/sdapi/v1/png-info", json={"image": "4"})
     _assert_client_error(r, "image")

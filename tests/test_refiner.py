@@ -9,15 +9,23 @@ from conftest import install_model
 from modules.models.tiny import write_tiny_model
 from modules.requests import GenerationRequest
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # full GC passes scan only what this module makes
+
 SMALL = {"steps": 4, "width": 64, "height": 64, "cfg_scale": 5.0, "randn_source": "CPU"}
 
 
-@pytest.fixture
-def two_models(data_dir, model_store, engine_factory, tmp_path_factory):
-    install_model(data_dir, model_store("sd1", "safetensors"), "base")
+@pytest.fixture(scope="module")
+def two_models(model_store, tmp_path_factory):
+    """One engine for the module (its tests only generate): two different tiny SD 1.x models, "base" and "ref"."""
+    from modules.app import build_engine
+    from modules.paths import Paths
+
+    data = tmp_path_factory.mktemp("refiner")
+    install_model(data, model_store("sd1", "safetensors"), "base")
     other = write_tiny_model("sd1", tmp_path_factory.mktemp("other"), fmt="safetensors", seed=1)
-    install_model(data_dir, other, "ref")
-    return engine_factory(cache_limit=2)  # both models stay in RAM: switching does not reload from disk
+    install_model(data, other, "ref")
+    # both models stay in RAM: switching does not reload from disk
+    return build_engine(Paths.create(data), device="cpu", precision="fp32", cache_limit=2)
 
 
 def _px(image) -> np.ndarray:

@@ -15,6 +15,8 @@ from schemathesis import GenerationMode  # noqa: E402
 
 from modules.requests import Limits  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # full GC passes scan only what this module makes
+
 EXAMPLES = 25  # per operation and generation mode
 
 

@@ -116,3 +116,16 @@ def test_the_script_dropdown_runs_the_selected_script(server):
     job.wait()
     assert job.result.first_image == 1 and job.result.images[0].infotext == "grid from the form"
     assert [i.seed for i in job.result.images[1:]] == [11, 13]
+
+
+def test_xyz_value_dropdowns_follow_the_axis_type():
+    from modules import samplers
+    from modules.scripts.xyz import XYZPlot
+
+    xyz = XYZPlot()
+    assert xyz.linked_choices("txt2img") == [(0, 1, 2), (3, 4, 5), (6, 7, 8)]
+    labels = list(xyz.controls("txt2img")[0].choice_list() or [])
+    assert xyz.choices_for("txt2img", 0, labels.index("Sampler")) == samplers.sampler_names()
+    assert xyz.choices_for("txt2img", 0, "Schedule type") == samplers.schedule_labels()
+    assert xyz.choices_for("txt2img", 0, labels.index("Steps")) is None  # typed as text
+    assert xyz.choices_for("txt2img", 0, 999) is None

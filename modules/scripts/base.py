@@ -157,6 +157,15 @@ class Script:
     def after(self, req: GenerationRequest, output: JobOutput, args: Sequence[Any]) -> None:
         return None
 
+    def linked_choices(self, kind: str) -> list[tuple[int, int, int]]:
+        """Controls whose choices follow another's value, as (source, text box, dropdown) indices: while the source's
+        value offers choices (:meth:`choices_for`) the dropdown shows them instead of the text box."""
+        return []
+
+    def choices_for(self, kind: str, source: int, value: Any) -> list[Any] | None:
+        """The dropdown's choices for the source control's ``value`` (None: no choices; the text box is shown)."""
+        return None
+
     def defaults(self, kind: str) -> list[Any]:
         return [c.value for c in self.controls(kind)]
 

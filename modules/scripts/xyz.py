@@ -54,6 +54,20 @@ class XYZPlot(Script):
                     elem_id=f"script_{kind}_xyz_plot_csv_mode"),
         ]
 
+    def linked_choices(self, kind: str) -> list[tuple[int, int, int]]:
+        """Each axis's values dropdown follows its type, as A1111's (the text box when the axis has no choices)."""
+        return [(3 * n, 3 * n + 1, 3 * n + 2) for n in range(len(AXIS_NAMES))]
+
+    def choices_for(self, kind: str, source: int, value: Any) -> list[Any] | None:
+        axes = axes_for(kind)
+        try:
+            axis = axes[int(value)] if not isinstance(value, str) else next(a for a in axes if a.label == value)
+        except (ValueError, TypeError, IndexError, StopIteration):
+            return None
+        if axis.choices is None or axis.missing:
+            return None
+        return list(axis.choices(Catalog(self.app)))
+
     def plan(self, req: GenerationRequest, args: Sequence[Any], kind: str, app: Any = None) -> Plan:
         """The plan of ``args`` (missing ones take the controls' defaults); a ValidationError naming
         ``script_args`` for a bad one."""

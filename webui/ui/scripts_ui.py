@@ -57,12 +57,28 @@ def build_scripts(fields: dict[str, Any], scripts: list[Script], kind: str) -> l
                 names.append(_key(script, i))
         groups.append(group)
 
+        _link_choices(fields, script, kind)
+
     def show(title: str | None) -> list[Any]:
         return [gr.update(visible=title == s.title) for s in scripts]
 
     fields["script_name"].change(show, inputs=[fields["script_name"]], outputs=groups, show_progress="hidden",
                                  queue=False, api_visibility="private")
     return names
+
+
+def _link_choices(fields: dict[str, Any], script: Script, kind: str) -> None:
+    """A dropdown shown in place of its text box while its source's value offers choices (X/Y/Z's axis values)."""
+    for source, text, dropdown in script.linked_choices(kind):
+        def update(value: Any, source: int = source) -> tuple[Any, Any]:
+            choices = script.choices_for(kind, source, value)
+            if choices is None:
+                return gr.update(visible=True), gr.update(visible=False, choices=[], value=[])
+            return gr.update(visible=False), gr.update(visible=True, choices=choices, value=[])
+
+        fields[_key(script, source)].change(update, inputs=[fields[_key(script, source)]],
+                                            outputs=[fields[_key(script, text)], fields[_key(script, dropdown)]],
+                                            show_progress="hidden", queue=False, api_visibility="private")
 
 
 def script_call(app: Any, values: dict[str, Any], kind: str) -> ScriptCall | None:

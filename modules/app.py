@@ -241,7 +241,6 @@ class App:
             return self.interrogators.interrogate(image, "deepdanbooru", settings)
 
         def blip(image: Image.Image) -> str:
-            self.interrogators.check("clip", settings)
             return self.interrogators.clip.caption(image, clip_options(settings))
 
         return ExtrasTools(self.faces, {"Deepbooru": deepbooru, "BLIP": blip})

@@ -22,6 +22,7 @@ from modules.engine import JobOutput
 from modules.errors import ModelLoadError, ValidationError
 from modules.extras import ExtrasResult, run_extras, validate_extras
 from modules.generation.control import JobControl
+from modules.interrogate.service import clip_options
 from modules.job_types import (
     DeviceConfigJob,
     ExtrasJob,
@@ -220,8 +221,12 @@ def check_extras(app: App, spec: ExtrasJob) -> None:
     validate_extras(spec.request, app.upscalers, app.extras_tools(spec.interrogate_options))
     training = spec.request.training
     if training is not None and training.caption.enable:  # a missing captioner model is named before queueing
+        settings = dict(spec.interrogate_options)
         for name in training.caption.option:
-            app.interrogators.check("deepdanbooru" if name == "Deepbooru" else "clip", dict(spec.interrogate_options))
+            if name == "Deepbooru":
+                app.interrogators.check("deepdanbooru", settings)
+            else:  # BLIP's caption needs only the BLIP model
+                app.interrogators.clip.check_caption(clip_options(settings))
 
 
 def run_extras_job(app: App, spec: ExtrasJob, control: JobControl) -> ExtrasResult:

@@ -80,3 +80,13 @@ def test_interrogate_routes(client, data_dir):
     assert message == "" and prompt == tags
     prompt, message = interrogate(app, "clip", "img2img", {}, None)
     assert "Upload an image first" in message
+
+
+def test_blip_captions_need_only_the_blip_model(tmp_path):
+    from modules.interrogate.errors import InterrogateUnavailable
+
+    _write_blip(tmp_path / "BLIP" / "tiny-blip")
+    service = ClipInterrogator(tmp_path, lambda: CPU)
+    service.check_caption()  # the training caption (BLIP) can run
+    with pytest.raises(InterrogateUnavailable, match="CLIP"):
+        service.check_available()  # interrogate CLIP needs both

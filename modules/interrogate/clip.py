@@ -130,10 +130,15 @@ class ClipInterrogator:
                     self._offload()
         return format_interrogation(caption, picks, opts.return_ranks)
 
+    def check_caption(self, options: ClipInterrogateOptions | None = None) -> None:
+        """Raises ``InterrogateUnavailable`` when the BLIP model :meth:`caption` needs is missing (CLIP is not)."""
+        opts = options or self.options
+        choose(self._blip_entries(), opts.blip_model, self.blip_dir, "BLIP")
+
     def caption(self, image: Image.Image, options: ClipInterrogateOptions | None = None) -> str:
         """The BLIP caption alone."""
         opts = options or self.options
-        choose(self._blip_entries(), opts.blip_model, self.blip_dir, "BLIP")
+        self.check_caption(opts)
         with self._lock:
             try:
                 return self._caption(image, opts)

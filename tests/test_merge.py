@@ -208,7 +208,9 @@ def test_diffusers_folder_converts_and_generates_the_same_image(data_dir, model_
     req = GenerationRequest(prompt="a cat", seed=11, width=64, height=64, steps=3)
     images = [engine.txt2img(req.replace(checkpoint=name)).result.images[0]
               for name in ("folder", "converted.safetensors")]
-    assert np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
+    diff = np.abs(np.asarray(images[0], dtype=int) - np.asarray(images[1], dtype=int))
+    # the same weights; the summation order of a matmul may differ with the thread count and memory layout
+    assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
 
 
 def test_ckpt_input_and_output(tmp_path, model_store):

@@ -269,4 +269,14 @@ def builtin_handlers() -> JobHandlers:
     handlers.register(MergeJob, run_merge_job, check_merge)
     handlers.register(ExtrasJob, run_extras_job, check_extras)
     handlers.register(InterrogateJob, run_interrogate, check_interrogate)
+    _register_training(handlers)
     return handlers
+
+
+def _register_training(handlers: JobHandlers) -> None:
+    from modules.training import runs, service
+    from modules.training.specs import CreateEmbeddingJob, TrainEmbeddingJob, TrainLoraJob
+
+    handlers.register(CreateEmbeddingJob, service.run_create_embedding, service.check_create_embedding)
+    handlers.register(TrainEmbeddingJob, runs.run_train_embedding, service.check_train_embedding)
+    handlers.register(TrainLoraJob, runs.run_train_lora, service.check_train_lora)

@@ -19,6 +19,7 @@ from modules.merge.service import MergeRequest
 from modules.output_options import OutputOptions
 from modules.requests import GenerationRequest, Img2ImgRequest, Limits
 from modules.scripts.registry import ScriptCall
+from modules.training.specs import CreateEmbeddingJob, TrainEmbeddingJob, TrainLoraJob, TrainResult
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ class InterrogateResult:
 
 
 JobSpec = (Txt2ImgJob | Img2ImgJob | Img2ImgBatchJob | LoadModelJob | ReloadModelJob | UnloadModelJob
-           | DeviceConfigJob | MergeJob | ExtrasJob | InterrogateJob)
+           | DeviceConfigJob | MergeJob | ExtrasJob | InterrogateJob | CreateEmbeddingJob | TrainEmbeddingJob
+           | TrainLoraJob)
 
 
 # -- results -----------------------------------------------------------------------------------------------------
@@ -213,4 +215,5 @@ class MergeResultSummary:
         return dict(self.__dict__)
 
 
-JobResult = ImagesResult | BatchResult | ModelResult | MergeResultSummary | ExtrasResult | InterrogateResult
+JobResult = (ImagesResult | BatchResult | ModelResult | MergeResultSummary | ExtrasResult | InterrogateResult
+             | TrainResult)

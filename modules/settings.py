@@ -109,6 +109,7 @@ _UPSCALING = "Upscaling"
 _FACES = "Face restoration"
 _INTERROGATE = "Interrogate"
 _POSTPROCESSING = "Postprocessing"
+_TRAINING = "Training"
 
 
 def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[], list[str]] = list
@@ -196,6 +197,10 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
         Option("postprocessing_existing_caption_action", "Ignore", "Action for existing captions (when generating "
                "captions; Ignore = use generated; Keep = use original; Prepend/Append = combine both)",
                _POSTPROCESSING, "choice", ("Ignore", "Keep", "Prepend", "Append")),
+        Option("training_write_csv_every", 500, "Save a csv containing the loss to log directory every N steps, 0 to "
+               "disable", _TRAINING, "int", minimum=0, maximum=1000000, step=1),
+        Option("dataset_filename_word_regex", "", "Filename word regex", _TRAINING, "str"),
+        Option("dataset_filename_join_string", " ", "Filename join string", _TRAINING, "str"),
         Option("cross_attention_optimization", "Automatic", "Cross attention optimization", _OPT, "choice",
                ("Automatic", "xformers", "sdp")),
         Option("precision", "auto", "Precision (auto: float16 on CUDA, float32 on CPU)", _OPT, "choice",

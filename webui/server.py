@@ -206,7 +206,7 @@ def install_error_handlers(api: FastAPI) -> None:
 
 def create_server(app: App, config: ServerConfig, on_started: Callable[[], None] | None = None) -> FastAPI:
     """The ASGI app; the application's worker starts with the server and stops with it."""
-    from webui.api import extensions, extras, merge, pnginfo, v1, v2
+    from webui.api import extensions, extras, merge, pnginfo, training, v1, v2
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -228,6 +228,7 @@ def create_server(app: App, config: ServerConfig, on_started: Callable[[], None]
     api.include_router(pnginfo.build_router(app))
     api.include_router(merge.build_router(app))
     api.include_router(extras.build_router(app))
+    api.include_router(training.build_router(app))
     extensions.include_routes(api, app)  # after the others: an extension's prefix may not meet their routes
 
     @api.get("/internal/ping", include_in_schema=False)

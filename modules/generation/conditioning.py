@@ -147,8 +147,13 @@ class TextEncoder:
     @torch.no_grad()
     def encode(self, text: str, zero_if_empty: bool = False) -> Cond:
         key = (text, zero_if_empty)
-        if key in self._cache:
-            return self._cache[key]
+        if key not in self._cache:
+            self._cache[key] = self.encode_with_grad(text, zero_if_empty)
+        return self._cache[key]
+
+    def encode_with_grad(self, text: str, zero_if_empty: bool = False) -> Cond:
+        """:meth:`encode` without its cache and outside ``no_grad``: training, where the text encoder or an
+        embedding's vectors learn, backpropagates through it."""
         p = self.parts
         if p.family.is_xl:
             assert p.text_encoder_2 is not None and p.tokenizer_2 is not None  # loaded with every SDXL model
@@ -162,7 +167,6 @@ class TextEncoder:
             cond = Cond(self._encode_with(p.text_encoder, p.tokenizer, text, "last")[0])
         else:
             cond = Cond(self._encode_with(p.text_encoder, p.tokenizer, text, "skip")[0])
-        self._cache[key] = cond
         return cond
 
     def schedule(self, text: str, steps: int, hires_steps: int | None, negative: bool = False) -> Schedule:

@@ -26,6 +26,7 @@ class Progress:
     preview: Image.Image | None = None  # an approximation of the current latents, refreshed every few steps
     preview_id: int = 0
     seq: int = 0  # the event's number in the job's stream
+    textinfo: str = ""  # a line about the job's state beyond the step count (training: loss, last file saved)
 
     @property
     def fraction(self) -> float:
@@ -53,6 +54,7 @@ class JobControl:
         self.progress = Progress()
         self._subscribers: list[Callable[[Progress], None]] = [on_progress] if on_progress is not None else []
         self.warnings: list[str] = []
+        self.losses: list[tuple[int, float]] = []  # training: (step, loss), appended as steps finish
 
     def subscribe(self, listener: Callable[[Progress], None]) -> Callable[[], None]:
         """Call ``listener(event)`` for every progress event from now on; returns the function that unsubscribes."""

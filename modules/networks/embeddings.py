@@ -155,10 +155,26 @@ def load_embedding(path: Path, hashes: HashCache | None = None) -> Embedding:
         raise EmbeddingFileError(f"unreadable ({_first_line(exc)})") from None
     vec = embedding_vectors(data)
     assert isinstance(data, Mapping)  # checked by embedding_vectors
+    meta = _safetensors_metadata(path) if path.suffix.lower() == ".safetensors" else {}
+    step = _int_or_none(data.get("step"))
+    if step is None and meta.get("step", "").isdigit():
+        step = int(meta["step"])
     digest = hashes.sha256(path.resolve(), [path]) if hashes is not None else sha256_of_files([path])
-    return Embedding(name=path.stem, path=path, vec=vec, step=_int_or_none(data.get("step")),
-                     sd_checkpoint=_str_or_none(data.get("sd_checkpoint")),
-                     sd_checkpoint_name=_str_or_none(data.get("sd_checkpoint_name")), shorthash=digest[:12])
+    return Embedding(name=path.stem, path=path, vec=vec, step=step,
+                     sd_checkpoint=_str_or_none(data.get("sd_checkpoint")) or meta.get("sd_checkpoint") or None,
+                     sd_checkpoint_name=_str_or_none(data.get("sd_checkpoint_name"))
+                     or meta.get("sd_checkpoint_name") or None, shorthash=digest[:12])
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    """The text metadata of a ``.safetensors`` embedding (the step and checkpoint of one trained here)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # read already; metadata is optional
+        return {}
 
 
 def _first_line(exc: BaseException) -> str:

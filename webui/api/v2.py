@@ -1,6 +1,7 @@
 """``/sdapi/v2``: the asynchronous jobs API. Submit, get an id at once, poll your own job, cancel it.
 
-Every kind of job is listed and can be cancelled: generations, img2img batches, model loads and merges.
+Every kind of job is listed and can be cancelled: generations, img2img batches, model loads, merges, Extras,
+interrogations and trainings.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from modules.job_types import (
     ModelResult,
 )
 from modules.jobs import Job, JobState
+from modules.training.specs import TrainEmbeddingJob, TrainResult
 from webui.api.convert import Rendering, interruption, prepare, response_body
 from webui.api.extras import (
     ExtrasBatchBody,
@@ -34,6 +36,13 @@ from webui.api.extras import (
     interrogate_job,
 )
 from webui.api.schemas import Img2ImgBody, Txt2ImgBody
+from webui.api.training import (
+    CreateEmbeddingBody,
+    TrainEmbeddingBody,
+    TrainLoraBody,
+    create_spec,
+    result_info,
+)
 from webui.api.waiting import error_field
 
 
@@ -77,6 +86,8 @@ def result_body(job: Job) -> dict[str, Any] | None:
         return result.as_dict()
     if isinstance(result, InterrogateResult):
         return {"caption": result.caption}
+    if isinstance(result, TrainResult):
+        return result_info(result)
     if isinstance(result, ExtrasResult):
         return {"html_info": result.html_info, "interrupted": result.interrupted,
                 "images": [base64.b64encode(i.png).decode("ascii") for i in result.images]}
@@ -155,6 +166,19 @@ def build_router(app: App) -> APIRouter:
     async def submit_extra_batch(body: ExtrasBatchBody, request: Request) -> JSONResponse:
         req = await run_in_threadpool(extras_request_batch, body)
         return _accepted(app, await run_in_threadpool(app.submit, ExtrasJob(req), _user(request)))
+
+    @r.post("/create/embedding", status_code=202)
+    async def submit_create_embedding(body: CreateEmbeddingBody, request: Request) -> JSONResponse:
+        return _accepted(app, await run_in_threadpool(app.submit, create_spec(body), _user(request)))
+
+    @r.post("/train/embedding", status_code=202)
+    async def submit_train_embedding(body: TrainEmbeddingBody, request: Request) -> JSONResponse:
+        spec = TrainEmbeddingJob(body.embedding_name, body.options(app))
+        return _accepted(app, await run_in_threadpool(app.submit, spec, _user(request)))
+
+    @r.post("/train/lora", status_code=202)
+    async def submit_train_lora(body: TrainLoraBody, request: Request) -> JSONResponse:
+        return _accepted(app, await run_in_threadpool(app.submit, body.spec(app), _user(request)))
 
     @r.get("/jobs")
     def list_jobs(request: Request) -> list[dict[str, Any]]:

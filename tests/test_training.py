@@ -235,3 +235,32 @@ def test_bad_datasets_and_names(trainer, tmp_path):
         trainer.submit(TrainLoraJob(name="mixed", options=_opts(trainer, data_root=str(mixed), steps=1)))
     with pytest.raises(ValidationError, match="create it first"):
         trainer.submit(TrainEmbeddingJob("no such embedding", _opts(trainer)))
+
+
+def test_sdxl_lora_in_kohya_sdxl_names_loads_and_resumes(tmp_path, model_store):
+    from modules.app import App, StartOptions
+    from modules.requests import GenerationRequest
+
+    install_model(tmp_path, model_store("sdxl", "safetensors"), "tinyxl")
+    _dataset(tmp_path / "data", 2)
+    app = App(StartOptions(data_dir=tmp_path, device="cpu", skip_load_model=True))
+    app.start()
+    try:
+        spec = TrainLoraJob(name="xl", options=_opts(app, steps=2, save_every=2), rank=2, alpha=2,
+                            train_text_encoder=True)
+        result, _ = _run(app, spec)
+        keys = set(load_file(result.filename))
+        assert any(k.startswith("lora_unet_input_blocks_") for k in keys)  # SGM names, as kohya writes SDXL
+        assert any(k.startswith("lora_te1_text_model_") for k in keys)
+        assert any(k.startswith("lora_te2_text_model_") for k in keys)
+        with safe_open(result.filename, "pt") as f:
+            assert f.metadata()["ss_base_model_version"] == "sdxl_base_v1-0"
+        req = GenerationRequest(prompt="red", seed=2, steps=2, width=64, height=64)
+        plain = app.engine.txt2img(req).result
+        with_lora = app.engine.txt2img(req.replace(prompt="red <lora:xl:1>")).result
+        assert not [w for w in with_lora.warnings if "lora" in w.lower()] and "Lora hashes" in with_lora.infotexts[0]
+        assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(with_lora.images[0]))
+        resumed, _ = _run(app, replace(spec, options=_opts(app, steps=3), resume=result.saved[-1]))
+        assert resumed.step == 3
+    finally:
+        app.stop()

@@ -99,8 +99,8 @@ class LoraSubject:
             resumed, self.step = self._read_resume(resume)
         self.components: list[Component] = []
         if spec.train_unet:
+            names = _ldm_names(parts.unet) if parts.family.is_xl else {}  # before peft wraps the layers
             _inject(parts.unet, self.rank, self.alpha, spec.unet_targets)
-            names = _ldm_names(parts.unet) if parts.family.is_xl else {}
             scale = (spec.unet_lr or base_lr) / base_lr
             self.components.append(Component("lora_unet_", parts.unet, scale, names))
         if spec.train_text_encoder:

@@ -264,3 +264,26 @@ def test_sdxl_lora_in_kohya_sdxl_names_loads_and_resumes(tmp_path, model_store):
         assert resumed.step == 3
     finally:
         app.stop()
+
+
+def test_a_full_disk_leaves_the_previous_file_whole(trainer, monkeypatch):
+    import errno
+    import os
+
+    from modules import fileio
+
+    first, _ = _run(trainer, TrainLoraJob(name="diskfull", options=_opts(trainer, steps=1)))
+    before = open(first.filename, "rb").read()
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "fsync", full)
+    job = trainer.submit(TrainLoraJob(name="diskfull", options=_opts(trainer, steps=2, save_every=1),
+                                      overwrite=True))
+    assert job.wait(120) and job.state is JobState.FAILED
+    assert job.error.startswith("not enough disk space in ") and "diskfull.safetensors" in job.error
+    assert any("step 1: not enough disk space" in w for w in job.control.warnings)
+    assert open(first.filename, "rb").read() == before
+    leftovers = [p for p in trainer.paths.data_dir.rglob("*") if p.name.startswith(".tmp-")]
+    assert not leftovers and os.path.getsize(first.filename) == len(before)

@@ -7,6 +7,7 @@ A file is A1111's ``.pt``: ``{"string_to_token": {"*": 265}, "string_to_param": 
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 from pathlib import Path
@@ -15,12 +16,28 @@ from typing import Any
 import torch
 
 from modules import fileio
-from modules.errors import ValidationError
+from modules.errors import ValidationError, WebUIError
 from modules.models.loader import ModelParts
 from modules.networks.embeddings import PAIR_KEYS, Embedding
 
 Tensor = torch.Tensor
 MAX_VECTORS = 75
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class TrainingError(WebUIError):
+    """A training could not save its file (disk full, no permission); what was there before is unchanged."""
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` atomically: readers see the old file or the new one, never half of one."""
+    try:
+        fileio.atomic_write_bytes(path, data)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise TrainingError(f"not enough disk space in {path.parent} to save {path.name} "
+                                f"({len(data) / 2**20:.1f} MiB); nothing was written") from None
+        raise TrainingError(f"could not save {path} ({exc.strerror or exc}); nothing was written") from None
 
 
 def clean_name(name: str) -> str:
@@ -91,7 +108,7 @@ def embedding_bytes(name: str, vec: Tensor | dict[str, Tensor], step: int,
 
 def save_embedding(path: Path, name: str, vec: Tensor | dict[str, Tensor], step: int,
                    checkpoint_hash: str | None, checkpoint_name: str | None) -> Path:
-    fileio.atomic_write_bytes(path, embedding_bytes(name, vec, step, checkpoint_hash, checkpoint_name))
+    write_file(path, embedding_bytes(name, vec, step, checkpoint_hash, checkpoint_name))
     return path
 
 
@@ -99,7 +116,7 @@ def save_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
     """The optimizer's state beside a saved file (``<file>.optim``, as A1111 names it), to resume from."""
     buf = io.BytesIO()
     torch.save({"optimizer_state_dict": optimizer.state_dict()}, buf)
-    fileio.atomic_write_bytes(path.with_name(path.name + ".optim"), buf.getvalue())
+    write_file(path.with_name(path.name + ".optim"), buf.getvalue())
 
 
 def load_optimizer(path: Path) -> dict[str, Any] | None:

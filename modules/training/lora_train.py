@@ -17,12 +17,11 @@ from typing import Any
 
 import torch
 
-from modules import fileio
 from modules.errors import ValidationError
 from modules.models.convert import UNET_PREFIX, unet_to_ldm
 from modules.models.loader import ModelParts
 from modules.networks.lora_files import read_metadata
-from modules.training.embedding import load_optimizer, save_optimizer
+from modules.training.embedding import load_optimizer, save_optimizer, write_file
 from modules.training.specs import TrainLoraJob
 
 Tensor = torch.Tensor
@@ -187,7 +186,7 @@ class LoraSubject:
     def save(self, path: Path, step: int, optimizer: torch.optim.Optimizer | None) -> Path:
         from safetensors.torch import save
 
-        fileio.atomic_write_bytes(path, save(self.state_dict(), metadata=self.metadata(step, path.stem)))
+        write_file(path, save(self.state_dict(), metadata=self.metadata(step, path.stem)))
         if optimizer is not None:
             save_optimizer(path, optimizer)
         return path

@@ -26,7 +26,7 @@ from modules.models.loader import ModelParts
 from modules.networks.embeddings import build_set, fits
 from modules.requests import GenerationRequest, validate
 from modules.training import core, dataset, schedule
-from modules.training.embedding import EmbeddingSubject, clean_name
+from modules.training.embedding import EmbeddingSubject, TrainingError, clean_name
 from modules.training.lora_train import LoraSubject, kohya_metadata
 from modules.training.service import data_folder, lora_file, resume_path
 from modules.training.specs import TrainEmbeddingJob, TrainLoraJob, TrainOptions, TrainResult
@@ -144,8 +144,12 @@ def _train(run: Run, copies: ModelParts, subject: Any, encoder: TextEncoder, pla
     ext = ".safetensors" if run.kind == "lora" or copies.family.is_xl else ".pt"
     sub = "lora" if run.kind == "lora" else "embeddings"
 
-    def save(step: int, optimizer: torch.optim.Optimizer) -> Path:
-        return subject.save(run.folder(sub) / f"{run.name}-{step}{ext}", step, optimizer)  # type: ignore[no-any-return]
+    def save(step: int, optimizer: torch.optim.Optimizer) -> Path | None:
+        try:
+            return subject.save(run.folder(sub) / f"{run.name}-{step}{ext}", step, optimizer)  # type: ignore[no-any-return]
+        except TrainingError as exc:  # training goes on; the final save says whether the disk has room again
+            run.control.warn(f"step {step}: {exc}")
+            return None
 
     hooks = core.Hooks(save=save, preview=lambda step, caption: _preview(run, subject, step, caption))
     with torch.enable_grad():

@@ -85,6 +85,9 @@ def test_training_through_the_jobs_api_with_progress_and_cancel(trained_api, dat
             break
         time.sleep(0.1)
     assert detail["state"] == "running" and detail["progress"]["steps"] == 100000
+    assert detail["progress"]["loss"] > 0 and detail["progress"]["textinfo"].startswith("Loss: ")
+    progress = api.get("/sdapi/v1/progress").json()
+    assert progress["textinfo"].startswith("Loss: ") and progress["state"]["sampling_steps"] == 100000
     assert api.delete(f"/sdapi/v2/jobs/{job_id}").status_code == 200
     while (detail := api.get(f"/sdapi/v2/jobs/{job_id}").json())["state"] in ("queued", "running"):
         time.sleep(0.1)

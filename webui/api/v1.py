@@ -229,7 +229,7 @@ def progress_report(app: App, skip_current_image: bool = False, owner: str | Non
         "progress": round(p.fraction, 4),
         "eta_relative": round(p.eta() or 0.0, 2),
         "current_image": image,
-        "textinfo": p.phase or None,
+        "textinfo": p.textinfo or p.phase or None,
         "current_task": job.id,
         "state": {"skipped": job.control.skipped, "interrupted": job.control.interrupted,
                   "stopping_generation": False, "job": f"{job.kind}-{job.id}", "job_count": max(waiting, 1),

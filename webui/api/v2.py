@@ -101,8 +101,10 @@ def job_detail(app: App, job: Job, with_preview: bool = True) -> dict[str, Any]:
     out["progress"] = {
         "fraction": 1.0 if job.state is JobState.SUCCEEDED else round(p.fraction, 4) if running else 0.0,
         "step": p.sampling_step, "steps": p.sampling_steps, "job_no": p.job_no, "job_count": p.job_count,
-        "phase": p.phase if running else job.state.value,
+        "phase": p.phase if running else job.state.value, "textinfo": p.textinfo if running else "",
     }
+    if job.control.losses:  # a training: its latest loss
+        out["progress"]["loss"] = job.control.losses[-1][1]
     eta = p.eta() if running else None
     out["eta"] = round(eta, 2) if eta is not None else None
     out["preview"] = None

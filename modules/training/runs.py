@@ -51,8 +51,9 @@ def training_parts(parts: ModelParts, train_unet: bool, train_text: bool, checkp
         copies.unet.enable_gradient_checkpointing()
         if train_text:
             for encoder in (copies.text_encoder, copies.text_encoder_2):
-                if encoder is not None:
-                    encoder.gradient_checkpointing_enable()  # type: ignore[no-untyped-call]
+                if encoder is not None:  # transformers 5 renamed it
+                    enable = getattr(encoder, "activation_checkpointing_enable", None)
+                    (enable or encoder.gradient_checkpointing_enable)()
         copies.unet.train()
     return copies
 

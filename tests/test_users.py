@@ -100,7 +100,9 @@ def test_only_admins_change_options_and_models(admin_server):
     with client(admin_server, "alice") as alice, client(admin_server, "bob") as bob:
         for path, body in (("/sdapi/v1/options", {"samples_format": "jpg"}), ("/sdapi/v1/refresh-checkpoints", None),
                            ("/sdapi/v1/unload-checkpoint", None), ("/sdapi/v1/reload-checkpoint", None),
-                           ("/sdapi/v1/merge-checkpoints", {"primary_model_name": title})):
+                           ("/sdapi/v1/merge-checkpoints", {"primary_model_name": title}),
+                           ("/sdapi/v1/create/embedding", {"name": "e"}), ("/sdapi/v1/train/lora", {"name": "l"}),
+                           ("/sdapi/v2/train/embedding", {"embedding_name": "e"})):
             r = bob.post(path, json=body)
             assert r.status_code == 403, (path, r.text)
             assert r.json()["error"] == "Forbidden" and "admin" in r.json()["detail"]

@@ -34,7 +34,10 @@ API_PREFIXES = ("/sdapi/", "/docs", "/redoc", "/openapi.json", "/internal/")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 # routes that change settings or models: only for administrators (--admin-users) when auth is on
 ADMIN_ROUTES = frozenset(("/sdapi/v1/options", "/sdapi/v1/refresh-checkpoints", "/sdapi/v1/unload-checkpoint",
-                          "/sdapi/v1/reload-checkpoint", "/sdapi/v1/merge-checkpoints"))
+                          "/sdapi/v1/reload-checkpoint", "/sdapi/v1/merge-checkpoints",
+                          # trainings write model files and hold the device for a long time
+                          "/sdapi/v1/create/embedding", "/sdapi/v1/train/embedding", "/sdapi/v1/train/lora",
+                          "/sdapi/v2/create/embedding", "/sdapi/v2/train/embedding", "/sdapi/v2/train/lora"))
 GRACEFUL_SHUTDOWN_S = 5  # open connections (event streams included) get this long once the server is stopping
 
 

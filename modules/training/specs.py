@@ -101,7 +101,8 @@ class TrainLoraJob:
     kind: ClassVar[str] = "train-lora"
     name: str
     options: TrainOptions = field(default_factory=lambda: TrainOptions(learn_rate="0.0001",
-                                                                       log_directory="lora_training"))
+                                                                       log_directory="lora_training",
+                                                                       template_filename="filewords.txt"))
     rank: int = 4
     alpha: float = 1.0
     train_unet: bool = True

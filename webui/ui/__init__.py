@@ -1,5 +1,5 @@
-"""The Gradio UI: A1111's quicksettings bar and tabs (txt2img, img2img, Extras, PNG Info, Checkpoint Merger, the
-extensions' tabs, Settings, Extensions)."""
+"""The Gradio UI: A1111's quicksettings bar and tabs (txt2img, img2img, Extras, PNG Info, Checkpoint Merger, Train,
+the extensions' tabs, Settings, Extensions)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from webui.ui.pnginfo import build_pnginfo_tab
 from webui.ui.quicksettings import build_quicksettings, checkpoint_choices, checkpoint_titles
 from webui.ui.send_to import connect_extras_send, connect_pnginfo_send
 from webui.ui.settings_tab import build_settings_tab
+from webui.ui.train import build_train_tab, connect_train_send
 from webui.ui.txt2img import build_txt2img_tab, style_names
 
 __all__ = ["CSS", "build_ui"]
@@ -43,6 +44,9 @@ def build_ui(app: App) -> gr.Blocks:
                 connect_pnginfo_send(pnginfo, img2img, tabs)
             with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
                 build_merger_tab(app, quick.checkpoint)
+            with gr.Tab("Train", id="train", elem_id="tab_train"):
+                train = build_train_tab(app)
+                connect_train_send(train, txt2img, tabs)
             build_extension_tabs(app)  # the loaded extensions' own tabs
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings = build_settings_tab(app)
@@ -66,5 +70,5 @@ def build_ui(app: App) -> gr.Blocks:
                   show_progress="hidden", api_visibility="private")
     demo.webui_css = CSS  # type: ignore[attr-defined]
     demo.webui_parts = {"quicksettings": quick, "txt2img": txt2img, "img2img": img2img,  # type: ignore[attr-defined]
-                        "pnginfo": pnginfo, "settings": settings}
+                        "pnginfo": pnginfo, "train": train, "settings": settings}
     return demo

@@ -206,6 +206,7 @@ def test_every_job_kind_is_a_serialisable_spec_with_one_handler(tmp_path):
     from modules.merge.service import MergeRequest
     from modules.output_options import OutputOptions
     from modules.requests import Img2ImgRequest
+    from modules.training.specs import CreateEmbeddingJob, TrainEmbeddingJob, TrainLoraJob, TrainOptions
 
     image = Image.new("RGB", (8, 8), (200, 10, 10))
     specs = [
@@ -216,6 +217,8 @@ def test_every_job_kind_is_a_serialisable_spec_with_one_handler(tmp_path):
         job_types.DeviceConfigJob("fp32", "sdp"), job_types.MergeJob(MergeRequest(primary_model_name="a")),
         job_types.ExtrasJob(ExtrasRequest(images=(("a.png", image),), upscaler_1="Lanczos"), tmp_path),
         job_types.InterrogateJob(image, "deepdanbooru", (("interrogate_return_ranks", True),)),
+        CreateEmbeddingJob("e", 2), TrainEmbeddingJob("e", TrainOptions(data_root=str(tmp_path))),
+        TrainLoraJob("l", resume="l-10"),
     ]
     assert {type(s) for s in specs} == set(typing.get_args(job_types.JobSpec))
     handlers = builtin_handlers()

@@ -287,3 +287,15 @@ def test_a_full_disk_leaves_the_previous_file_whole(trainer, monkeypatch):
     assert open(first.filename, "rb").read() == before
     leftovers = [p for p in trainer.paths.data_dir.rglob("*") if p.name.startswith(".tmp-")]
     assert not leftovers and os.path.getsize(first.filename) == len(before)
+
+
+def test_an_interrupt_before_the_first_step_writes_nothing(trainer):
+    from modules.generation.control import JobControl
+    from modules.training.runs import run_train_lora
+
+    control = JobControl()
+    control.interrupt()
+    result = run_train_lora(trainer, TrainLoraJob(name="never", options=_opts(trainer)), control)
+    assert result.interrupted and result.step == 0 and result.filename == ""
+    assert result.info == "interrupted before the first step: nothing was saved"
+    assert not (trainer.paths.lora_dir / "never.safetensors").exists()

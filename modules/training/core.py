@@ -77,6 +77,8 @@ def prepare(parts: ModelParts, items: list[dataset.Item], opts: TrainOptions, ge
     """Encode every image (and its mirror image when flipping) once."""
     latents: list[list[Latent]] = []
     for i, item in enumerate(items):
+        if control.interrupted:  # what is encoded so far is enough for the loop to stop at once
+            break
         control.update(phase=f"preparing dataset: {i + 1}/{len(items)}")
         images = [item.image] + ([item.image.transpose(_FLIP)] if opts.flip else [])
         alphas = [item.alpha] + ([item.alpha.transpose(_FLIP) if item.alpha else None] if opts.flip else [])
@@ -88,6 +90,7 @@ def prepare(parts: ModelParts, items: list[dataset.Item], opts: TrainOptions, ge
             weight = dataset.alpha_weight(alpha, tuple(mean.shape)) if opts.use_weight else None
             entries.append(Latent(mean, std, sample, weight))
         latents.append(entries)
+    items = items[:len(latents)]
     return Prepared(items, latents, dataset.size_groups([item.size for item in items]))
 
 
@@ -223,7 +226,7 @@ def total_steps(opts: TrainOptions, prepared: Prepared) -> int:
 
 
 def _epochs(prepared: Prepared, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
-    while True:
+    while prepared.groups:
         yield from dataset.batches(prepared.groups, batch_size, rng)
 
 
@@ -239,7 +242,7 @@ def run_loop(inputs: LossInputs, prepared: Prepared, subject: Subject, rates: Ra
     clip = None if opts.clip_grad_mode == "disabled" else parse_rates(opts.clip_grad_value, rates.max_steps,
                                                                       field="clip_grad_value")
     params = [p for g in groups for p in g["params"]]
-    state = LoopState(subject.step)
+    state = LoopState(subject.step, interrupted=control.interrupted)
     epoch_len = max(1, dataset.batches_per_epoch(prepared.groups, opts.batch_size) // opts.gradient_step)
     first_step = subject.step
     accumulated, running = 0, 0.0

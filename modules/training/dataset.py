@@ -120,7 +120,7 @@ def load_items(root: Path, width: int, height: int, varsize: bool = False, bucke
     problems: list[str] = []
     for path in list_images(root):
         if should_stop is not None and should_stop():
-            break
+            return items  # interrupted: the loop stops before its first step
         try:
             image, alpha = _open(path)
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:

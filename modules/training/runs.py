@@ -121,8 +121,8 @@ def _preview(run: Run, subject: Any, step: int, caption: str) -> Path | None:
     return path
 
 
-def _free(*modules: Any) -> None:
-    del modules
+def _release() -> None:
+    """Give back the memory of a training's copies (called once they are out of scope)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -165,13 +165,37 @@ def _start(app: App, kind: str, name: str, opts: TrainOptions, control: JobContr
     return Run(app, kind, name, opts, cached, control, _log_dir(app, opts, name), _seed(opts))
 
 
-def _result(run: Run, state: core.LoopState, final: Path, info: str) -> TrainResult:
-    return TrainResult(info=info, filename=str(final), name=run.name, kind=run.kind, step=state.step,
-                       losses=tuple(state.losses), saved=tuple(state.saved), images=tuple(state.images),
-                       log_directory=str(run.log_dir), interrupted=state.interrupted)
+def _finish(run: Run, subject: Any, state: core.LoopState, first_step: int, target: Path) -> Path | None:
+    """Save the weights reached (and, in the log folder, a copy with the optimizer state to resume from); nothing
+    when an interrupt came before the first step."""
+    if state.step == first_step:
+        return None
+    final: Path = subject.save(target, state.step, None)
+    if state.optimizer is not None and (run.kind == "lora" or run.opts.save_every):
+        sub = "lora" if run.kind == "lora" else "embeddings"
+        subject.save(run.folder(sub) / f"{run.name}-{state.step}{target.suffix}", state.step, state.optimizer)
+    return final
+
+
+def _outcome(run: Run, state: core.LoopState, final: Path | None) -> TrainResult:
+    if final is None:
+        return TrainResult(info="interrupted before the first step: nothing was saved", name=run.name,
+                           kind=run.kind, step=state.step, log_directory=str(run.log_dir), interrupted=True)
+    what = "embedding" if run.kind == "embedding" else "lora"
+    return TrainResult(info=f"train {what} complete: filename: {final} error: None", filename=str(final),
+                       name=run.name, kind=run.kind, step=state.step, losses=tuple(state.losses),
+                       saved=tuple(state.saved), images=tuple(state.images), log_directory=str(run.log_dir),
+                       interrupted=state.interrupted)
 
 
 def run_train_embedding(app: App, spec: TrainEmbeddingJob, control: JobControl) -> TrainResult:
+    try:
+        return _train_embedding(app, spec, control)
+    finally:
+        _release()
+
+
+def _train_embedding(app: App, spec: TrainEmbeddingJob, control: JobControl) -> TrainResult:
     run = _start(app, "embedding", spec.embedding_name, spec.options, control)
     app.networks.embeddings.refresh()
     found = [e for e in app.networks.embeddings.embeddings if e.name == spec.embedding_name]
@@ -187,54 +211,48 @@ def run_train_embedding(app: App, spec: TrainEmbeddingJob, control: JobControl) 
     subject = EmbeddingSubject(embedding, copies.device, info.shorthash if info else None,
                                info.model_name if info else None)
     others = [e for e in app.networks.embeddings.embeddings if e.name != embedding.name]
-    encoder = TextEncoder(copies, app.settings["CLIP_stop_at_last_layers"],
-                          build_set([*others, subject.trainable], copies))
-    try:
-        prepared = _prepared(run, copies, run.seed)
-        rates = schedule.plan(spec.options.learn_rate, core.total_steps(spec.options, prepared), subject.step,
-                              spec.options.lr_scheduler, spec.options.lr_warmup_steps)
-        if subject.step >= rates.end_step:
-            return TrainResult(info="Model has already been trained beyond specified max steps",
-                               filename=str(embedding.path), name=embedding.name, kind="embedding",
-                               step=subject.step)
-        state = _train(run, copies, subject, encoder, embedding.name, "textual_inversion_loss.csv", prepared,
-                       rates)
-        final = subject.save(embedding.path, state.step, None)
-        if state.optimizer is not None and spec.options.save_every:
-            subject.save(run.folder("embeddings") / f"{run.name}-{state.step}{embedding.path.suffix}", state.step,
-                          state.optimizer)
-    finally:
-        _free(copies, encoder)
+    encoder = TextEncoder(copies, spec.options.clip_skip, build_set([*others, subject.trainable], copies))
+    prepared = _prepared(run, copies, run.seed)
+    rates = schedule.plan(spec.options.learn_rate, core.total_steps(spec.options, prepared), subject.step,
+                          spec.options.lr_scheduler, spec.options.lr_warmup_steps)
+    if subject.step >= rates.end_step:
+        return TrainResult(info="Model has already been trained beyond specified max steps",
+                           filename=str(embedding.path), name=embedding.name, kind="embedding", step=subject.step)
+    first_step = subject.step
+    state = _train(run, copies, subject, encoder, embedding.name, "textual_inversion_loss.csv", prepared, rates)
+    final = _finish(run, subject, state, first_step, embedding.path)
     app.networks.embeddings.refresh()
-    return _result(run, state, final, f"train embedding complete: filename: {final} error: None")
+    return _outcome(run, state, final)
 
 
 def run_train_lora(app: App, spec: TrainLoraJob, control: JobControl) -> TrainResult:
+    try:
+        return _train_lora(app, spec, control)
+    finally:
+        _release()
+
+
+def _train_lora(app: App, spec: TrainLoraJob, control: JobControl) -> TrainResult:
     name = clean_name(spec.name)
     run = _start(app, "lora", name, spec.options, control)
     resume = resume_path(app, spec) if spec.resume else None
     copies = training_parts(run.cached, spec.train_unet, spec.train_text_encoder, spec.options.gradient_checkpointing)
-    try:
-        prepared = _prepared(run, copies, run.seed)
-        total = core.total_steps(spec.options, prepared)
-        meta = kohya_metadata(run.cached, spec, len(prepared.items), dataset.tag_frequency(prepared.items),
-                              data_folder(app, spec.options.data_root, "data_root"), total, run.seed)
-        base_lr = schedule.parse_rates(spec.options.learn_rate, total)[0][0]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(run.seed)  # the LoRA layers' initial weights
-            subject = LoraSubject(copies, spec, base_lr, meta, resume)
-        rates = schedule.plan(spec.options.learn_rate, total, subject.step, spec.options.lr_scheduler,
-                              spec.options.lr_warmup_steps)
-        if subject.step >= rates.end_step:
-            return TrainResult(info="Model has already been trained beyond specified max steps",
-                               filename=str(resume), name=name, kind="lora", step=subject.step)
-        encoder = TextEncoder(copies, app.settings["CLIP_stop_at_last_layers"],
-                              app.networks.embeddings.for_model(run.cached))
-        state = _train(run, copies, subject, encoder, name, "lora_loss.csv", prepared, rates)
-        final = subject.save(lora_file(app, name), state.step, None)
-        if state.optimizer is not None:  # the state to resume from, beside a copy in the log folder
-            subject.save(run.folder("lora") / f"{name}-{state.step}.safetensors", state.step, state.optimizer)
-    finally:
-        _free(copies)
+    prepared = _prepared(run, copies, run.seed)
+    total = core.total_steps(spec.options, prepared)
+    meta = kohya_metadata(run.cached, spec, len(prepared.items), dataset.tag_frequency(prepared.items),
+                          data_folder(app, spec.options.data_root, "data_root"), total, run.seed)
+    base_lr = schedule.parse_rates(spec.options.learn_rate, total)[0][0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.seed)  # the LoRA layers' initial weights
+        subject = LoraSubject(copies, spec, base_lr, meta, resume)
+    rates = schedule.plan(spec.options.learn_rate, total, subject.step, spec.options.lr_scheduler,
+                          spec.options.lr_warmup_steps)
+    if subject.step >= rates.end_step:
+        return TrainResult(info="Model has already been trained beyond specified max steps",
+                           filename=str(resume), name=name, kind="lora", step=subject.step)
+    encoder = TextEncoder(copies, spec.options.clip_skip, app.networks.embeddings.for_model(run.cached))
+    first_step = subject.step
+    state = _train(run, copies, subject, encoder, name, "lora_loss.csv", prepared, rates)
+    final = _finish(run, subject, state, first_step, lora_file(app, name))
     app.networks.loras.registry.refresh()
-    return _result(run, state, final, f"train lora complete: filename: {final} error: None")
+    return _outcome(run, state, final)

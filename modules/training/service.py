@@ -97,6 +97,7 @@ def with_settings(app: App, opts: TrainOptions) -> TrainOptions:
     """``opts`` with the Training settings of the moment (the loss log interval, the file-name caption rules)."""
     s = app.settings
     return replace(opts, write_csv_every=int(s["training_write_csv_every"]),
+                   clip_skip=int(s["CLIP_stop_at_last_layers"]),
                    filename_word_regex=str(s["dataset_filename_word_regex"] or ""),
                    filename_join_string=str(s["dataset_filename_join_string"] or ""))
 

@@ -73,6 +73,7 @@ class TrainOptions:
     # from the Training settings when the job is made: A1111's training_write_csv_every and the file-name caption
     # rules dataset_filename_word_regex / dataset_filename_join_string
     write_csv_every: int = 500
+    clip_skip: int = 1  # CLIP_stop_at_last_layers, for the captions as for prompts
     filename_word_regex: str = ""
     filename_join_string: str = " "
 

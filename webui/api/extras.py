@@ -19,9 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from modules.app import App
 from modules.extras import ExtrasRequest, ExtrasResult
 from modules.job_types import ExtrasJob, InterrogateJob, InterrogateResult
-from modules.jobs import JobState
 from webui.api.images import decode_image, decode_images
-from webui.api.waiting import failure_response, wait_for
+from webui.api.waiting import finished_result
 
 T = TypeVar("T")
 
@@ -89,20 +88,9 @@ def extras_request_batch(body: ExtrasBatchBody) -> ExtrasRequest:
     return _request(body, [(f.name, im) for f, im in zip(body.imageList, images, strict=True)])
 
 
-async def _finished(app: App, spec: ExtrasJob | InterrogateJob, request: Request, kind: type[T]) -> T | JSONResponse:
-    """Queue ``spec`` and wait: its result, or the failure (or cancellation) as the response to send."""
-    job = await run_in_threadpool(app.submit, spec, getattr(request.state, "user", None))
-    await wait_for(job)
-    if job.state is JobState.FAILED:
-        return failure_response(job)
-    if not isinstance(job.result, kind):
-        return JSONResponse({"error": "Interrupted", "detail": "the job was cancelled", "job_id": job.id},
-                            status_code=409)
-    return job.result
-
 
 async def _run(app: App, req: ExtrasRequest, request: Request) -> ExtrasResult | JSONResponse:
-    return await _finished(app, ExtrasJob(req), request, ExtrasResult)
+    return await finished_result(app, ExtrasJob(req), request, ExtrasResult)
 
 
 def _b64(png: bytes) -> str:
@@ -129,7 +117,7 @@ def build_router(app: App) -> APIRouter:
     @r.post("/interrogate")
     async def interrogate(body: InterrogateBody, request: Request) -> Any:
         spec = await run_in_threadpool(interrogate_job, app, body)
-        result = await _finished(app, spec, request, InterrogateResult)
+        result = await finished_result(app, spec, request, InterrogateResult)
         return result if isinstance(result, JSONResponse) else {"caption": result.caption}
 
     return r

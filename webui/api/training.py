@@ -11,12 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from modules.app import App
-from modules.jobs import JobState
 from modules.training.service import with_settings
 from modules.training.specs import (
     UNET_TARGETS,
@@ -27,7 +25,7 @@ from modules.training.specs import (
     TrainOptions,
     TrainResult,
 )
-from webui.api.waiting import failure_response, wait_for
+from webui.api.waiting import finished_result
 
 HYPERNETWORK_MESSAGE = ("hypernetwork training is not supported; train a LoRA instead (POST /sdapi/v1/train/lora), "
                         "which A1111, Forge and ComfyUI all load. Existing hypernetworks still work in prompts.")
@@ -152,14 +150,8 @@ def result_info(result: TrainResult) -> dict[str, Any]:
 
 
 async def _finish(app: App, spec: Any, request: Request) -> Any:
-    job = await run_in_threadpool(app.submit, spec, getattr(request.state, "user", None))
-    await wait_for(job)
-    if job.state is JobState.FAILED:
-        return failure_response(job)
-    if not isinstance(job.result, TrainResult):
-        return JSONResponse({"error": "Interrupted", "detail": "the job was cancelled", "job_id": job.id},
-                            status_code=409)
-    return {"info": job.result.info}
+    result = await finished_result(app, spec, request, TrainResult)
+    return result if isinstance(result, JSONResponse) else {"info": result.info}
 
 
 def _not_supported() -> JSONResponse:

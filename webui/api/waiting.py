@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from modules.errors import ErrorKind
-from modules.jobs import Job
+from modules.job_types import JobSpec
+from modules.jobs import Job, JobState
+
+if TYPE_CHECKING:
+    from modules.app import App
+
+T = TypeVar("T")
 
 # the HTTP status of a failed job, by why it failed: the client's input (4xx), the machine (507), our bug (500)
 STATUS: dict[ErrorKind, int] = {
@@ -67,3 +75,15 @@ def failure_response(job: Job) -> JSONResponse:
     """A failed job: 4xx when the client's input caused it, 507 when memory ran out, 500 for our own bugs."""
     kind = job.error_kind or ErrorKind.INTERNAL
     return JSONResponse(failure_body(job), status_code=STATUS[kind])
+
+
+async def finished_result(app: App, spec: JobSpec, request: Request, kind: type[T]) -> T | JSONResponse:
+    """Queue ``spec`` for the caller and wait: its result, or the failure (or cancellation) as the response."""
+    job = await run_in_threadpool(app.submit, spec, getattr(request.state, "user", None))
+    await wait_for(job)
+    if job.state is JobState.FAILED:
+        return failure_response(job)
+    if not isinstance(job.result, kind):
+        return JSONResponse({"error": "Interrupted", "detail": "the job was cancelled", "job_id": job.id},
+                            status_code=409)
+    return job.result

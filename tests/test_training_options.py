@@ -102,3 +102,17 @@ def test_every_option_at_once(trainer, tmp_path):  # noqa: F811
     # 4 images in buckets of different shapes: 3 batches of at most 2 per epoch, accumulated in pairs
     assert result.step == 2 and all(np.isfinite(loss) for _, loss in result.losses)
     assert any("mixed precision (fp16) needs CUDA" in w for w in job.control.warnings)
+
+
+def test_a_batch_of_captions_is_encoded_as_each_alone(trainer):  # noqa: F811
+    from modules.generation.conditioning import TextEncoder
+
+    parts = trainer.models.get(None)
+    encoder = TextEncoder(parts)
+    texts = ["a red circle", "a blue square on a green background", "(red:1.0) tags"]
+    with torch.no_grad():
+        batch = encoder.encode_batch_with_grad(texts).context
+        alone = torch.cat([encoder.encode_with_grad(t).context for t in texts])
+    assert batch.shape == alone.shape and torch.allclose(batch, alone, atol=1e-6)
+    long = encoder.encode_batch_with_grad(["word " * 100, "short"]).context
+    assert long.shape[1] == 154  # the short text padded with an empty chunk, as A1111

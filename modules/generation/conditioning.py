@@ -169,6 +169,42 @@ class TextEncoder:
             cond = Cond(self._encode_with(p.text_encoder, p.tokenizer, text, "skip")[0])
         return cond
 
+    def encode_batch_with_grad(self, texts: list[str]) -> Cond:
+        """Several texts in one pass of each encoder, as A1111 encodes a training batch (``cond_stage_model(texts)``):
+        the shorter texts padded with empty chunks, each chunk position run for the whole batch; -> ``(B, T, D)``
+        contexts (and SDXL's ``(B, D)`` pooled embeddings). Outside ``no_grad``: for training."""
+        p = self.parts
+        if p.family.is_xl:
+            assert p.text_encoder_2 is not None and p.tokenizer_2 is not None
+            ctx_l, _ = self._encode_many(p.text_encoder, p.tokenizer, texts, "penultimate", "clip_l")
+            ctx_g, pooled = self._encode_many(p.text_encoder_2, p.tokenizer_2, texts, "penultimate", "clip_g")
+            n = min(ctx_l.shape[1], ctx_g.shape[1])
+            return Cond(torch.cat([ctx_l[:, :n], ctx_g[:, :n]], dim=-1), pooled)
+        layer = "last" if p.family.base == "sd2" else "skip"
+        return Cond(self._encode_many(p.text_encoder, p.tokenizer, texts, layer)[0])
+
+    def _encode_many(self, encoder: CLIPTextModel | CLIPTextModelWithProjection, tokenizer: CLIPTokenizer,
+                     texts: list[str], layer: str, embedding_key: str | None = None) -> tuple[Tensor, Tensor | None]:
+        lists = [self._chunks(tokenizer, text) for text in texts]
+        empty = prompt_chunks.empty_chunk(tokenizer)
+        device = next(encoder.parameters()).device
+        parts: list[Tensor] = []
+        pooled_first: Tensor | None = None
+        for i in range(max(len(chunks) for chunks in lists)):
+            rows = [chunks[i] if i < len(chunks) else empty for chunks in lists]
+            tokens = torch.tensor([c.tokens for c in rows], device=device)
+            weights = torch.tensor([c.multipliers for c in rows], device=device, dtype=torch.float32)
+            with self._fixes_applied(encoder, rows, embedding_key):
+                z, pooled = self._run(encoder, tokens, layer)
+            z = z.float()
+            original_mean = z.mean()  # over the whole batch, as A1111's process_tokens
+            z = z * weights.unsqueeze(-1)
+            new_mean = z.mean()
+            parts.append(z * (original_mean / new_mean) if new_mean != 0 else z)
+            if i == 0 and pooled is not None:
+                pooled_first = pooled.float()
+        return torch.cat(parts, dim=1), pooled_first
+
     def schedule(self, text: str, steps: int, hires_steps: int | None, negative: bool = False) -> Schedule:
         what, name = ("negative prompt", "negative_prompt") if negative else ("prompt", "prompt")
         scheduled = prompt_parser.get_learned_conditioning_prompt_schedules([text], steps, hires_steps, what=what,

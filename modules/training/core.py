@@ -114,18 +114,8 @@ class LossInputs:
 
 
 def _conditioning(inputs: LossInputs, texts: list[str]) -> tuple[Tensor, Tensor | None]:
-    conds = [inputs.encoder.encode_with_grad(text) for text in texts]
-    longest = max(c.context.shape[1] for c in conds)
-    contexts = []
-    for cond in conds:
-        ctx = cond.context
-        if ctx.shape[1] < longest:  # fewer 75-token chunks than the longest caption: repeat its last chunk
-            reps = (longest - ctx.shape[1]) // 77
-            ctx = torch.cat([ctx, *([ctx[:, -77:]] * reps)], dim=1)
-        contexts.append(ctx)
-    pooled = [c.pooled for c in conds]
-    pooled_t = torch.cat([p for p in pooled if p is not None]) if all(p is not None for p in pooled) else None
-    return torch.cat(contexts), pooled_t
+    cond = inputs.encoder.encode_batch_with_grad(texts)
+    return cond.context, cond.pooled
 
 
 def batch_loss(inputs: LossInputs, prepared: Prepared, indices: list[int]) -> tuple[Tensor, list[str]]:

@@ -126,7 +126,8 @@ def batch_loss(inputs: LossInputs, prepared: Prepared, indices: list[int]) -> tu
         x0 = torch.stack([p.mean + p.std * torch.randn(tuple(p.mean.shape), generator=gen) for p in picks])
     else:
         x0 = torch.stack([p.sample for p in picks])
-    texts = [dataset.prompt_text(inputs.template, prepared.items[i].caption, inputs.placeholder, inputs.rng,
+    texts = ["" if opts.caption_dropout and inputs.rng.random() < opts.caption_dropout else
+             dataset.prompt_text(inputs.template, prepared.items[i].caption, inputs.placeholder, inputs.rng,
                                  opts.shuffle_tags, opts.tag_drop_out) for i in indices]
     batch = len(indices)
     noise = torch.randn(tuple(x0.shape), generator=gen)

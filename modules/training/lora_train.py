@@ -214,7 +214,8 @@ def kohya_metadata(parts: ModelParts, spec: TrainLoraJob, image_count: int, tag_
         "ss_min_snr_gamma": str(opts.min_snr_gamma or None), "ss_noise_offset": str(opts.noise_offset or None),
         "ss_mixed_precision": opts.mixed_precision, "ss_gradient_checkpointing": str(opts.gradient_checkpointing),
         "ss_seed": str(seed), "ss_shuffle_caption": str(opts.shuffle_tags),
-        "ss_caption_tag_dropout_rate": str(opts.tag_drop_out), "ss_flip_aug": str(opts.flip),
+        "ss_caption_tag_dropout_rate": str(opts.tag_drop_out),
+        "ss_caption_dropout_rate": str(opts.caption_dropout), "ss_flip_aug": str(opts.flip),
         "ss_optimizer": "torch.optim.adamw.AdamW", "ss_network_train_unet_only": str(not spec.train_text_encoder),
         "ss_network_args": json.dumps({"unet_targets": list(spec.unet_targets) if spec.train_unet else [],
                                        "text_targets": list(spec.text_targets) if spec.train_text_encoder

@@ -69,6 +69,7 @@ def check_options(app: App, opts: TrainOptions) -> list[Path]:
     _check_range("steps", opts.steps, 1, 10_000_000)
     _check_range("epochs", opts.epochs, 0, 100_000)
     _check_range("tag_drop_out", opts.tag_drop_out, 0, 1)
+    _check_range("caption_dropout", opts.caption_dropout, 0, 1)
     _check_range("noise_offset", opts.noise_offset, 0, 1)
     _check_range("min_snr_gamma", opts.min_snr_gamma, 0, 100)
     _check_range("lr_warmup_steps", opts.lr_warmup_steps, 0, 10_000_000)

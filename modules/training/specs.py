@@ -57,6 +57,7 @@ class TrainOptions:
     clip_grad_value: str = "0.1"
     shuffle_tags: bool = False
     tag_drop_out: float = 0.0
+    caption_dropout: float = 0.0  # the share of steps whose prompt is empty (kohya's caption_dropout_rate)
     flip: bool = False  # random horizontal flips
     noise_offset: float = 0.0
     min_snr_gamma: float = 0.0  # 0: plain MSE; else min-SNR-gamma weighting (Hang et al. 2023), e.g. 5

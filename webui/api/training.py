@@ -63,6 +63,7 @@ class TrainCommonBody(_Body):
     clip_grad_value: str | float = "0.1"
     shuffle_tags: bool = False
     tag_drop_out: float = 0.0
+    caption_dropout: float = 0.0
     flip: bool = False
     noise_offset: float = 0.0
     min_snr_gamma: float = 0.0

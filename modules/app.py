@@ -30,7 +30,8 @@ from modules.job_types import (
     Txt2ImgJob,
 )
 from modules.jobs import Job, JobQueue
-from modules.models.manager import DeviceConfig, ModelManager, default_device
+from modules.models.manager import DeviceConfig, ModelManager, default_device, is_demo
+from modules.models.model_defaults import read_defaults
 from modules.models.registry import CheckpointRegistry
 from modules.networks.service import ExtraNetworks
 from modules.output_options import OutputOptions
@@ -211,6 +212,19 @@ class App:
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.paths.data_dir / path
 
+    def selected_checkpoint(self) -> str | None:
+        """The checkpoint shown as selected: the setting, else the resident model (the demo model, loaded because
+        nothing else is there, is not written into the setting)."""
+        wanted: str | None = self.settings["sd_model_checkpoint"] or None
+        cur = self.models.current
+        return wanted or (cur.info.title if cur is not None and cur.info is not None else None)
+
+    def model_defaults(self, checkpoint: str | None = None) -> dict[str, Any]:
+        """The generation defaults the checkpoint a job naming ``checkpoint`` would use carries in its metadata
+        (the demo model's 128x128, ...); {} for most models."""
+        info = self.models.expected(checkpoint)
+        return read_defaults(info.path) if info is not None else {}
+
     def request_defaults(self, kind: str = "txt2img") -> dict[str, object]:
         """Request fields whose defaults come from the settings (A1111 keeps them there), from the table."""
         return setting_values(self.settings.get, kind)
@@ -300,6 +314,8 @@ class App:
             self.model_status = ModelStatus("loaded", cur.info.title)
             if not (update_setting or self._default_unloadable()):
                 return
+            if is_demo(cur.info) and not self.settings["sd_model_checkpoint"]:
+                return  # loaded because nothing else is there: a model added later is the default
             self.models.preferred = cur.info.title  # the default from now on: tried first when none is named
             if self.settings["sd_model_checkpoint"] != cur.info.title:
                 try:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from modules.errors import ModelLoadError, is_out_of_memory
+from modules.models.demo import DEMO_NAME
 from modules.models.loader import ModelParts, load_model
 from modules.models.registry import CheckpointInfo, CheckpointRegistry
 
@@ -40,6 +41,11 @@ class DeviceConfig:
         if not self.device.startswith("cuda") and self.precision == "auto":
             return torch.float32
         return torch.float16
+
+
+def is_demo(info: CheckpointInfo) -> bool:
+    """Whether ``info`` is the built-in demo model (``models/Stable-diffusion/demo-shapes.safetensors``)."""
+    return info.path.stem == DEMO_NAME
 
 
 def default_device() -> str:
@@ -142,11 +148,25 @@ class ModelManager:
                 log.warning("default checkpoint: %s", exc)
         if self._current is not None and self._current.info is not None:
             out.append(self._current.info)
-        out += [i for i in self.registry.list() if self.registry.error_of(i) is None]
+        others = [i for i in self.registry.list() if self.registry.error_of(i) is None]
+        out += sorted(others, key=is_demo)  # the built-in demo model only when there is no other
         unique: dict[Path, CheckpointInfo] = {}
         for info in out:
             unique.setdefault(info.path.resolve(), info)
         return list(unique.values())
+
+    def expected(self, name: str | None = None) -> CheckpointInfo | None:
+        """The checkpoint a job naming ``name`` (or none) would run on, without loading anything."""
+        if name and name != self.preferred:
+            try:
+                return self.resolve(name)
+            except ModelLoadError:
+                return None
+        cur = self._current
+        if cur is not None and cur.info is not None and (not name or name in cur.info.aliases()):
+            return cur.info
+        candidates = self._candidates(name)
+        return candidates[0] if candidates else None
 
     def _first_loadable(self, first: str | None) -> ModelParts:
         errors: list[str] = []

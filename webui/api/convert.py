@@ -60,6 +60,7 @@ def _values(app: App, body: GenerationBody, kind: str, warnings: list[str]) -> t
     warnings += [f"override_settings: unknown option {k!r} ignored" for k in sorted(set(overrides) - set(known))]
     coerced = app.settings.validate(known)
     values: dict[str, object] = {**app.request_defaults(kind), **api_values(body.model_dump(), kind)}
+    given = _explicit_fields(body, kind)
     if body.infotext:
         from_text, notes = read_infotext(body.infotext, kind)
         from_text = app.networks.pasted(from_text, body.infotext)
@@ -71,9 +72,15 @@ def _values(app: App, body: GenerationBody, kind: str, warnings: list[str]) -> t
         if checkpoint and not coerced.get("sd_model_checkpoint"):
             values["checkpoint"] = _resolve_checkpoint(app, checkpoint, hint, "infotext")
         values.update({k: v for k, v in from_text.items() if k not in explicit})
+        given |= set(from_text)
     if coerced.get("sd_model_checkpoint"):
         values["checkpoint"] = _resolve_checkpoint(app, coerced["sd_model_checkpoint"], None, "override_settings")
-    values.update({k: v for k, v in settings_to_fields(coerced, kind).items() if k != "checkpoint"})
+    from_settings = {k: v for k, v in settings_to_fields(coerced, kind).items() if k != "checkpoint"}
+    values.update(from_settings)
+    # a model that says what suits it (the demo model's 128x128): for what the request leaves out
+    checkpoint = values.get("checkpoint")
+    model_defaults = app.model_defaults(str(checkpoint) if checkpoint else None)
+    values.update({k: v for k, v in model_defaults.items() if k not in given and k not in from_settings})
     return values, coerced
 
 

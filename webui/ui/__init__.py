@@ -19,8 +19,22 @@ from webui.ui.send_to import connect_extras_send, connect_pnginfo_send
 from webui.ui.settings_tab import build_settings_tab
 from webui.ui.train import build_train_tab, connect_train_send
 from webui.ui.txt2img import build_txt2img_tab, style_names
+from webui.ui.txt2img_handlers import model_form_defaults
 
 __all__ = ["CSS", "build_ui"]
+MODEL_DEFAULT_FIELDS = ("width", "height", "steps", "sampler_name", "scheduler", "cfg_scale")
+
+
+def connect_model_defaults(app: App, checkpoint: gr.Dropdown, forms: list[dict[str, Any]]) -> None:
+    """Choosing a checkpoint that carries generation defaults (the demo model's 128x128) puts them in the forms."""
+    outputs = [form[name] for form in forms for name in MODEL_DEFAULT_FIELDS]
+
+    def apply(title: str | None) -> list[Any]:
+        found = model_form_defaults(app, title or None)
+        return [gr.update(value=found[name]) if name in found else gr.skip()
+                for _form in forms for name in MODEL_DEFAULT_FIELDS]
+
+    checkpoint.input(apply, inputs=[checkpoint], outputs=outputs, show_progress="hidden", api_visibility="private")
 
 
 def build_ui(app: App) -> gr.Blocks:
@@ -53,10 +67,12 @@ def build_ui(app: App) -> gr.Blocks:
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                 build_extensions_tab(app, demo)
 
+        connect_model_defaults(app, quick.checkpoint, [txt2img.fields, img2img.fields])
+
         def on_load() -> list[Any]:
             """Fresh values for a new page: settings, checkpoint list, styles, the settings-derived defaults."""
             counter.warm_up()
-            current = app.settings["sd_model_checkpoint"] or None
+            current = app.selected_checkpoint()
             titles = checkpoint_titles(app)
             if current is not None and current not in titles:
                 titles = [current, *titles]

@@ -29,6 +29,7 @@ from webui.ui.txt2img_handlers import (
     GenerateUpdate,
     Txt2ImgHandlers,
     form_values,
+    model_form_defaults,
     selected_infotext,
 )
 from webui.ui.txt2img_handlers import default_values as txt2img_defaults
@@ -58,6 +59,7 @@ def default_values(app: Any) -> dict[str, Any]:
         "seed_resize_from_h": 0, "clip_skip": t["clip_skip"], "tiling": False,
         "mask_blur": 4, "inpainting_mask_invert": MASK_MODES[0], "inpainting_fill": MASKED_CONTENT[1],
         "inpaint_full_res": INPAINT_AREAS[0], "inpaint_full_res_padding": 32, **REFINER_DEFAULTS,
+        **model_form_defaults(app),
     }
 
 

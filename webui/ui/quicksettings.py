@@ -65,7 +65,7 @@ def select_checkpoint(app: App, title: str | None, user: str | None = None) -> s
 
 def refresh_checkpoints(app: App) -> Any:
     app.registry.refresh()
-    current = app.settings["sd_model_checkpoint"] or None
+    current = app.selected_checkpoint()
     return gr.update(choices=checkpoint_choices(app), value=current)
 
 
@@ -74,7 +74,7 @@ def tick(app: App, shown: str | None, status: str | None, notice: tuple[str, flo
     """The timer: the model's status, and the dropdown following the setting once no load is under way."""
     if notice and time.monotonic() < notice[1]:
         return gr.skip(), gr.skip()
-    wanted = app.settings["sd_model_checkpoint"] or None
+    wanted = app.selected_checkpoint()
     dropdown: Any = gr.skip()
     if wanted != (shown or None) and app.model_status.state != "loading":
         titles = checkpoint_titles(app)
@@ -93,7 +93,7 @@ class QuickSettings:
 
 
 def build_quicksettings(app: App) -> QuickSettings:
-    current = app.settings["sd_model_checkpoint"] or None
+    current = app.selected_checkpoint()
     titles = checkpoint_titles(app)
     with gr.Row(elem_id="quicksettings", equal_height=False):
         dropdown = gr.Dropdown(label="Stable Diffusion checkpoint", choices=checkpoint_choices(app, titles),

@@ -49,8 +49,17 @@ def default_values(app: App) -> dict[str, Any]:
         "hr_scale": 2.0, "hr_resize_x": 0, "hr_resize_y": 0, "hr_sampler_name": SAME_SAMPLER,
         "hr_scheduler": SAME_SCHEDULER, "hr_checkpoint_name": SAME_CHECKPOINT, "hr_prompt": "",
         "hr_negative_prompt": "", "clip_skip": app.settings["CLIP_stop_at_last_layers"], "tiling": False,
-        **REFINER_DEFAULTS,
+        **REFINER_DEFAULTS, **model_form_defaults(app),
     }
+
+
+def model_form_defaults(app: App, checkpoint: str | None = None) -> dict[str, Any]:
+    """The defaults the selected (or named) checkpoint carries for the form's fields (the demo model's 128x128)."""
+    try:
+        return dict(app.model_defaults(checkpoint))
+    except Exception:  # never let a model's metadata stop the page from building
+        log.warning("could not read the checkpoint's defaults", exc_info=True)
+        return {}
 
 
 REFINER_DEFAULTS: dict[str, Any] = {"refiner_enable": False, "refiner_checkpoint": None, "refiner_switch_at": 0.8}

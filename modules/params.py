@@ -408,6 +408,7 @@ PARAMS: tuple[Param, ...] = (
           label="Use old karras scheduler sigmas (0.1 to 10)"),
     Param("always_discard_next_to_last_sigma", bool, "Discard penultimate sigma", write=_w_discard, api=(),
           setting="always_discard_next_to_last_sigma", label="Always discard next-to-last sigma"),
+    Param("vae_tiling", str, api=(), setting="vae_tiling", label="VAE tiling"),
     Param("sgm_noise_multiplier", bool, "SGM noise multiplier",
           write=_when(lambda r: r.sgm_noise_multiplier)("sgm_noise_multiplier"), api=(),
           setting="sgm_noise_multiplier", label="SGM noise multiplier"),

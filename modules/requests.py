@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from modules import samplers
 from modules.errors import ValidationError
 
+VAE_TILING = ("Automatic", "Always", "Never")
 RANDN_SOURCES = ("GPU", "CPU", "NV")  # A1111's "Random number generator source" choices
 REFINER_PASSES = ("first pass", "second pass", "both passes")
 NO_REFINER = (None, "", "None", "none")
@@ -84,6 +85,7 @@ class GenerationRequest:
     use_old_karras_scheduler_sigmas: bool = False
     always_discard_next_to_last_sigma: bool = False
     sgm_noise_multiplier: bool = False
+    vae_tiling: str = "Automatic"  # "Automatic" (tiles when the whole image would not fit), "Always", "Never"
     clip_skip: int = 1
     eta_noise_seed_delta: int = 0
     randn_source: str = "GPU"
@@ -169,6 +171,7 @@ def validate(req: GenerationRequest, limits: Limits = Limits()) -> None:
                f"must be 0 (off) or between {limits.min_size} and {limits.max_size}")
     _check(1 <= req.clip_skip <= 12, "clip_skip", "must be between 1 and 12")
     _check(req.randn_source in RANDN_SOURCES, "randn_source", f"must be one of: {', '.join(RANDN_SOURCES)}")
+    _check(req.vae_tiling in VAE_TILING, "vae_tiling", f"must be one of: {', '.join(VAE_TILING)}")
     for name in ("s_min_uncond", "sigma_min", "sigma_max", "rho"):
         _check(math.isfinite(getattr(req, name)) and 0 <= getattr(req, name) <= 1000, name,
                "must be between 0 and 1000")

@@ -201,6 +201,9 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
                "disable", _TRAINING, "int", minimum=0, maximum=1000000, step=1),
         Option("dataset_filename_word_regex", "", "Filename word regex", _TRAINING, "str"),
         Option("dataset_filename_join_string", " ", "Filename join string", _TRAINING, "str"),
+        Option("vae_tiling", "Automatic", "VAE tiling: decode and encode large images in overlapping tiles "
+               "(Automatic: when the whole image would not fit in memory)", _OPT, "choice",
+               ("Automatic", "Always", "Never")),
         Option("cross_attention_optimization", "Automatic", "Cross attention optimization", _OPT, "choice",
                ("Automatic", "xformers", "sdp")),
         Option("precision", "auto", "Precision (auto: float16 on CUDA, float32 on CPU)", _OPT, "choice",

@@ -202,7 +202,7 @@ def _run_batches(parts: ModelParts, req: GenerationRequest, control: JobControl,
             control.update(phase="decoding")
             extra = {**extra, "TI hashes": ti_hashes(encoder.used_embeddings)}
             vae = (sampled.parts or parts).vae
-            for k, image in enumerate(lat.to_pil(lat.decode(vae, sampled.latents, control.warn))):
+            for k, image in enumerate(lat.to_pil(lat.decode(vae, sampled.latents, control.warn, req.vae_tiling))):
                 i = batch.first + k
                 if req.restore_faces and faces is not None and not control.interrupted:
                     control.update(phase="restoring faces")

@@ -57,9 +57,10 @@ def _encode(parts: ModelParts, batch: list[image_prep.PreparedImage], req: Img2I
             src = item.source
             assert src is not None  # every image of a job has the same resize mode
             sources.append(src.resize((max(8, src.width - src.width % 8), max(8, src.height - src.height % 8))))
-        z = lat.encode(parts.vae, lat.from_pil(sources), generator)
+        z = lat.encode(parts.vae, lat.from_pil(sources), generator, req.vae_tiling)
         return F.interpolate(z, size=(req.height // 8, req.width // 8), mode="bilinear").to(parts.device)
-    return lat.encode(parts.vae, lat.from_pil([item.image for item in batch]), generator).to(parts.device)
+    return lat.encode(parts.vae, lat.from_pil([item.image for item in batch]), generator,
+                      req.vae_tiling).to(parts.device)
 
 
 def _pixel_masks(batch: list[image_prep.PreparedImage]) -> list[Image.Image]:
@@ -95,7 +96,7 @@ def _inpaint_conditioning(parts: ModelParts, batch: list[image_prep.PreparedImag
         if req.mask_round:
             full = full.round()
     weight = req.inpainting_mask_weight * full
-    masked = lat.encode(parts.vae, pixels * (1 - weight) + 0.5 * weight, generator).to(parts.device)
+    masked = lat.encode(parts.vae, pixels * (1 - weight) + 0.5 * weight, generator, req.vae_tiling).to(parts.device)
     small = F.interpolate(full, size=tuple(latent_shape[-2:])).to(parts.device)
     return torch.cat([small.expand(masked.shape[0], -1, -1, -1), masked], dim=1)
 

@@ -1,4 +1,10 @@
-"""Latents <-> pixels: VAE decode/encode with the fp32 fallback for NaNs, seamless tiling, cheap previews."""
+"""Latents <-> pixels: VAE decode/encode with the fp32 fallback for NaNs, tiled VAE passes for large images,
+seamless tiling, cheap previews.
+
+VAE tiling (the ``vae_tiling`` option): "Never", "Always", or "Automatic", which tiles when the whole pass would
+not fit in the memory free on the VAE's device (estimated from the image size and the VAE's widest block). Tiles
+are diffusers' (the VAE's own ``sample_size`` with a quarter of overlap, blended across the seams).
+"""
 
 from __future__ import annotations
 
@@ -31,8 +37,54 @@ def _scale(vae: AutoencoderKL) -> tuple[float, float]:
     return float(vae.config["scaling_factor"]), float(shift)
 
 
+_ACTIVATIONS = 6  # full-resolution activations alive at once in the VAE's outer block, roughly
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def pass_bytes(vae: AutoencoderKL, height: int, width: int) -> int:
+    """About what a whole decode or encode of a ``height`` x ``width`` image needs beyond the weights."""
+    param = next(vae.parameters())
+    channels = max(int(c) for c in vae.config["block_out_channels"])
+    return height * width * channels * param.element_size() * _ACTIVATIONS
+
+
+def wants_tiling(vae: AutoencoderKL, height: int, width: int, mode: str = "Automatic") -> bool:
+    if mode == "Never":
+        return False
+    tile = int(vae.config.get("sample_size") or 512)
+    if height <= tile and width <= tile:
+        return False  # one tile: tiling would change nothing
+    if mode == "Always":
+        return True
+    free = _free_bytes(next(vae.parameters()).device)
+    return free is not None and pass_bytes(vae, height, width) > free * 0.8
+
+
+@contextlib.contextmanager
+def _tiled(vae: AutoencoderKL, on: bool) -> Iterator[None]:
+    before = vae.use_tiling
+    vae.use_tiling = on
+    try:
+        yield
+    finally:
+        vae.use_tiling = before
+
+
 @torch.no_grad()
-def decode(vae: AutoencoderKL, latents: Tensor, warn: Callable[[str], None] | None = None) -> Tensor:
+def decode(vae: AutoencoderKL, latents: Tensor, warn: Callable[[str], None] | None = None,
+           tiling: str = "Automatic") -> Tensor:
     """Latents (B, 4, h, w) -> images (B, 3, H, W) in [0, 1], float32 on the CPU; one image at a time.
 
     A half-precision VAE that yields NaNs (a known SDXL problem) is retried once in float32, as A1111's
@@ -41,13 +93,16 @@ def decode(vae: AutoencoderKL, latents: Tensor, warn: Callable[[str], None] | No
     scale, shift = _scale(vae)
     param = next(vae.parameters())
     out = []
+    tiled = wants_tiling(vae, latents.shape[-2] * 8, latents.shape[-1] * 8, tiling)
     for i in range(latents.shape[0]):
         z = latents[i : i + 1] / scale + shift
-        x: Tensor = vae.decode(z.to(device=param.device, dtype=param.dtype), return_dict=False)[0]
+        with _tiled(vae, tiled):
+            x: Tensor = vae.decode(z.to(device=param.device, dtype=param.dtype), return_dict=False)[0]
         if not torch.isfinite(x).all() and param.dtype != torch.float32:
             if warn:
                 warn("the VAE produced NaNs in half precision; decoded again in float32")
-            x = _decode_fp32(vae, z)
+            with _tiled(vae, tiled):
+                x = _decode_fp32(vae, z)
         if not torch.isfinite(x).all():
             raise GenerationError("the VAE produced NaNs; try another VAE or the --no-half option")
         out.append(((x.float() + 1) / 2).clamp(0, 1).cpu())
@@ -74,7 +129,8 @@ def _decode_fp32(vae: AutoencoderKL, z: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def encode(vae: AutoencoderKL, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def encode(vae: AutoencoderKL, images: Tensor, generator: torch.Generator | None = None,
+           tiling: str = "Automatic") -> Tensor:
     """Images (B, 3, H, W) in [0, 1] -> scaled latents, float32.
 
     Without ``generator`` the posterior's mean (deterministic); with one, a sample of the posterior whose noise for
@@ -83,12 +139,14 @@ def encode(vae: AutoencoderKL, images: Tensor, generator: torch.Generator | None
     scale, shift = _scale(vae)
     param = next(vae.parameters())
     means, stds = [], []
+    tiled = wants_tiling(vae, images.shape[-2], images.shape[-1], tiling)
     for i in range(images.shape[0]):
         x = images[i : i + 1].to(device=param.device, dtype=param.dtype) * 2 - 1
-        dist = vae.encode(x, return_dict=False)[0]
-        if not torch.isfinite(dist.mean).all() and param.dtype != torch.float32:
-            with _in_float32(vae):
-                dist = vae.encode(x.float(), return_dict=False)[0]
+        with _tiled(vae, tiled):
+            dist = vae.encode(x, return_dict=False)[0]
+            if not torch.isfinite(dist.mean).all() and param.dtype != torch.float32:
+                with _in_float32(vae):
+                    dist = vae.encode(x.float(), return_dict=False)[0]
         means.append(dist.mean.float())
         stds.append(dist.std.float())
     mean = torch.cat(means)

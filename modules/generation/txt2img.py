@@ -126,7 +126,7 @@ def _hires_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder,
     images = None
     if req.hr_upscaler not in LATENT_UPSCALE_MODES:  # decoded by the first pass's model
         control.update(phase="upscaling")
-        images = lat.to_pil(lat.decode(parts.vae, latents, control.warn))
+        images = lat.to_pil(lat.decode(parts.vae, latents, control.warn, req.vae_tiling))
     if req.hr_checkpoint_name not in (None, "", SAME_CHECKPOINT):
         control.update(phase="loading model")
         parts = models.switch(str(req.hr_checkpoint_name), "hr_checkpoint_name")
@@ -135,7 +135,7 @@ def _hires_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder,
         latents = upscale_latents(latents, up_w, up_h, mode, antialias)
     else:
         images = _pixel_upscale(images, req.hr_upscaler, up_w, up_h, upscalers, control)
-        latents = lat.encode(parts.vae, lat.from_pil(images), generator).to(parts.device)
+        latents = lat.encode(parts.vae, lat.from_pil(images), generator, req.vae_tiling).to(parts.device)
     if (up_w, up_h) != (final_w, final_h):
         latents = crop_latents(latents, final_w, final_h)
     steps = req.hr_second_pass_steps or req.steps

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 DEMO_NAME = "demo-shapes"
 SIZE = 128
@@ -75,15 +76,23 @@ class Judgement:
 
 
 def judge(image: Image.Image, threshold: float = 80.0) -> Judgement:
-    """What an image shows, from pixel statistics only (see the module's docstring)."""
+    """What an image shows, from pixel statistics only (see the module's docstring). The region that differs
+    from the background is first the pixels far from it (``threshold``), which give the shape's colour; then,
+    so that soft edges count as much inside as outside, the pixels nearer that colour than the background's."""
     arr = np.asarray(image.convert("RGB"), dtype=np.float32)
     border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
     bg = np.median(border, axis=0)
-    differs = np.sqrt(((arr - bg) ** 2).sum(axis=2)) > threshold
-    if differs.sum() < 16:
+    far = np.sqrt(((arr - bg) ** 2).sum(axis=2)) > threshold
+    if far.sum() < 16:
         return Judgement(nearest_colour(bg), None, None, 0.0)
-    ys, xs = np.nonzero(differs)
+    fg = np.median(arr[far], axis=0)
+    region = ((arr - fg) ** 2).sum(axis=2) < ((arr - bg) ** 2).sum(axis=2)
+    labels, count = ndimage.label(region)
+    if count > 1:  # the shape is the largest piece; specks elsewhere would stretch its box
+        sizes = ndimage.sum_labels(region, labels, index=range(1, count + 1))
+        region = labels == 1 + int(np.argmax(sizes))
+    ys, xs = np.nonzero(region)
     box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
-    fill = float(differs.sum() / box)
-    shape = "square" if fill > 0.9 else "circle" if fill > 0.64 else "triangle"
-    return Judgement(nearest_colour(bg), nearest_colour(np.median(arr[differs], axis=0)), shape, fill)
+    fill = float(region.sum() / box)
+    shape = "square" if fill > 0.86 else "circle" if fill > 0.67 else "triangle"
+    return Judgement(nearest_colour(bg), nearest_colour(fg), shape, fill)

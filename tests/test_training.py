@@ -299,3 +299,19 @@ def test_an_interrupt_before_the_first_step_writes_nothing(trainer):
     assert result.interrupted and result.step == 0 and result.filename == ""
     assert result.info == "interrupted before the first step: nothing was saved"
     assert not (trainer.paths.lora_dir / "never.safetensors").exists()
+
+
+def test_an_embedding_keeps_its_file_format_and_learns_with_empty_captions(trainer):
+    from safetensors.torch import save_file
+
+    from modules.networks.embeddings import load_embedding
+
+    path = trainer.paths.embeddings_dir / "st emb.safetensors"
+    save_file({"emb_params": torch.randn(2, 32) * 0.01}, str(path))
+    opts = _opts(trainer, steps=3, template_filename="subject.txt", caption_dropout=0.5, learn_rate="0.05")
+    result, _ = _run(trainer, TrainEmbeddingJob("st emb", opts))
+    assert result.filename == str(path) and result.step == 3
+    emb = load_embedding(path)  # still a safetensors file, now with its step in the metadata
+    assert emb.step == 3 and emb.vectors == 2
+    with pytest.raises(ValidationError, match="seed: must be between -1 and"):
+        trainer.submit(TrainEmbeddingJob("st emb", _opts(trainer, seed=2**40, template_filename="subject.txt")))

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from modules.errors import ValidationError
+from modules.errors import GenerationError, ValidationError
 from modules.generation.conditioning import TextEncoder
 from modules.generation.control import JobControl
 from modules.generation.passes import alphas_cumprod, full_mask_conditioning, sdxl_time_ids
@@ -67,6 +67,15 @@ def _posterior(vae: Any, image: Tensor) -> tuple[Tensor, Tensor]:
     param = next(vae.parameters())
     x = image.to(device=param.device, dtype=param.dtype) * 2 - 1
     dist = vae.encode(x, return_dict=False)[0]
+    if not bool(torch.isfinite(dist.mean).all()) and param.dtype != torch.float32:
+        dtype = param.dtype
+        vae.to(torch.float32)  # a half-precision VAE's overflow (SDXL's): once more in float32
+        try:
+            dist = vae.encode(x.float(), return_dict=False)[0]
+        finally:
+            vae.to(dtype)
+    if not bool(torch.isfinite(dist.mean).all()):
+        raise GenerationError("the VAE gives NaNs for a training image; try another VAE or --no-half")
     scale = float(vae.config["scaling_factor"])
     shift = float(vae.config.get("shift_factor") or 0.0)
     return ((dist.mean.float() - shift) * scale).cpu()[0], (dist.std.float() * scale).cpu()[0]
@@ -163,7 +172,7 @@ def batch_loss(inputs: LossInputs, prepared: Prepared, indices: list[int]) -> tu
                                  for p in picks]).to(device)
     per_image = err.mean(dim=(1, 2, 3))
     if opts.min_snr_gamma > 0:
-        snr = (a / (1 - a)).view(-1)
+        snr = (a / (1 - a)).view(-1).clamp(min=1e-8)  # a zero-terminal-SNR schedule's last step
         weight = snr.clamp(max=opts.min_snr_gamma) / (snr + 1 if v_pred else snr)
         per_image = per_image * weight
     return per_image.mean(), texts
@@ -236,7 +245,7 @@ def run_loop(inputs: LossInputs, prepared: Prepared, subject: Subject, rates: Ra
     state = LoopState(subject.step, interrupted=control.interrupted)
     epoch_len = max(1, dataset.batches_per_epoch(prepared.groups, opts.batch_size) // opts.gradient_step)
     first_step = subject.step
-    accumulated, running = 0, 0.0
+    accumulated, running, skipped = 0, 0.0, 0
     for indices in _epochs(prepared, opts.batch_size, inputs.rng):
         if subject.step >= rates.end_step:
             break
@@ -247,9 +256,13 @@ def run_loop(inputs: LossInputs, prepared: Prepared, subject: Subject, rates: Ra
             group["lr"] = rates.rate(subject.step) * float(spec.get("lr_scale", 1.0))
         with _autocast(opts, device):
             loss, texts = batch_loss(inputs, prepared, indices)
-        if not loss.requires_grad:
-            raise ValidationError(f"nothing being trained is used by the prompt {texts[0]!r}; check the prompt "
-                                  "template", field="template_filename")
+        if not loss.requires_grad or not bool(torch.isfinite(loss)):
+            # a batch whose prompts name nothing being trained (an empty caption, a template line without
+            # [name]) teaches nothing; a non-finite loss would ruin the weights: both are passed over
+            skipped += 1
+            _too_many_skipped(skipped, loss, texts[0], control)
+            continue
+        skipped = 0
         scaler.scale(loss / opts.gradient_step).backward()  # type: ignore[no-untyped-call]
         running += float(loss.detach()) / opts.gradient_step
         accumulated += 1
@@ -287,6 +300,21 @@ def run_loop(inputs: LossInputs, prepared: Prepared, subject: Subject, rates: Ra
     return state
 
 
+MAX_SKIPPED = 50
+
+
+def _too_many_skipped(skipped: int, loss: Tensor, prompt: str, control: JobControl) -> None:
+    if bool(torch.isfinite(loss)):
+        if skipped >= MAX_SKIPPED:
+            raise ValidationError(f"nothing being trained is used by the prompts (e.g. {prompt!r}); check the "
+                                  "prompt template and the caption dropout", field="template_filename")
+        return
+    control.warn("a batch gave a non-finite loss and was passed over (a learning rate too high, or fp16 "
+                 "overflow)")
+    if skipped >= MAX_SKIPPED:
+        raise GenerationError("the loss stays NaN or infinite; lower the learning rate or use float32")
+
+
 def _publish(subject: Subject, state: LoopState, control: JobControl, loss: float, rates: RatePlan,
              first_step: int) -> None:
     last = state.saved[-1] if state.saved else "<none>"
@@ -299,9 +327,25 @@ def _publish(subject: Subject, state: LoopState, control: JobControl, loss: floa
 def load_optimizer_state(subject: Subject, optimizer: torch.optim.Optimizer) -> None:
     """The optimizer state saved beside the file being resumed, when the subject found one."""
     saved = getattr(subject, "optimizer_state", None)
-    if not saved:
+    if not saved or not _fits(saved, optimizer):
         return
     try:
         optimizer.load_state_dict(saved)
     except (ValueError, KeyError, RuntimeError) as exc:  # another shape or layout: start the moments afresh
         log.info("saved optimizer state not used: %s", exc)
+
+
+def _fits(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a saved AdamW state belongs to these parameters (same count and shapes): a stale one (an embedding
+    created anew with another vector count) is left out and the moments start afresh."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = saved.get("state")
+    if not isinstance(state, dict) or len(saved.get("param_groups", ())) != len(optimizer.param_groups):
+        return False
+    for index, values in state.items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(values, dict):
+            return False
+        moment = values.get("exp_avg")
+        if isinstance(moment, torch.Tensor) and moment.shape != params[index].shape:
+            return False
+    return True

@@ -4,8 +4,8 @@ As A1111's ``PersonalizedBase``: every file of the folder (not its sub-folders) 
 others are skipped (and here named in a warning); the caption is the ``.txt`` beside the image, else the file name
 without leading numbers; each step's prompt is a random line of the template with ``[name]`` and ``[filewords]``
 filled in, the caption's tags (split at commas) dropped out and shuffled when asked. Images are resized to the
-training size, kept at their own size ("Do not resize images", rounded down to a multiple of 8), or put in the
-aspect-ratio bucket nearest their shape (``buckets``), cropped at the centre to fill it.
+training size (stretched, as A1111 does), kept at their own size ("Do not resize images", rounded down to a
+multiple of 8), or put in the aspect-ratio bucket nearest their shape (``buckets``), cropped at the centre to fill it.
 """
 
 from __future__ import annotations
@@ -134,9 +134,11 @@ def load_items(root: Path, width: int, height: int, varsize: bool = False, bucke
         if caption is None:
             caption = filename_caption(path, word_regex, join_string)
         target = train_size(image.size, width, height, varsize, buckets)
-        if image.size != target:
-            image = _fit(image, target)
-            alpha = _fit(alpha, target) if alpha is not None else None
+        if image.size != target:  # buckets: cover and crop the centre (kohya); else stretched, as A1111 does
+            size = (target[0], target[1])
+            image = _fit(image, size) if buckets else image.resize(size, Image.Resampling.BICUBIC)
+            if alpha is not None:
+                alpha = _fit(alpha, size) if buckets else alpha.resize(size, Image.Resampling.BICUBIC)
         items.append(Item(path, image, caption, alpha))
     if problems and warn is not None:
         warn(f"skipped while reading the dataset: {'; '.join(problems[:10])}"

@@ -87,20 +87,27 @@ def create_embedding(parts: ModelParts, folder: Path, name: str, num_vectors_per
         raise ValidationError(f"name: file {path} already exists", field="name")
     vec = initial_vectors(parts, init_text, num_vectors_per_token)
     save_embedding(path, cleaned, vec, 0, None, None)
+    path.with_name(path.name + ".optim").unlink(missing_ok=True)  # an earlier embedding's optimizer state
     return path
 
 
-def embedding_bytes(name: str, vec: Tensor | dict[str, Tensor], step: int,
-                    checkpoint_hash: str | None, checkpoint_name: str | None) -> bytes:
+def embedding_bytes(name: str, vec: Tensor | dict[str, Tensor], step: int, checkpoint_hash: str | None,
+                    checkpoint_name: str | None, suffix: str = ".pt") -> bytes:
+    """The file's bytes in the format its suffix says: ``.safetensors`` (the vectors, with the step and checkpoint
+    in the metadata) or A1111's pickled ``.pt`` (an SDXL pair holds only its two tensors there, as A1111 reads it)."""
     if isinstance(vec, dict):
+        tensors = {key: vec[key].detach().float().cpu().contiguous() for key in PAIR_KEYS}
+    else:
+        tensors = {"emb_params": vec.detach().float().cpu().contiguous()}
+    if suffix.lower() == ".safetensors":
         from safetensors.torch import save
 
-        tensors = {key: vec[key].detach().float().cpu().contiguous() for key in PAIR_KEYS}
         meta = {"name": name, "step": str(step), "sd_checkpoint": checkpoint_hash or "",
                 "sd_checkpoint_name": checkpoint_name or ""}
         return save(tensors, metadata=meta)
-    data = {"string_to_token": {"*": 265}, "string_to_param": {"*": vec.detach().float().cpu()}, "name": name,
-            "step": step, "sd_checkpoint": checkpoint_hash, "sd_checkpoint_name": checkpoint_name}
+    data: dict[str, Any] = dict(tensors) if isinstance(vec, dict) else {
+        "string_to_token": {"*": 265}, "string_to_param": {"*": tensors["emb_params"]}, "name": name, "step": step,
+        "sd_checkpoint": checkpoint_hash, "sd_checkpoint_name": checkpoint_name}
     buf = io.BytesIO()
     torch.save(data, buf)
     return buf.getvalue()
@@ -108,7 +115,7 @@ def embedding_bytes(name: str, vec: Tensor | dict[str, Tensor], step: int,
 
 def save_embedding(path: Path, name: str, vec: Tensor | dict[str, Tensor], step: int,
                    checkpoint_hash: str | None, checkpoint_name: str | None) -> Path:
-    write_file(path, embedding_bytes(name, vec, step, checkpoint_hash, checkpoint_name))
+    write_file(path, embedding_bytes(name, vec, step, checkpoint_hash, checkpoint_name, path.suffix))
     return path
 
 

@@ -50,7 +50,7 @@ def _ldm_names(unet: torch.nn.Module) -> dict[str, str]:
     return out
 
 
-def _inject(module: torch.nn.Module, rank: int, alpha: float, targets: tuple[str, ...]) -> None:
+def _inject(module: torch.nn.Module, rank: int, alpha: float, targets: tuple[str, ...], field: str) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(r=rank, lora_alpha=alpha,  # type: ignore[arg-type]  # peft takes a float alpha too
@@ -59,7 +59,7 @@ def _inject(module: torch.nn.Module, rank: int, alpha: float, targets: tuple[str
     try:
         inject_adapter_in_model(config, module, adapter_name=ADAPTER)
     except ValueError as exc:  # no module matched the targets
-        raise ValidationError(f"target modules: {exc}", field="unet_targets") from None
+        raise ValidationError(f"{field}: {exc}", field=field) from None
 
 
 def _lora_layers(module: torch.nn.Module) -> dict[str, Any]:
@@ -99,7 +99,7 @@ class LoraSubject:
         self.components: list[Component] = []
         if spec.train_unet:
             names = _ldm_names(parts.unet) if parts.family.is_xl else {}  # before peft wraps the layers
-            _inject(parts.unet, self.rank, self.alpha, spec.unet_targets)
+            _inject(parts.unet, self.rank, self.alpha, spec.unet_targets, "unet_targets")
             scale = (spec.unet_lr or base_lr) / base_lr
             self.components.append(Component("lora_unet_", parts.unet, scale, names))
         if spec.train_text_encoder:
@@ -109,7 +109,7 @@ class LoraSubject:
             if parts.text_encoder_2 is not None:
                 encoders.append(("lora_te2_", parts.text_encoder_2))
             for prefix, encoder in encoders:
-                _inject(encoder, self.rank, self.alpha, spec.text_targets)
+                _inject(encoder, self.rank, self.alpha, spec.text_targets, "text_targets")
                 names = {n: n if n.startswith("text_model.") else f"text_model.{n}" for n, _ in encoder.named_modules()}
                 self.components.append(Component(prefix, encoder, scale, names))
         if not self.components:

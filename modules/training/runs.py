@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import gc
+import logging
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,12 +29,14 @@ from modules.requests import GenerationRequest, validate
 from modules.training import core, dataset, schedule
 from modules.training.embedding import EmbeddingSubject, TrainingError, clean_name
 from modules.training.lora_train import LoraSubject, kohya_metadata
-from modules.training.service import data_folder, lora_file, resume_path
+from modules.training.service import data_folder, log_root, lora_file, resume_path
 from modules.training.specs import TrainEmbeddingJob, TrainLoraJob, TrainOptions, TrainResult
 from modules.training.templates import read_template
 
 if TYPE_CHECKING:
     from modules.app import App
+
+log = logging.getLogger(__name__)
 
 
 def training_parts(parts: ModelParts, train_unet: bool, train_text: bool, checkpointing: bool) -> ModelParts:
@@ -51,9 +54,13 @@ def training_parts(parts: ModelParts, train_unet: bool, train_text: bool, checkp
         copies.unet.enable_gradient_checkpointing()
         if train_text:
             for encoder in (copies.text_encoder, copies.text_encoder_2):
-                if encoder is not None:  # transformers 5 renamed it
+                if encoder is not None:  # transformers 5 renamed it; CLIP checkpoints only in training mode
                     enable = getattr(encoder, "activation_checkpointing_enable", None)
-                    (enable or encoder.gradient_checkpointing_enable)()
+                    if enable is not None:
+                        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                    else:
+                        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[no-untyped-call]
+                    encoder.train()
         copies.unet.train()
     return copies
 
@@ -78,7 +85,7 @@ class Run:
 
 
 def _log_dir(app: App, opts: TrainOptions, name: str) -> Path:
-    root = data_folder(app, opts.log_directory, "log_directory")
+    root = log_root(app, opts)
     return root / _dt.date.today().isoformat() / name
 
 
@@ -102,7 +109,7 @@ def _preview(run: Run, subject: Any, step: int, caption: str) -> Path | None:
                                 sampler_name=p.sampler_name, cfg_scale=p.cfg_scale, seed=p.seed, width=p.width,
                                 height=p.height)
     else:
-        req = GenerationRequest(prompt=caption, steps=20, seed=run.seed + step,
+        req = GenerationRequest(prompt=caption, steps=20, seed=(run.seed + step) % 2**31,
                                 width=run.opts.training_width, height=run.opts.training_height)
     if run.kind == "lora" and f"<lora:{run.name}:" not in req.prompt:
         req = req.replace(prompt=f"{req.prompt} <lora:{run.name}:1>".strip())
@@ -111,6 +118,10 @@ def _preview(run: Run, subject: Any, step: int, caption: str) -> Path | None:
         result = txt2img(run.cached, req, JobControl(), networks=networks)
     except WebUIError as exc:
         run.control.warn(f"preview image not made: {exc}")
+        return None
+    except Exception as exc:  # out of memory, say: training goes on without this preview
+        log.warning("preview at step %d failed", step, exc_info=True)
+        run.control.warn(f"preview image not made at step {step}: {type(exc).__name__}")
         return None
     image, info = result.images[0], result.infotexts[0]
     run.control.update(preview=image, preview_id=run.control.progress.preview_id + 1)
@@ -158,6 +169,24 @@ def _train(run: Run, copies: ModelParts, subject: Any, encoder: TextEncoder, pla
                              run.opts.write_csv_every)
 
 
+def _train_saving(run: Run, copies: ModelParts, subject: Any, encoder: TextEncoder, placeholder: str,
+                  loss_file: str, prepared: core.Prepared, rates: schedule.RatePlan, suffix: str) -> core.LoopState:
+    """:func:`_train`; when it fails part way (out of memory...), the weights reached are saved to the log folder
+    first, so the work since the last copy is not lost."""
+    start = subject.step
+    try:
+        return _train(run, copies, subject, encoder, placeholder, loss_file, prepared, rates)
+    except Exception:
+        if subject.step > start:
+            sub = "lora" if run.kind == "lora" else "embeddings"
+            try:
+                path = subject.save(run.folder(sub) / f"{run.name}-{subject.step}{suffix}", subject.step, None)
+                log.warning("training failed at step %d; the weights reached are in %s", subject.step, path)
+            except Exception:  # the disk, too: nothing more can be done
+                log.warning("training failed and its weights could not be saved", exc_info=True)
+        raise
+
+
 def _start(app: App, kind: str, name: str, opts: TrainOptions, control: JobControl) -> Run:
     control.update(phase="loading model")
     cached = app.models.get(None)
@@ -173,7 +202,10 @@ def _finish(run: Run, subject: Any, state: core.LoopState, first_step: int, targ
     final: Path = subject.save(target, state.step, None)
     if state.optimizer is not None and (run.kind == "lora" or run.opts.save_every):
         sub = "lora" if run.kind == "lora" else "embeddings"
-        subject.save(run.folder(sub) / f"{run.name}-{state.step}{target.suffix}", state.step, state.optimizer)
+        try:
+            subject.save(run.folder(sub) / f"{run.name}-{state.step}{target.suffix}", state.step, state.optimizer)
+        except TrainingError as exc:  # the weights are saved; only the copy to resume from is missing
+            run.control.warn(f"the copy in the log folder was not saved: {exc}")
     return final
 
 
@@ -219,7 +251,8 @@ def _train_embedding(app: App, spec: TrainEmbeddingJob, control: JobControl) -> 
         return TrainResult(info="Model has already been trained beyond specified max steps",
                            filename=str(embedding.path), name=embedding.name, kind="embedding", step=subject.step)
     first_step = subject.step
-    state = _train(run, copies, subject, encoder, embedding.name, "textual_inversion_loss.csv", prepared, rates)
+    state = _train_saving(run, copies, subject, encoder, embedding.name, "textual_inversion_loss.csv", prepared,
+                          rates, embedding.path.suffix)
     final = _finish(run, subject, state, first_step, embedding.path)
     app.networks.embeddings.refresh()
     return _outcome(run, state, final)
@@ -252,7 +285,7 @@ def _train_lora(app: App, spec: TrainLoraJob, control: JobControl) -> TrainResul
                            filename=str(resume), name=name, kind="lora", step=subject.step)
     encoder = TextEncoder(copies, spec.options.clip_skip, app.networks.embeddings.for_model(run.cached))
     first_step = subject.step
-    state = _train(run, copies, subject, encoder, name, "lora_loss.csv", prepared, rates)
+    state = _train_saving(run, copies, subject, encoder, name, "lora_loss.csv", prepared, rates, ".safetensors")
     final = _finish(run, subject, state, first_step, lora_file(app, name))
     app.networks.loras.registry.refresh()
     return _outcome(run, state, final)

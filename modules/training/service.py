@@ -58,6 +58,11 @@ def data_folder(app: App, value: str, field: str) -> Path:
     return under(app.paths.data_dir, text) if text else Path("")
 
 
+def log_root(app: App, opts: TrainOptions) -> Path:
+    """The log folder: the option's, or A1111's ``textual_inversion`` when it is left empty."""
+    return data_folder(app, opts.log_directory.strip() or "textual_inversion", "log_directory")
+
+
 def check_options(app: App, opts: TrainOptions) -> list[Path]:
     """Every option in bounds and the dataset folder holding images; returns the image files."""
     for field, value in (("training_width", opts.training_width), ("training_height", opts.training_height)):
@@ -73,6 +78,7 @@ def check_options(app: App, opts: TrainOptions) -> list[Path]:
     _check_range("noise_offset", opts.noise_offset, 0, 1)
     _check_range("min_snr_gamma", opts.min_snr_gamma, 0, 100)
     _check_range("lr_warmup_steps", opts.lr_warmup_steps, 0, 10_000_000)
+    _check_range("seed", opts.seed, -1, 2**32 - 1)
     _check_range("create_image_every", opts.create_image_every, 0, 10_000_000)
     _check_range("save_every", opts.save_every, 0, 10_000_000)
     choices: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -153,10 +159,10 @@ def resume_path(app: App, spec: TrainLoraJob) -> Path:
     text = spec.resume.strip()
     direct = data_folder(app, text, "resume")
     candidates = [direct, app.paths.lora_dir / text, app.paths.lora_dir / f"{text}.safetensors"]
-    log_root = data_folder(app, spec.options.log_directory, "log_directory")
-    if log_root.is_dir():
-        candidates += sorted(log_root.glob(f"*/*/lora/{Path(text).name}"))
-        candidates += sorted(log_root.glob(f"*/*/lora/{Path(text).name}.safetensors"))
+    logs = log_root(app, spec.options)
+    if logs.is_dir():
+        candidates += sorted(logs.glob(f"*/*/lora/{Path(text).name}"))
+        candidates += sorted(logs.glob(f"*/*/lora/{Path(text).name}.safetensors"))
     for path in candidates:
         if path.is_file() and path.suffix == ".safetensors":
             return path

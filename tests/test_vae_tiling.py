@@ -86,3 +86,23 @@ def test_a_tiled_decode_of_a_trained_vae_is_nearly_the_whole_one(data_dir):
     tiled = lat.decode(parts.vae, z, tiling="Always")
     diff = (whole - tiled).abs() * 255
     assert float(diff.mean()) < 3.0 and float(np.percentile(diff.numpy(), 99)) < 40
+
+
+def test_a_whole_decode_out_of_memory_is_retried_in_tiles(vae, monkeypatch):
+    real = type(vae).decode
+    calls = []
+
+    def decode(self, z, *args, **kwargs):
+        calls.append(self.use_tiling)
+        if not self.use_tiling:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real(self, z, *args, **kwargs)
+
+    monkeypatch.setattr(type(vae), "decode", decode)
+    warnings: list[str] = []
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    image = lat.decode(vae, z, warnings.append, tiling="Automatic")
+    assert image.shape == (2, 3, 128, 128) and calls == [False, True, True]
+    assert warnings == ["the VAE ran out of memory decoding the whole image; decoded again in tiles"]
+    with pytest.raises(torch.OutOfMemoryError):
+        lat.decode(vae, z, warnings.append, tiling="Never")

@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from modules.errors import GenerationError
+from modules.errors import GenerationError, is_out_of_memory
 
 if TYPE_CHECKING:
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
@@ -82,13 +82,27 @@ def _tiled(vae: AutoencoderKL, on: bool) -> Iterator[None]:
         vae.use_tiling = before
 
 
+def _splittable(vae: AutoencoderKL, latent_hw: Any) -> bool:
+    tile = int(vae.config.get("sample_size") or 512) // 8
+    return bool(max(int(latent_hw[0]), int(latent_hw[1])) > tile)
+
+
+def _release_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 @torch.no_grad()
 def decode(vae: AutoencoderKL, latents: Tensor, warn: Callable[[str], None] | None = None,
            tiling: str = "Automatic") -> Tensor:
     """Latents (B, 4, h, w) -> images (B, 3, H, W) in [0, 1], float32 on the CPU; one image at a time.
 
     A half-precision VAE that yields NaNs (a known SDXL problem) is retried once in float32, as A1111's
-    "Automatically revert VAE to 32-bit floats" does.
+    "Automatically revert VAE to 32-bit floats" does; a whole decode that runs out of memory is retried in tiles
+    (unless ``tiling`` is "Never"), with a warning.
     """
     scale, shift = _scale(vae)
     param = next(vae.parameters())
@@ -96,8 +110,18 @@ def decode(vae: AutoencoderKL, latents: Tensor, warn: Callable[[str], None] | No
     tiled = wants_tiling(vae, latents.shape[-2] * 8, latents.shape[-1] * 8, tiling)
     for i in range(latents.shape[0]):
         z = latents[i : i + 1] / scale + shift
-        with _tiled(vae, tiled):
-            x: Tensor = vae.decode(z.to(device=param.device, dtype=param.dtype), return_dict=False)[0]
+        try:
+            with _tiled(vae, tiled):
+                x: Tensor = vae.decode(z.to(device=param.device, dtype=param.dtype), return_dict=False)[0]
+        except Exception as exc:
+            if tiled or tiling == "Never" or not is_out_of_memory(exc) or not _splittable(vae, z.shape[-2:]):
+                raise
+            tiled = True  # the rest of the batch too
+            _release_memory()
+            if warn:
+                warn("the VAE ran out of memory decoding the whole image; decoded again in tiles")
+            with _tiled(vae, True):
+                x = vae.decode(z.to(device=param.device, dtype=param.dtype), return_dict=False)[0]
         if not torch.isfinite(x).all() and param.dtype != torch.float32:
             if warn:
                 warn("the VAE produced NaNs in half precision; decoded again in float32")

@@ -119,6 +119,13 @@ def test_unreadable_and_malicious_checkpoints(tmp_path, monkeypatch, capsys, cap
     code, _, err = run_main(["--ckpt", str(junk), "--H", "64", "--W", "64"], tmp_path, monkeypatch, capsys, caplog)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code != 0 and len(lines) == 1 and "junk.safetensors" in lines[0] and "Traceback" not in err
+    picture = tmp_path / "picture.ckpt"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(picture, "PNG")
+    code, _, err = run_main(["--ckpt", str(picture), "--H", "64", "--W", "64"], tmp_path, monkeypatch, capsys,
+                            caplog)
+    assert code != 0 and "picture.ckpt is not a model file (a PNG image)" in err and "Traceback" not in err
     marker = tmp_path / "ran"
     evil = tmp_path / "evil.ckpt"
     import torch

@@ -43,12 +43,34 @@ def _allowed_globals() -> list[Callable[..., Any] | tuple[Callable[..., Any], st
     return allowed
 
 
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"RIFF", "a RIFF file (WebP image?)"), (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"))
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """What the file is when it is clearly not a torch checkpoint (a zip archive or a pickle), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None  # reported by the load itself
+    if head.startswith(b"PK") or head[:1] == b"\x80":  # torch's zip format, or a legacy pickle (protocol 2+)
+        return None
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    return "empty" if not head else "neither a zip archive nor a pickle"
+
+
 def load_pickle_checkpoint(path: Path) -> dict[str, Tensor]:
     """The tensors of a ``.ckpt``/``.pt`` file, refusing any pickle that would import code.
 
     torch's weights-only unpickler never calls what it does not allow, so a payload cannot run; the refusal is
     reported as :class:`UnsafeCheckpointError` and there is no unsafe fallback.
     """
+    kind = _not_a_checkpoint(path)
+    if kind:
+        raise ModelLoadError(f"{path.name} is not a model file ({kind})")
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
             try:
@@ -66,7 +88,7 @@ def load_pickle_checkpoint(path: Path) -> dict[str, Tensor]:
         ) from None
     except FileNotFoundError:
         raise ModelLoadError(f"checkpoint not found: {path}") from None
-    except (EOFError, zipfile.BadZipFile, RuntimeError, OSError, ValueError) as exc:
+    except (EOFError, zipfile.BadZipFile, RuntimeError, OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"{path.name} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]

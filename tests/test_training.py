@@ -208,6 +208,8 @@ def test_embedding_create_train_resume_in_a1111_format(trainer):
     ({"learn_rate": "fast"}, "invalid learning rate schedule"),
     ({"template_filename": "missing.txt"}, "prompt template file 'missing.txt' not found"),
     ({"tag_drop_out": 2.0}, "tag_drop_out: must be between 0 and 1"),
+    ({"preview_from_txt2img": True, "create_image_every": 5, "preview": PreviewOptions(sampler_name="Nope")},
+     "preview: sampler_name"),
 ])
 def test_bad_options_are_refused_before_queueing(trainer, change, message):
     with pytest.raises(ValidationError, match=message):

@@ -68,6 +68,8 @@ def test_the_setting_reaches_the_request(engine_factory, data_dir, model_store):
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="the demo model file is not in this checkout")
+@pytest.mark.xfail(strict=True, reason="diffusers' tiles normalise each tile on its own; without the whole image's "
+                   "group-norm statistics a tile of other colours shifts (about 24 levels on the demo VAE)")
 def test_a_tiled_decode_of_a_trained_vae_is_nearly_the_whole_one(data_dir):
     from modules.hashing import HashCache
     from modules.models.loader import load_model

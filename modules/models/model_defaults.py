@@ -7,6 +7,7 @@ each checked for its type and range; anything else in the file is ignored.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -35,9 +36,20 @@ def _checked(key: str, value: object) -> object | None:
 
 
 def read_defaults(path: Path) -> dict[str, Any]:
-    """The defaults in ``path``'s metadata ({} for other formats, none, or anything unreadable)."""
-    if path.suffix.lower() != ".safetensors" or not path.is_file():
+    """The defaults in ``path``'s metadata ({} for other formats, none, or anything unreadable). Read once per
+    version of the file: every generation asks (the UI form, API requests that leave fields out)."""
+    if path.suffix.lower() != ".safetensors":
         return {}
+    try:
+        stat = path.stat()
+    except OSError:
+        return {}
+    return dict(_read(str(path), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _read(path_text: str, size: int, mtime_ns: int) -> dict[str, Any]:
+    path = Path(path_text)
     try:
         raw = (read_safetensors_header(path).get("__metadata__") or {}).get(KEY)
         data = json.loads(raw) if isinstance(raw, str) else None

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from modules.errors import ValidationError
 from modules.generation.control import JobControl
 from modules.paths import folder_problem, under
+from modules.requests import GenerationRequest, validate
 from modules.training import dataset, schedule
 from modules.training.embedding import clean_name, create_embedding
 from modules.training.specs import (
@@ -97,6 +98,14 @@ def check_options(app: App, opts: TrainOptions) -> list[Path]:
     except re.error as exc:
         raise _bad("dataset_filename_word_regex", f"not a valid regular expression ({exc})") from None
     data_folder(app, opts.log_directory, "log_directory")
+    if opts.preview_from_txt2img and opts.create_image_every:  # the preview's own parameters, before hours of work
+        p = opts.preview
+        try:
+            validate(GenerationRequest(prompt=p.prompt, negative_prompt=p.negative_prompt, steps=p.steps,
+                                       sampler_name=p.sampler_name, cfg_scale=p.cfg_scale, seed=p.seed,
+                                       width=p.width, height=p.height), app.limits())
+        except ValidationError as exc:
+            raise ValidationError(f"preview: {exc}", field=f"preview_{exc.field}" if exc.field else None) from None
     return dataset.list_images(data_folder(app, opts.data_root, "data_root"))
 
 

@@ -86,11 +86,18 @@ class StartOptions:
     ckpt: str | None = None
     device: str | None = None
     precision: str | None = None  # overrides the setting when given on the command line
+    medvram_sdxl: bool = False  # --medvram-sdxl
+    no_half_vae: bool = False  # --no-half-vae
     skip_load_model: bool = False
     exposed: bool = False
     admin_users: tuple[str, ...] = ()  # who may change settings and models; empty: every user (see is_admin)
     extension_access: bool = False  # --enable-insecure-extension-access: install and toggle extensions when exposed
     disable_extensions: str = "none"  # "all": --disable-all-extensions, "extra": --disable-extra-extensions
+
+
+# settings that change how the resident model is placed: a change is applied by a job (see DeviceConfigJob)
+DEVICE_SETTINGS = ("cross_attention_optimization", "precision", "memory_mode", "fp8_storage", "channels_last",
+                   "torch_compile")
 
 
 class Forbidden(WebUIError):
@@ -126,11 +133,8 @@ class App:
         self.registry = CheckpointRegistry(self.paths.ckpt_dirs, self.hashes)
         self.settings = Settings(self.paths.config_file, build_options(self._checkpoint_titles, self._vae_names),
                                  options.exposed)
-        precision = options.precision or self.settings["precision"]
-        device_config = DeviceConfig(device=options.device or default_device(), precision=precision,
-                                     attention=self.settings["cross_attention_optimization"])
-        self.models = ModelManager(self.registry, device_config, self.settings["sd_checkpoints_limit"],
-                                   vae_dir=self.paths.vae_dir)
+        self.models = ModelManager(self.registry, self.device_config(options.device or default_device()),
+                                   self.settings["sd_checkpoints_limit"], vae_dir=self.paths.vae_dir)
         self.models.preferred = self.settings["sd_model_checkpoint"] or None
         self.networks = ExtraNetworks([self.paths.lora_dir], [self.paths.embeddings_dir], self.hashes,
                                       [self.paths.hypernetwork_dir])
@@ -366,10 +370,18 @@ class App:
             title = self.settings["sd_model_checkpoint"]
             if not (cur is not None and cur.info is not None and title in cur.info.aliases()):
                 jobs.append(self.queue.submit(LoadModelJob(title), user))
-        if {"cross_attention_optimization", "precision"} & set(changed) and self.models.current is not None:
+        if set(DEVICE_SETTINGS) & set(changed) and self.models.current is not None:
             jobs.append(self.queue.submit(DeviceConfigJob(self.settings["precision"],
                                                           self.settings["cross_attention_optimization"]), user))
         return SettingsChange(changed, jobs)
+
+    def device_config(self, device: str) -> DeviceConfig:
+        """How models are placed on ``device``: the settings, with the command line's precision first."""
+        st = self.settings
+        return DeviceConfig(device=device, precision=self.options.precision or st["precision"],
+                            attention=st["cross_attention_optimization"], memory=st["memory_mode"],
+                            medvram_sdxl=self.options.medvram_sdxl, no_half_vae=self.options.no_half_vae,
+                            fp8=st["fp8_storage"], channels_last=st["channels_last"], compile=st["torch_compile"])
 
     def _setting_changed(self, key: str, value: Any) -> None:
         """Changes that take effect without a job (the model switches and reloads go through the queue)."""
@@ -377,7 +389,5 @@ class App:
             self.models.set_cache_limit(value)
         elif key == "queue_max_size":
             self.queue.max_size = value
-        elif key in ("cross_attention_optimization", "precision") and self.models.current is None:
-            cfg = self.models.config
-            self.models.config = DeviceConfig(cfg.device, self.settings["precision"],
-                                              self.settings["cross_attention_optimization"])
+        elif key in DEVICE_SETTINGS and self.models.current is None:
+            self.models.config = self.device_config(self.models.config.device)

@@ -16,12 +16,15 @@ from PIL import Image
 
 from modules import images as image_utils
 from modules import outputs
+from modules.errors import is_out_of_memory
 from modules.faces.restorers import FaceRestorers
 from modules.generation.batches import FaceRestore, ImageListener, ModelSource
 from modules.generation.control import JobControl
 from modules.generation.img2img import img2img
 from modules.generation.result import GenerationResult
 from modules.generation.txt2img import txt2img
+from modules.jobs import free_memory
+from modules.models import memory
 from modules.models.loader import ModelParts
 from modules.models.manager import ModelManager
 from modules.networks.service import ExtraNetworks
@@ -70,15 +73,35 @@ class Engine:
              out: OutputOptions | None, preview_every: int, grid: bool) -> JobOutput:
         control = control or JobControl()
         control.update(phase="loading model")
-        parts = self.models.with_vae(self.models.get(req.checkpoint), req.vae)
         paths: dict[int, Path] = {}
         listener = _saver(out, paths, control) if out is not None and out.save_samples else None
         def load(name: str) -> ModelParts:  # the hires checkpoint or the refiner, with the job's VAE choice
             return self.models.with_vae(self.models.get(name), req.vae)
 
         faces = self._restore_faces if self.faces is not None else None
-        job = JobOutput(generate(parts, req, control, preview_every, listener, load, self.networks, self.upscalers,
-                                 faces), paths=paths)
+        result: GenerationResult | None = None
+        retry: str | None = None
+        for attempt in range(2):
+            parts = self.models.with_vae(self.models.get(req.checkpoint), req.vae)
+            before = memory.current_mode(parts)
+            try:
+                result = generate(parts, req, control, preview_every, listener, load, self.networks,
+                                  self.upscalers, faces)
+                break
+            except Exception as exc:
+                # the Automatic memory mode: once more in the next lower mode (the exception, which holds the
+                # failed attempt's tensors, is dropped before the retry)
+                if attempt or not is_out_of_memory(exc) or control.should_stop():
+                    raise
+                retry = self.models.lower_memory(parts)
+                if retry is None:
+                    raise
+            free_memory()
+            log.warning("out of memory in the %s memory mode; running the job again in %s mode", before, retry)
+            control.warn(f"out of memory in the {before} memory mode: the job ran again in {retry} mode (as "
+                         f"--{retry}), which the model keeps until it is loaded again")
+        assert result is not None
+        job = JobOutput(result, paths=paths)
         count = len(job.result.images)
         if grid and count and (count > 1 or (out is not None and not out.grid_only_if_multiple)):
             job.grid = image_utils.image_grid(job.result.images)

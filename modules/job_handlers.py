@@ -7,6 +7,7 @@ result (:mod:`modules.job_types`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,7 +43,6 @@ from modules.job_types import (
     Txt2ImgJob,
     UnloadModelJob,
 )
-from modules.models.manager import DeviceConfig
 from modules.requests import SAME_CHECKPOINT, GenerationRequest, Img2ImgRequest, validate, validate_img2img
 
 if TYPE_CHECKING:
@@ -197,10 +197,11 @@ def run_unload_model(app: App, spec: UnloadModelJob, control: JobControl) -> Mod
 
 def run_device_config(app: App, spec: DeviceConfigJob, control: JobControl) -> ModelResult:
     control.update(phase="loading model")
-    app.models.config = DeviceConfig(app.models.config.device, spec.precision, spec.attention)
-    if app.models.current is None:
-        return ModelResult(None)
-    return run_reload_model(app, ReloadModelJob(), control)
+    config = dataclasses.replace(app.device_config(app.models.config.device), precision=spec.precision,
+                                 attention=spec.attention)
+    app.models.apply_config(config)
+    current = app.models.current
+    return ModelResult(current.info.title if current is not None and current.info is not None else None)
 
 
 # -- merge -------------------------------------------------------------------------------------------------------

@@ -204,8 +204,16 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
         Option("vae_tiling", "Automatic", "VAE tiling: decode and encode large images in overlapping tiles "
                "(Automatic: when the whole image would not fit in memory)", _OPT, "choice",
                ("Automatic", "Always", "Never")),
-        Option("cross_attention_optimization", "Automatic", "Cross attention optimization", _OPT, "choice",
-               ("Automatic", "xformers", "sdp")),
+        Option("cross_attention_optimization", "Automatic", "Cross attention optimization (Doggettx: attention in "
+               "slices, for small cards)", _OPT, "choice", ("Automatic", "xformers", "sdp", "Doggettx")),
+        Option("memory_mode", "Automatic", "GPU memory mode (medvram: one part of the model on the GPU at a time; "
+               "lowvram: one block at a time; Automatic: from the free memory, and once more in a lower mode after "
+               "running out of memory)", _OPT, "choice", ("Automatic", "normal", "medvram", "lowvram")),
+        Option("fp8_storage", "Disable", "FP8 weight (keep the UNet's weights in 8 bits; computes at the model's "
+               "precision)", _OPT, "choice", ("Disable", "Enable for SDXL", "Enable")),
+        Option("channels_last", False, "Channels-last memory format for the UNet (--opt-channelslast)", _OPT, "bool"),
+        Option("torch_compile", False, "Compile the UNet with torch.compile (slow first image at each size, then "
+               "faster; only in the normal memory mode)", _OPT, "bool"),
         Option("precision", "auto", "Precision (auto: float16 on CUDA, float32 on CPU)", _OPT, "choice",
                ("auto", "fp16", "bf16", "fp32")),
         Option("samples_save", True, "Always save all generated images", _SAVE, "bool"),

@@ -112,7 +112,7 @@ def test_real_launch_answers_before_model_loads_and_hides_passwords(tmp_path, mo
 
     install_model(tmp_path, model_store("sd1", "safetensors"), "tiny")
     port = _free_port()
-    # a user's A1111 COMMANDLINE_ARGS: flags without effect here, an extension's flag, a port the command line beats
+    # a user's A1111 COMMANDLINE_ARGS: --medvram (the model runs in that memory mode), a flag without effect here, an extension's flag, a port the command line beats
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.getcwd(),
                COMMANDLINE_ARGS="--medvram --theme dark --port 1 --controlnet-dir '/my models' --skip-torch-cuda-test")
     proc = subprocess.Popen([sys.executable, "-m", "webui", "--nowebui", "--port", str(port), "--data-dir",
@@ -141,7 +141,7 @@ def test_real_launch_answers_before_model_loads_and_hides_passwords(tmp_path, mo
     assert "started in" in out and "hunter2" not in out
     warnings = [line for line in out.splitlines() if "launch flags" in line or "launch arguments" in line]
     assert len(warnings) == 1 and warnings[0].endswith(
-        "ignored launch flags (no effect here): --medvram, --theme; "
+        "ignored launch flags (no effect here): --theme; "
         "unknown launch arguments ignored: --controlnet-dir (and 1 other word)")
 
 

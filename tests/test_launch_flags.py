@@ -86,8 +86,10 @@ def test_all_a1111_flags_at_once_in_commandline_args(tmp_path):
     assert {_key(name) for name, _ in a1111_flags()} <= set(shown)
     assert "secret" not in json.dumps(shown)
     line = warning_line(args, unknown)
-    assert line is not None and "\n" not in line and "--medvram" in line and "--theme" in line
-    for honoured in ("--xformers", "--listen", "--port", "--api-auth", "--no-half", "--skip-torch-cuda-test"):
+    assert line is not None and "\n" not in line and "--lowram" in line and "--theme" in line
+    for honoured in ("--xformers", "--listen", "--port", "--api-auth", "--no-half", "--skip-torch-cuda-test",
+                     "--medvram", "--lowvram", "--medvram-sdxl", "--no-half-vae", "--upcast-sampling",
+                     "--opt-split-attention", "--opt-channelslast"):
         assert f"{honoured}," not in line and not line.endswith(honoured)
 
 
@@ -97,8 +99,7 @@ def test_a_real_a1111_command_line():
     config = server_config(args)
     assert unknown == [] and config.port == 7861 and config.exposed and attention_from_flags(args) == "xformers"
     assert config.flags["medvram"] is True and config.flags["theme"] == "dark"
-    assert warning_line(args, unknown) == \
-        "ignored launch flags (no effect here): --medvram, --theme"
+    assert warning_line(args, unknown) == "ignored launch flags (no effect here): --theme"
 
 
 def test_flags_with_a_meaning_raise_no_warning():
@@ -140,7 +141,7 @@ def test_commandline_args_join_the_command_line_which_wins():
     assert args.lyco_dir_backcompat == "/ly"
     assert unknown == ["--controlnet-dir", "/my models", "--sd-webui-token=abc123"]
     line = warning_line(args, unknown)
-    assert line == ("ignored launch flags (no effect here): --lyco-dir-backcompat, --medvram; unknown launch "
+    assert line == ("ignored launch flags (no effect here): --lyco-dir-backcompat; unknown launch "
                     "arguments ignored: --controlnet-dir, --sd-webui-token (and 1 other word)")
     assert "abc123" not in line and "my models" not in line
 

@@ -19,13 +19,13 @@ from webui.launch_options import (
     LaunchParser,
     ServerConfig,
     add_launch_flags,
-    attention_from_flags,
     device_from_flags,
     ignored_flags,
     model_dirs_from_flags,
     parse_admin_users,
     precision_from_flags,
     server_config,
+    settings_from_flags,
 )
 
 if TYPE_CHECKING:
@@ -144,6 +144,7 @@ def start_options(args: argparse.Namespace, exposed: bool) -> StartOptions:
                         hypernetwork_dir=args.hypernetwork_dir, styles_files=tuple(args.styles_file or ()),
                         model_dirs=model_dirs_from_flags(args),
                         ckpt=args.ckpt, device=device_from_flags(args), precision=precision_from_flags(args),
+                        medvram_sdxl=args.medvram_sdxl, no_half_vae=args.no_half_vae,
                         skip_load_model=args.skip_load_model_at_start or args.ui_debug_mode, exposed=exposed,
                         admin_users=parse_admin_users(args.admin_users),
                         extension_access=args.enable_insecure_extension_access,
@@ -160,9 +161,10 @@ def _serve(args: argparse.Namespace, config: ServerConfig, t0: float) -> int:
     except WebUIError as exc:
         print(f"webui: error: {exc}", file=sys.stderr)
         return 2
-    attention = attention_from_flags(args)
-    if attention:
-        app.settings.update({"cross_attention_optimization": attention}, save=False)
+    from_flags = settings_from_flags(args)
+    if from_flags:
+        app.settings.update(from_flags, save=False)
+        app.models.config = app.device_config(app.models.config.device)
     app.launch_flags = config.flags
     if app.settings.load_message:
         log.warning(app.settings.load_message)

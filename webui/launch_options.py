@@ -75,6 +75,13 @@ HONOURED: tuple[FlagRow, ...] = (
     ("--xformers", "on", None, "use xformers attention"),
     ("--force-enable-xformers", "on", None, "use xformers attention (as --xformers)"),
     ("--opt-sdp-attention", "on", None, "use PyTorch SDPA attention"),
+    ("--opt-split-attention", "on", None, "attention computed in slices (the setting's Doggettx), for small cards"),
+    ("--medvram", "on", None, "memory mode medvram: one part of the model (text encoder, UNet, VAE) on the GPU at "
+     "a time"),
+    ("--medvram-sdxl", "on", None, "--medvram for SDXL models only"),
+    ("--lowvram", "on", None, "memory mode lowvram: the UNet on the GPU one block at a time"),
+    ("--no-half-vae", "on", None, "run the VAE in float32"),
+    ("--opt-channelslast", "on", None, "channels-last memory format for the UNet"),
     ("--loglevel", "str", None, "log level: CRITICAL, ERROR, WARNING, INFO or DEBUG"),
     ("--timeout-keep-alive", "int", 30, "seconds an idle HTTP connection stays open"),
 )
@@ -89,6 +96,7 @@ ALREADY: tuple[FlagRow, ...] = (
     ("--skip-install", "on", None, "nothing is installed at start here"),
     ("--skip-version-check", "on", None, "no torch/xformers version check is made here"),
     ("--do-not-download-clip", "on", None, "nothing is downloaded at start here"),
+    ("--upcast-sampling", "on", None, "the samplers compute in float32 here with a model of any precision"),
     ("--no-download-sd-model", "on", None, "nothing is downloaded at start here"),
     ("--max-batch-count", "int", 16, "no effect (in A1111 too)"),
     ("--always-batch-cond-uncond", "on", None, "no effect (in A1111 too)"),
@@ -124,15 +132,9 @@ IGNORED: tuple[FlagRow, ...] = (
     ("--ldsr-models-path", "str", None, "folder of LDSR models"),
     ("--ui-config-file", "str", None, "UI defaults file (ui-config.json)"),
     ("--ui-settings-file", "str", None, "settings file (config.json)"),
-    ("--no-half-vae", "on", None, "run the VAE in float32"),
-    ("--upcast-sampling", "on", None, "sample in float32 with a float16 model"),
-    ("--medvram", "on", None, "keep only the running part of the model on the GPU"),
-    ("--medvram-sdxl", "on", None, "--medvram for SDXL models only"),
-    ("--lowvram", "on", None, "move the model to the GPU piece by piece"),
     ("--lowram", "on", None, "load checkpoint weights straight to VRAM"),
     ("--disable-model-loading-ram-optimization", "on", None, "load models without the RAM-saving path"),
     ("--xformers-flash-attention", "on", None, "xformers with Flash Attention"),
-    ("--opt-split-attention", "on", None, "prefer Doggettx's split attention"),
     ("--opt-sub-quad-attention", "on", None, "prefer sub-quadratic attention"),
     ("--sub-quad-q-chunk-size", "int", 1024, "sub-quadratic attention: query chunk size"),
     ("--sub-quad-kv-chunk-size", "int", None, "sub-quadratic attention: key/value chunk size"),
@@ -141,7 +143,6 @@ IGNORED: tuple[FlagRow, ...] = (
     ("--opt-split-attention-v1", "on", None, "prefer the older split attention"),
     ("--opt-sdp-no-mem-attention", "on", None, "SDPA without memory-efficient kernels"),
     ("--disable-opt-split-attention", "on", None, "prefer no attention optimisation"),
-    ("--opt-channelslast", "on", None, "channels-last memory format"),
     ("--disable-nan-check", "on", None, "do not check results for NaNs"),
     ("--use-ipex", "on", None, "use an Intel XPU"),
     ("--device-id", "str", None, "CUDA device number"),
@@ -381,7 +382,22 @@ def device_from_flags(args: argparse.Namespace) -> str | None:
 def attention_from_flags(args: argparse.Namespace) -> str | None:
     if args.xformers or args.force_enable_xformers:
         return "xformers"
-    return "sdp" if args.opt_sdp_attention else None
+    if args.opt_sdp_attention:
+        return "sdp"
+    return "Doggettx" if args.opt_split_attention else None
+
+
+def settings_from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the flags set for this run (not saved): attention, memory mode, channels-last."""
+    out: dict[str, Any] = {}
+    attention = attention_from_flags(args)
+    if attention:
+        out["cross_attention_optimization"] = attention
+    if args.lowvram or args.medvram:  # A1111: --lowvram wins
+        out["memory_mode"] = "lowvram" if args.lowvram else "medvram"
+    if args.opt_channelslast:
+        out["channels_last"] = True
+    return out
 
 
 def redacted_flags(app: Any) -> dict[str, Any]:

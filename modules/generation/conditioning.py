@@ -18,6 +18,7 @@ import torch
 
 from modules.errors import ValidationError
 from modules.models.loader import ModelParts
+from modules.models.memory import execution_device
 from modules.networks.embeddings import EmbeddingSet
 from modules.prompts import chunks as prompt_chunks
 from modules.prompts import parser as prompt_parser
@@ -125,7 +126,7 @@ class TextEncoder:
     def _encode_with(self, encoder: CLIPTextModel | CLIPTextModelWithProjection, tokenizer: CLIPTokenizer, text: str,
                      layer: str, embedding_key: str | None = None) -> tuple[Tensor, Tensor | None]:
         chunk_list = self._chunks(tokenizer, text)
-        device = next(encoder.parameters()).device
+        device = execution_device(encoder)
         tokens = torch.tensor([c.tokens for c in chunk_list], device=device)
         weights = torch.tensor([c.multipliers for c in chunk_list], device=device, dtype=torch.float32)
         with self._fixes_applied(encoder, chunk_list, embedding_key):
@@ -187,7 +188,7 @@ class TextEncoder:
                      texts: list[str], layer: str, embedding_key: str | None = None) -> tuple[Tensor, Tensor | None]:
         lists = [self._chunks(tokenizer, text) for text in texts]
         empty = prompt_chunks.empty_chunk(tokenizer)
-        device = next(encoder.parameters()).device
+        device = execution_device(encoder)
         parts: list[Tensor] = []
         pooled_first: Tensor | None = None
         for i in range(max(len(chunks) for chunks in lists)):

@@ -53,6 +53,7 @@ class ModelParts:
     vae_hash: str | None = None
     config_path: Path | None = None  # the config the sizes came from: a <name>.yaml, a config folder, None: bundled
     ldm_config: LdmConfig | None = None  # that yaml, read: schedule, text encoder layers, zero_terminal_snr...
+    execution_device: torch.device | None = None  # where it computes when its weights wait in RAM (memory modes)
 
     def modules(self) -> list[torch.nn.Module]:
         mods: list[torch.nn.Module | None] = [self.unet, self.vae, self.text_encoder, self.text_encoder_2]
@@ -65,11 +66,13 @@ class ModelParts:
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        """Where the model computes (its weights may wait in RAM between uses: see ``modules.models.memory``)."""
+        return self.execution_device or next(self.unet.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
+        """The precision the model computes in (the text encoder's: the UNet's weights may be stored in 8 bits)."""
+        return next(self.text_encoder.parameters()).dtype
 
     @property
     def is_inpaint(self) -> bool:

@@ -7,6 +7,7 @@ import gc
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from modules.errors import ModelLoadError, is_out_of_memory
+from modules.models import memory
 from modules.models.demo import DEMO_NAME
 from modules.models.loader import ModelParts, load_model
 from modules.models.registry import CheckpointInfo, CheckpointRegistry
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
 log = logging.getLogger(__name__)
+_FP8: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # UNets whose weights are stored in 8 bits
+_COMPILED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,12 @@ class DeviceConfig:
     device: str = "cpu"
     precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU), fp16, bf16, fp32
     attention: str = "Automatic"  # Automatic, xformers, sdp
+    memory: str = "Automatic"  # Automatic, normal, medvram, lowvram (see modules.models.memory)
+    medvram_sdxl: bool = False  # A1111's --medvram-sdxl: medvram for SDXL models when memory is Automatic
+    no_half_vae: bool = False  # the VAE in float32 whatever the precision (A1111's --no-half-vae)
+    fp8: str = "Disable"  # A1111's fp8_storage: Disable, Enable for SDXL, Enable
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the UNet (normal memory mode only)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -237,12 +247,95 @@ class ModelManager:
         log.info("loaded %s (%s) in %.1fs", info.title, parts.family.label, self.last_load_seconds)
         return parts
 
-    def _place(self, parts: ModelParts) -> None:
-        parts.to(self.config.device)
+    def memory_mode(self, parts: ModelParts) -> str:
+        """The memory mode ``parts`` gets when placed: the configured one, or the Automatic choice."""
+        if self.config.memory in memory.MODES:
+            return self.config.memory
+        if self.config.medvram_sdxl and parts.family.is_xl:
+            return "medvram"
+        resident = memory.model_bytes(parts) if parts.device == torch.device(self.config.device) else 0
+        return memory.pick(parts, torch.device(self.config.device), resident)
+
+    def _place(self, parts: ModelParts, mode: str | None = None) -> None:
+        mode = mode or self.memory_mode(parts)
+        self._weights(parts)
+        memory.apply(parts, mode, self.config.device)
+        if mode != "normal":
+            log.info("memory mode %s for %s", mode, parts.info.title if parts.info else "the model")
         self._set_attention(parts)
+        self._speed(parts, mode)
+
+    def _fp8(self, parts: ModelParts) -> bool:
+        return self.config.fp8 == "Enable" or (self.config.fp8 == "Enable for SDXL" and parts.family.is_xl)
+
+    def _weights(self, parts: ModelParts) -> None:
+        """The VAE in float32 (--no-half-vae: upcast from the model's precision) and the UNet's weights stored in
+        8 bits (``fp8_storage``; diffusers' layerwise casting computes in the model's precision)."""
+        half = parts.dtype in (torch.float16, torch.bfloat16)
+        vae_dtype = next(parts.vae.parameters()).dtype
+        if self.config.no_half_vae and half and vae_dtype != torch.float32:
+            parts.vae.to(torch.float32)  # type: ignore[arg-type]  # diffusers' to() is untyped for dtypes
+        elif not self.config.no_half_vae and half and vae_dtype == torch.float32:
+            parts.vae.to(parts.dtype)  # type: ignore[arg-type]
+        if self._fp8(parts) and parts.unet not in _FP8:
+            parts.unet.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=parts.dtype)
+            _FP8.add(parts.unet)
+
+    def _speed(self, parts: ModelParts, mode: str) -> None:
+        """channels_last and torch.compile, as the settings say (compile only in the normal memory mode, where no
+        offload hook moves weights during the forward)."""
+        unet: torch.nn.Module = parts.unet
+        fmt = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        unet.to(memory_format=fmt)  # type: ignore[call-overload]  # a documented keyword torch's stubs lack
+        compiled = unet in _COMPILED
+        if self.config.compile and mode == "normal" and not compiled:
+            unet.compile(dynamic=False)  # one graph per image size, kept in torch's cache
+            _COMPILED.add(unet)
+        elif compiled and not (self.config.compile and mode == "normal"):
+            unet._compiled_call_impl = None  # nn.Module.compile's compiled forward, dropped
+            _COMPILED.discard(unet)
+
+    def apply_config(self, config: DeviceConfig) -> bool:
+        """Use ``config`` from now on; the resident model is placed again, or loaded again from its file when the
+        weights themselves change (precision, fp8). -> whether it was loaded again."""
+        with self._lock:
+            old, self.config = self.config, config
+            parts = self._current
+            if parts is None:
+                return False
+            if (old.precision, old.device) != (config.precision, config.device) or (
+                    parts.unet in _FP8 and not self._fp8(parts)):
+                self.reload()
+                return True
+            memory.remove(parts)
+            self._place(parts)
+            return False
+
+    def lower_memory(self, parts: ModelParts) -> str | None:
+        """After ``parts`` ran out of memory: place it in the next mode that needs less, when the mode is Automatic
+        and there is one; -> the new mode (kept while the model stays resident), or None."""
+        if self.config.memory != memory.AUTOMATIC:
+            return None
+        with self._lock:
+            target = self._current if self._current is not None and self._current.unet is parts.unet else parts
+            lower = memory.lower(memory.current_mode(target))
+            if lower is None:
+                return None
+            self._free()
+            self._place(target, lower)
+            return lower
+
+    def ensure_mode(self, parts: ModelParts, mode: str) -> str:
+        """Place ``parts`` in ``mode`` (training needs "normal"); -> the mode it had, to restore later."""
+        with self._lock:
+            before = memory.current_mode(parts)
+            if before != mode:
+                self._place(parts, mode)
+            return before
 
     def _park(self, parts: ModelParts) -> None:
         """Move the outgoing model to RAM if the cache has room, else free it."""
+        memory.remove(parts)
         if self.cache_limit > 1 and parts.info is not None:
             parts.to("cpu")
             self._ram[parts.info.path.resolve()] = parts
@@ -264,6 +357,8 @@ class ModelManager:
         if mode in ("xformers", "Automatic") and use_xformers:
             for m in (parts.unet, parts.vae):
                 m.enable_xformers_memory_efficient_attention()
+        elif mode == "Doggettx":  # A1111's split attention: here diffusers' attention computed in slices
+            parts.unet.set_attention_slice("auto")
         else:
             from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -282,8 +377,9 @@ class ModelManager:
             # diffusers declares ModelMixin.to through functools.wraps, which type checkers cannot bind to the instance
             if info is None:
                 if self._external_vae is not None:
-                    self._external_vae[2].to("cpu")  # type: ignore[arg-type]
-                parts.vae.to(self.config.device)  # type: ignore[arg-type]
+                    memory.detach(parts, self._external_vae[2])
+                if memory.current_mode(parts) == "normal":
+                    parts.vae.to(self.config.device)  # type: ignore[arg-type]
                 return parts
             cached = self._external_vae
             if cached is None or cached[0] != info.path or cached[1] != id(parts):
@@ -292,7 +388,7 @@ class ModelManager:
                 cached = self._external_vae = (info.path, id(parts), load_vae(info, parts.vae, parts.device))
             parts.vae.to("cpu")  # type: ignore[arg-type]
             vae = cached[2]
-            vae.to(self.config.device)  # type: ignore[arg-type]
+            memory.attach(parts, vae, self.config.device)
             return dataclasses.replace(parts, vae=vae, vae_info=info,
                                        vae_hash=vae_hash(info, self.registry.hash_cache))
 

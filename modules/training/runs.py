@@ -190,6 +190,10 @@ def _train_saving(run: Run, copies: ModelParts, subject: Any, encoder: TextEncod
 def _start(app: App, kind: str, name: str, opts: TrainOptions, control: JobControl) -> Run:
     control.update(phase="loading model")
     cached = app.models.get(None)
+    before = app.models.ensure_mode(cached, "normal")  # gradients need the weights where they compute
+    if before != "normal":
+        control.warn(f"training runs with the whole model on the device: the {before} memory mode is off until the "
+                     "model is loaded again")
     control.losses.clear()
     return Run(app, kind, name, opts, cached, control, _log_dir(app, opts, name), _seed(opts))
 

@@ -236,6 +236,18 @@ def _when(cond: Callable[[GenerationRequest], bool]) -> Callable[[str], Writer]:
     return make
 
 
+def _w_tome(req: GenerationRequest, _: InfotextContext) -> object:
+    """A1111 writes the first pass's ratio: img2img's own when it has one."""
+    ratio = (req.token_merging_ratio_img2img or req.token_merging_ratio) if isinstance(req, Img2ImgRequest) \
+        else req.token_merging_ratio
+    return ratio or None
+
+
+def _w_tome_hr(req: GenerationRequest, _: InfotextContext) -> object:
+    ratio = req.token_merging_ratio_hr or req.token_merging_ratio
+    return ratio if req.enable_hr and ratio else None
+
+
 # -- readers ---------------------------------------------------------------------------------------------------
 def _r_key(key: str, field: str, convert: Callable[[object], object] = lambda v: v) -> Reader:
     def reader(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
@@ -292,6 +304,13 @@ def _label_index(labels: Sequence[str]) -> Callable[[object], object]:
         return labels.index(str(value)) if str(value) in labels else value
 
     return convert
+
+
+def _r_tome(p: Mapping[str, object], written: frozenset[str]) -> dict[str, object]:
+    """A pasted ratio is the image's: in img2img it wins over the img2img setting, as an override does in A1111."""
+    if "Token merging ratio" in written and "Token merging ratio" in p:
+        return {"token_merging_ratio": p["Token merging ratio"], "token_merging_ratio_img2img": 0.0}
+    return {}
 
 
 def _r_or(key: str, field: str, missing: object) -> Reader:
@@ -409,6 +428,13 @@ PARAMS: tuple[Param, ...] = (
     Param("always_discard_next_to_last_sigma", bool, "Discard penultimate sigma", write=_w_discard, api=(),
           setting="always_discard_next_to_last_sigma", label="Always discard next-to-last sigma"),
     Param("vae_tiling", str, api=(), setting="vae_tiling", label="VAE tiling"),
+    Param("token_merging_ratio", float, "Token merging ratio", write=_w_tome, read=_r_tome, api=(),
+          setting="token_merging_ratio", label="Token merging ratio", axis="Token merging ratio"),
+    Param("token_merging_ratio_hr", float, "Token merging ratio hr", write=_w_tome_hr, api=(),
+          setting="token_merging_ratio_hr", label="Token merging ratio for high-res pass",
+          axis="Token merging ratio high-res", scope=TXT2IMG),
+    Param("token_merging_ratio_img2img", float, api=(), setting="token_merging_ratio_img2img",
+          label="Token merging ratio for img2img", scope=IMG2IMG),
     Param("sgm_noise_multiplier", bool, "SGM noise multiplier",
           write=_when(lambda r: r.sgm_noise_multiplier)("sgm_noise_multiplier"), api=(),
           setting="sgm_noise_multiplier", label="SGM noise multiplier"),

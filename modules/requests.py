@@ -86,6 +86,9 @@ class GenerationRequest:
     always_discard_next_to_last_sigma: bool = False
     sgm_noise_multiplier: bool = False
     vae_tiling: str = "Automatic"  # "Automatic" (tiles when the whole image would not fit), "Always", "Never"
+    token_merging_ratio: float = 0.0  # A1111's token merging settings (0: off; see modules.generation.tome)
+    token_merging_ratio_hr: float = 0.0  # the hires pass's (0: token_merging_ratio)
+    token_merging_ratio_img2img: float = 0.0  # img2img's (0: token_merging_ratio)
     clip_skip: int = 1
     eta_noise_seed_delta: int = 0
     randn_source: str = "GPU"
@@ -178,6 +181,9 @@ def validate(req: GenerationRequest, limits: Limits = Limits()) -> None:
     for name in ("beta_dist_alpha", "beta_dist_beta"):
         _check(math.isfinite(getattr(req, name)) and 0.01 <= getattr(req, name) <= 100, name,
                "must be between 0.01 and 100")
+    for name in ("token_merging_ratio", "token_merging_ratio_hr", "token_merging_ratio_img2img"):
+        _check(math.isfinite(getattr(req, name)) and 0 <= getattr(req, name) <= 0.9, name,
+               "must be between 0 and 0.9")
     for name in ("eta_ancestral", "eta_ddim"):
         _check(math.isfinite(getattr(req, name)) and 0 <= getattr(req, name) <= 1, name, "must be between 0 and 1")
     _check(0 <= req.eta_noise_seed_delta <= 2**31 - 1, "eta_noise_seed_delta", "must be between 0 and 2147483647")

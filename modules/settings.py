@@ -206,6 +206,13 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
                ("Automatic", "Always", "Never")),
         Option("cross_attention_optimization", "Automatic", "Cross attention optimization (Doggettx: attention in "
                "slices, for small cards)", _OPT, "choice", ("Automatic", "xformers", "sdp", "Doggettx")),
+        Option("token_merging_ratio", 0.0, "Token merging ratio (0 = off; merges similar tokens in the "
+               "self-attention of the largest blocks: faster at large sizes, slightly different images)", _OPT,
+               "float", minimum=0.0, maximum=0.9, step=0.1),
+        Option("token_merging_ratio_img2img", 0.0, "Token merging ratio for img2img (only applies if non-zero and "
+               "overrides above)", _OPT, "float", minimum=0.0, maximum=0.9, step=0.1),
+        Option("token_merging_ratio_hr", 0.0, "Token merging ratio for high-res pass (only applies if non-zero and "
+               "overrides above)", _OPT, "float", minimum=0.0, maximum=0.9, step=0.1),
         Option("memory_mode", "Automatic", "GPU memory mode (medvram: one part of the model on the GPU at a time; "
                "lowvram: one block at a time; Automatic: from the free memory, and once more in a lower mode after "
                "running out of memory)", _OPT, "choice", ("Automatic", "normal", "medvram", "lowvram")),

@@ -27,6 +27,7 @@ from modules.generation.conditioning import ImageConds, build_conditioning
 from modules.generation.control import JobControl
 from modules.generation.passes import PassSpec, sample_from_latents
 from modules.generation.result import GenerationResult
+from modules.generation.tome import pass_ratio, token_merging
 from modules.generation.txt2img import refiner_for, sampling_options
 from modules.models.loader import ModelParts
 from modules.networks.service import ExtraNetworks
@@ -158,8 +159,10 @@ def img2img(parts: ModelParts, req: Img2ImgRequest, control: JobControl, preview
         conds = conds_for(parts)
         ps = PassSpec(spec, schedule, req.steps, req.cfg_scale, conds, req.width, req.height, sampling_options(req),
                       "sampling", preview_every, init.image_cond, refiner_for(req, job, False, conds_for))
-        latents = sample_from_latents(parts, ps, init.latents, req.denoising_strength, rng, control,
-                                      req.initial_noise_multiplier, mask=init.mask)
+        ratio = pass_ratio(req.token_merging_ratio, 0.0, req.token_merging_ratio_img2img, img2img=True)
+        with token_merging(parts.unet, ratio):
+            latents = sample_from_latents(parts, ps, init.latents, req.denoising_strength, rng, control,
+                                          req.initial_noise_multiplier, mask=init.mask)
         return Sampled(latents, lambda k, image: image_prep.finish(image, init.prepared[k]), job.current)
 
     return run_batches(parts, req, control, sample, on_image, networks, faces)

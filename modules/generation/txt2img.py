@@ -37,6 +37,7 @@ from modules.generation.passes import (
 )
 from modules.generation.prompts import PreparedPrompts
 from modules.generation.result import GenerationResult
+from modules.generation.tome import pass_ratio, token_merging
 from modules.models.loader import ModelParts
 from modules.networks.service import ExtraNetworks
 from modules.requests import (
@@ -95,7 +96,8 @@ def _first_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder,
                   "sampling", preview_every,
                   full_mask_conditioning(parts, len(conds), req.width, req.height, generator),
                   refiner_for(req, models, False, conds_for))
-    return sample_from_noise(parts, ps, rng, control)
+    with token_merging(parts.unet, pass_ratio(req.token_merging_ratio)):
+        return sample_from_noise(parts, ps, rng, control)
 
 
 def _pixel_upscale(images: list[Image.Image], name: str, width: int, height: int,
@@ -152,7 +154,8 @@ def _hires_pass(models: JobModels, req: GenerationRequest, encoder: TextEncoder,
                   preview_every, full_mask_conditioning(parts, len(conds), final_w, final_h, generator),
                   refiner_for(req, models, True, conds_for))
     rng = make_rng(req, parts, seeds, subseeds, final_w, final_h)
-    return sample_from_latents(parts, ps, latents, req.denoising_strength, rng, control, fixed_steps=True)
+    with token_merging(parts.unet, pass_ratio(req.token_merging_ratio, req.token_merging_ratio_hr, hires=True)):
+        return sample_from_latents(parts, ps, latents, req.denoising_strength, rng, control, fixed_steps=True)
 
 
 def txt2img(parts: ModelParts, req: GenerationRequest, control: JobControl, preview_every: int = 0,

@@ -112,7 +112,8 @@ def test_real_launch_answers_before_model_loads_and_hides_passwords(tmp_path, mo
 
     install_model(tmp_path, model_store("sd1", "safetensors"), "tiny")
     port = _free_port()
-    # a user's A1111 COMMANDLINE_ARGS: --medvram (the model runs in that memory mode), a flag without effect here, an extension's flag, a port the command line beats
+    # a user's A1111 COMMANDLINE_ARGS: --medvram (the model runs in that memory mode), a flag without effect
+    # here, an extension's flag, a port the command line beats
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.getcwd(),
                COMMANDLINE_ARGS="--medvram --theme dark --port 1 --controlnet-dir '/my models' --skip-torch-cuda-test")
     proc = subprocess.Popen([sys.executable, "-m", "webui", "--nowebui", "--port", str(port), "--data-dir",

@@ -3,7 +3,9 @@ seamless tiling, cheap previews.
 
 VAE tiling (the ``vae_tiling`` option): "Never", "Always", or "Automatic", which tiles when the whole pass would
 not fit in the memory free on the VAE's device (estimated from the image size and the VAE's widest block). Tiles
-are diffusers' (the VAE's own ``sample_size`` with a quarter of overlap, blended across the seams).
+are ``vae_tiles``' (the VAE's own ``sample_size`` a side, run layer by layer with exact halos and the whole image's
+group-norm statistics, so a tiled pass gives the pixels of a whole one); a VAE of another layout than diffusers'
+``AutoencoderKL`` falls back to diffusers' tiling (overlapping tiles normalised on their own, blended at the seams).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from PIL import Image
 
 from modules.errors import GenerationError, is_out_of_memory
+from modules.generation import vae_tiles
 
 if TYPE_CHECKING:
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
@@ -82,6 +85,28 @@ def _tiled(vae: AutoencoderKL, on: bool) -> Iterator[None]:
         vae.use_tiling = before
 
 
+def _decode_pass(vae: AutoencoderKL, z: Tensor, tiled: bool) -> Tensor:
+    """``z`` (unscaled, on the VAE's device and in its dtype) -> images in -1..1, whole or in tiles."""
+    if tiled and vae_tiles.supports(vae, "decoder"):
+        return vae_tiles.tiled_decode(vae, z)
+    if tiled:
+        log.debug("VAE %s: a layout vae_tiles does not know; diffusers' tiles", type(vae).__name__)
+    with _tiled(vae, tiled):
+        x: Tensor = vae.decode(z, return_dict=False)[0]
+    return x
+
+
+def _encode_pass(vae: AutoencoderKL, x: Tensor, tiled: bool) -> Any:
+    """Images (-1..1, on the VAE's device and in its dtype) -> the posterior, whole or in tiles."""
+    if tiled and vae_tiles.supports(vae, "encoder") and not x.shape[-1] % vae_tiles.downscale(vae) \
+            and not x.shape[-2] % vae_tiles.downscale(vae):
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        return DiagonalGaussianDistribution(vae_tiles.tiled_encode(vae, x))
+    with _tiled(vae, tiled):
+        return vae.encode(x, return_dict=False)[0]
+
+
 def _splittable(vae: AutoencoderKL, latent_hw: Any) -> bool:
     tile = int(vae.config.get("sample_size") or 512) // 8
     return bool(max(int(latent_hw[0]), int(latent_hw[1])) > tile)
@@ -111,8 +136,7 @@ def decode(vae: AutoencoderKL, latents: Tensor, warn: Callable[[str], None] | No
     for i in range(latents.shape[0]):
         z = latents[i : i + 1] / scale + shift
         try:
-            with _tiled(vae, tiled):
-                x: Tensor = vae.decode(z.to(device=param.device, dtype=param.dtype), return_dict=False)[0]
+            x = _decode_pass(vae, z.to(device=param.device, dtype=param.dtype), tiled)
         except Exception as exc:
             if tiled or tiling == "Never" or not is_out_of_memory(exc) or not _splittable(vae, z.shape[-2:]):
                 raise
@@ -120,13 +144,11 @@ def decode(vae: AutoencoderKL, latents: Tensor, warn: Callable[[str], None] | No
             _release_memory()
             if warn:
                 warn("the VAE ran out of memory decoding the whole image; decoded again in tiles")
-            with _tiled(vae, True):
-                x = vae.decode(z.to(device=param.device, dtype=param.dtype), return_dict=False)[0]
+            x = _decode_pass(vae, z.to(device=param.device, dtype=param.dtype), True)
         if not torch.isfinite(x).all() and param.dtype != torch.float32:
             if warn:
                 warn("the VAE produced NaNs in half precision; decoded again in float32")
-            with _tiled(vae, tiled):
-                x = _decode_fp32(vae, z)
+            x = _decode_fp32(vae, z, tiled)
         if not torch.isfinite(x).all():
             raise GenerationError("the VAE produced NaNs; try another VAE or the --no-half option")
         out.append(((x.float() + 1) / 2).clamp(0, 1).cpu())
@@ -145,11 +167,10 @@ def _in_float32(vae: AutoencoderKL) -> Iterator[None]:
         vae.to(dtype)  # type: ignore[arg-type]
 
 
-def _decode_fp32(vae: AutoencoderKL, z: Tensor) -> Tensor:
+def _decode_fp32(vae: AutoencoderKL, z: Tensor, tiled: bool = False) -> Tensor:
     param = next(vae.parameters())
     with _in_float32(vae):
-        x: Tensor = vae.decode(z.to(device=param.device, dtype=torch.float32), return_dict=False)[0]
-    return x
+        return _decode_pass(vae, z.to(device=param.device, dtype=torch.float32), tiled)
 
 
 @torch.no_grad()
@@ -166,11 +187,10 @@ def encode(vae: AutoencoderKL, images: Tensor, generator: torch.Generator | None
     tiled = wants_tiling(vae, images.shape[-2], images.shape[-1], tiling)
     for i in range(images.shape[0]):
         x = images[i : i + 1].to(device=param.device, dtype=param.dtype) * 2 - 1
-        with _tiled(vae, tiled):
-            dist = vae.encode(x, return_dict=False)[0]
-            if not torch.isfinite(dist.mean).all() and param.dtype != torch.float32:
-                with _in_float32(vae):
-                    dist = vae.encode(x.float(), return_dict=False)[0]
+        dist = _encode_pass(vae, x, tiled)
+        if not torch.isfinite(dist.mean).all() and param.dtype != torch.float32:
+            with _in_float32(vae):
+                dist = _encode_pass(vae, x.float(), tiled)
         means.append(dist.mean.float())
         stds.append(dist.std.float())
     mean = torch.cat(means)

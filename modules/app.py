@@ -33,6 +33,7 @@ from modules.jobs import Job, JobQueue
 from modules.models.manager import DeviceConfig, ModelManager, default_device, is_demo
 from modules.models.model_defaults import read_defaults
 from modules.models.registry import CheckpointRegistry
+from modules.models.taesd import Previews
 from modules.networks.service import ExtraNetworks
 from modules.output_options import OutputOptions
 from modules.param_io import setting_values
@@ -136,6 +137,7 @@ class App:
         self.models = ModelManager(self.registry, self.device_config(options.device or default_device()),
                                    self.settings["sd_checkpoints_limit"], vae_dir=self.paths.vae_dir)
         self.models.preferred = self.settings["sd_model_checkpoint"] or None
+        self.previews = Previews(self.paths.models_dir / "VAE-approx")
         self.networks = ExtraNetworks([self.paths.lora_dir], [self.paths.embeddings_dir], self.hashes,
                                       [self.paths.hypernetwork_dir])
         self.upscalers = UpscalerRegistry(self.paths.models_dir, lambda: torch.device(self.models.config.device),

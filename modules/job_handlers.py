@@ -122,6 +122,8 @@ def _wants_grid(spec: Txt2ImgJob | Img2ImgJob) -> bool:
 def _run_generation(app: App, spec: Txt2ImgJob | Img2ImgJob, control: JobControl) -> ImagesResult:
     from modules.scripts.runner import run_job
 
+    control.preview_decoder = app.previews.decoder(app.settings["show_progress_type"])
+
     def generate(req: GenerationRequest, grid: bool, save: bool) -> JobOutput:
         run = app.engine.img2img if isinstance(req, Img2ImgRequest) else app.engine.txt2img
         return run(req, control, spec.output if save else None, spec.preview_every,  # type: ignore[arg-type]

@@ -249,6 +249,9 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
         Option("outdir_extras_samples", "outputs/extras-images", "Output directory for images from extras tab",
                _PATHS, "str", locked_when_exposed=True, confine="folder"),
         Option("live_previews_enable", True, "Show live previews of the created image", _PREVIEW, "bool"),
+        Option("show_progress_type", "Approx NN", "Live preview method (TAESD: its decoder files in "
+               "models/VAE-approx; Approx NN shows Approx cheap here)", _PREVIEW, "choice",
+               ("Full", "Approx NN", "Approx cheap", "TAESD")),
         Option("show_progress_every_n_steps", 5, "Live preview display period (sampling steps)", _PREVIEW, "int",
                minimum=1, maximum=32, step=1),
         Option("max_image_size", 2048, "Largest width or height a request may ask for", _LIMITS, "int",

@@ -55,6 +55,8 @@ class JobControl:
         self._subscribers: list[Callable[[Progress], None]] = [on_progress] if on_progress is not None else []
         self.warnings: list[str] = []
         self.losses: list[tuple[int, float]] = []  # training: (step, loss), appended as steps finish
+        # live previews: (a step's denoised latents, the model) -> image; None: the cheap approximation
+        self.preview_decoder: Callable[[Any, Any], Any] | None = None
 
     def subscribe(self, listener: Callable[[Progress], None]) -> Callable[[], None]:
         """Call ``listener(event)`` for every progress event from now on; returns the function that unsubscribes."""

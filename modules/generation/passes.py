@@ -158,12 +158,14 @@ def _sampler_kwargs(spec: SamplerSpec, options: SamplingOptions) -> dict[str, An
     return out
 
 
-def _progress(control: JobControl, spec: PassSpec, total: int, is_xl: bool) -> Callable[[Step], None]:
+def _progress(control: JobControl, spec: PassSpec, total: int, parts: ModelParts) -> Callable[[Step], None]:
     def callback(step: Step) -> None:
         done = step.i + 1
         changes: dict[str, Any] = {"sampling_step": done, "sampling_steps": total, "phase": spec.phase}
         if spec.preview_every and (done % spec.preview_every == 0 or done == total):
-            changes["preview"] = preview(step.denoised, is_xl)
+            decoder = control.preview_decoder
+            changes["preview"] = decoder(step.denoised, parts) if decoder else preview(step.denoised,
+                                                                                       parts.family.is_xl)
             changes["preview_id"] = control.progress.preview_id + 1
         control.update(**changes)
 
@@ -213,10 +215,10 @@ def _denoiser(parts: ModelParts, spec: PassSpec, control: JobControl, init_laten
 
 
 def _run(spec: PassSpec, cfg: CFGDenoiser, x: Tensor, sigmas: Tensor, full_sigmas: Tensor, rng: ImageRNG,
-         control: JobControl, is_xl: bool, total: int, extra: dict[str, Any] | None = None) -> Tensor:
+         control: JobControl, parts: ModelParts, total: int, extra: dict[str, Any] | None = None) -> Tensor:
     """Run the sampler; ``sigmas`` are the timesteps for the timestep samplers."""
     fn = sampler_function(spec.sampler)
-    progress = _progress(control, spec, total, is_xl)
+    progress = _progress(control, spec, total, parts)
     last: list[Tensor] = []
 
     def callback(step: Step) -> None:
@@ -265,7 +267,7 @@ def sample_from_noise(parts: ModelParts, spec: PassSpec, rng: ImageRNG, control:
     if spec.sampler.kind == samplers.TIMESTEPS:
         ts = timestep_samplers.timesteps(spec.steps, discard_penultimate=spec.options.schedule.discard_penultimate)
         cfg = _denoiser(parts, spec, control)
-        return _run(spec, cfg, rng.next(), ts, ts, rng, control, parts.family.is_xl, spec.steps)
+        return _run(spec, cfg, rng.next(), ts, ts, rng, control, parts, spec.steps)
     if spec.sampler.kind == samplers.LCM:
         sigmas = lcm_sigmas(spec.schedule, spec.steps, alphas_cumprod(parts), spec.options.schedule)
     else:
@@ -280,7 +282,7 @@ def sample_from_noise(parts: ModelParts, spec: PassSpec, rng: ImageRNG, control:
         extra = {"sigma_min": table.sigma_min, "sigma_max": table.sigma_max}
         if spec.sampler.function == "dpm_fast":
             extra["n"] = spec.steps
-    return _run(spec, cfg, x, sigmas, sigmas, rng, control, parts.family.is_xl, spec.steps, extra)
+    return _run(spec, cfg, x, sigmas, sigmas, rng, control, parts, spec.steps, extra)
 
 
 def sample_from_latents(parts: ModelParts, spec: PassSpec, init_latents: Tensor, strength: float, rng: ImageRNG,
@@ -302,7 +304,7 @@ def sample_from_latents(parts: ModelParts, spec: PassSpec, init_latents: Tensor,
         ts = timestep_samplers.timesteps(steps, discard_penultimate=spec.options.schedule.discard_penultimate)
         abar = alphas_cumprod(parts).to(device)
         x = timestep_samplers.noise_init_latent(init, noise, abar, int(ts[t_enc]))
-        out = _run(spec, cfg, x, ts[:t_enc], ts, rng, control, parts.family.is_xl, t_enc + 1, {"is_img2img": True})
+        out = _run(spec, cfg, x, ts[:t_enc], ts, rng, control, parts, t_enc + 1, {"is_img2img": True})
     else:
         if spec.sampler.kind == samplers.LCM:
             sigmas = lcm_sigmas(spec.schedule, steps, alphas_cumprod(parts), spec.options.schedule)
@@ -311,7 +313,7 @@ def sample_from_latents(parts: ModelParts, spec: PassSpec, init_latents: Tensor,
                                 parts.family.is_xl)
         sched = sigmas[steps - t_enc - 1:]
         x = init + noise * sched[0].to(device)
-        out = _run(spec, cfg, x, sched, sigmas, rng, control, parts.family.is_xl, t_enc + 1)
+        out = _run(spec, cfg, x, sched, sigmas, rng, control, parts, t_enc + 1)
     if m is not None:
         out = out * m + init * (1 - m)
     return out

@@ -2,9 +2,15 @@
 
 Prints the median time of each and their ratio (engine / diffusers). Both load the same diffusers folder of a
 random-weight model: ``--size tiny`` (the test replica) or ``--size real`` (full SD 1.5 or SDXL shapes; use a GPU).
+With ``--modes`` the engine runs once per mode (memory modes, ``compile`` for torch.compile, ``tome`` for token
+merging at 0.5, ``fp8`` for 8-bit weight storage), printing its speed (sampling steps per second of the whole job)
+and, on CUDA, its peak allocated memory, beside the bare pipeline's.
 
     python scripts/benchmark_txt2img.py
     python scripts/benchmark_txt2img.py --size real --device cuda --width 512 --height 512 --steps 20
+    python scripts/benchmark_txt2img.py --size real --device cuda --modes normal,medvram,lowvram,compile,tome
+    python scripts/benchmark_txt2img.py --size real --family sdxl --device cuda --width 1024 --height 1024 \
+        --modes normal,medvram
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--modes", default="", help="comma-separated: normal, medvram, lowvram, compile, tome, fp8")
     args = ap.parse_args()
 
     import diffusers
@@ -114,14 +121,51 @@ def main() -> int:
                  width=args.width, height=args.height, generator=gen, num_images_per_prompt=args.batch_size)
             sync()
 
-        t_engine = time_runs(run_engine, args.repeats)
-        t_diffusers = time_runs(run_diffusers, args.repeats)
-        device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+        cuda = args.device.startswith("cuda")
+
+        def peak_of(fn) -> tuple[float, float | None]:
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            t = time_runs(fn, args.repeats)
+            return t, (torch.cuda.max_memory_allocated() / 2**30 if cuda else None)
+
+        device_name = torch.cuda.get_device_name() if cuda else "cpu"
         print(f"model: {args.family} {args.size}, {args.width}x{args.height}, {args.steps} steps, batch "
               f"{args.batch_size}, {precision} on {device_name}, median of {args.repeats}")
-        print(f"engine   {t_engine:8.3f} s")
-        print(f"diffusers{t_diffusers:8.3f} s")
-        print(f"ratio    {t_engine / t_diffusers:8.3f}  (engine / bare diffusers)")
+        if not args.modes:
+            t_engine = time_runs(run_engine, args.repeats)
+            t_diffusers = time_runs(run_diffusers, args.repeats)
+            print(f"engine   {t_engine:8.3f} s")
+            print(f"diffusers{t_diffusers:8.3f} s")
+            print(f"ratio    {t_engine / t_diffusers:8.3f}  (engine / bare diffusers)")
+            return 0
+        import dataclasses
+
+        def show(name: str, t: float, peak: float | None, base: float) -> None:
+            memory = f"{peak:7.2f} GiB peak" if peak is not None else "   (no CUDA: no peak)"
+            print(f"{name:10s} {args.steps / t:8.2f} it/s  {t:7.3f} s  {memory}  speed x{base / t:5.2f} of diffusers")
+
+        t_diffusers, peak_diffusers = peak_of(run_diffusers)
+        show("diffusers", t_diffusers, peak_diffusers, t_diffusers)
+        pipe.to("cpu")
+        engine.txt2img(req)  # loads the model
+        base_config = engine.models.config
+        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+            config = base_config
+            if mode in ("normal", "medvram", "lowvram"):
+                config = dataclasses.replace(base_config, memory=mode)
+            elif mode == "compile":
+                config = dataclasses.replace(base_config, memory="normal", compile=True)
+            elif mode == "fp8":
+                config = dataclasses.replace(base_config, memory="normal", fp8="Enable")
+            elif mode != "tome":
+                raise SystemExit(f"unknown mode {mode!r}")
+            engine.models.apply_config(config)
+            run = (lambda: (engine.txt2img(req.replace(token_merging_ratio=0.5)), sync())) if mode == "tome" \
+                else run_engine
+            t, peak = peak_of(run)
+            show(mode, t, peak, t_diffusers)
     return 0
 
 

@@ -27,6 +27,23 @@ sys.path.insert(0, str(ROOT))
 DEFAULT_MODEL = ROOT / "models" / "Stable-diffusion" / "demo-shapes.safetensors"
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _rss_now_and_reset_peak() -> int | None:
+    """Linux: reset the process's peak resident size to its current one (``clear_refs``) and return it (KiB), so
+    that the peak measured next is the decode's own, not the model loading's. None where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_kib("VmRSS")
+    except OSError:
+        return None
+
+
 def _load_vae(model: Path, device: str):  # type: ignore[no-untyped-def]
     import torch
 
@@ -53,14 +70,16 @@ def child(model: Path, device: str, mode: str, latent: Path, out: Path) -> None:
     z = torch.from_numpy(np.load(latent)).to(device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # elsewhere: only growth beyond loading's peak
+    before = _rss_now_and_reset_peak()
     start = time.perf_counter()
     image = lat.decode(vae, z, tiling=mode)
     seconds = time.perf_counter() - start
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        peak = (_status_kib("VmHWM") - before) / 1024 if before is not None else \
+            (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before_max) / 1024
     np.save(out, image.numpy())
     print(json.dumps({"seconds": seconds, "peak_mib": peak}))
 

@@ -22,6 +22,14 @@ from modules.models.tiny import build_components
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "Stable-diffusion" / f"{demo.DEMO_NAME}.safetensors"
 
 
+
+@pytest.fixture(autouse=True)
+def small_tiles(monkeypatch):
+    """Tiles of the tiny VAE's own size (64 px), so that small test images have several."""
+    from modules.generation import vae_tiles
+
+    monkeypatch.setattr(vae_tiles, "MIN_TILE", 1)
+
 @pytest.fixture(scope="module")
 def vae():
     return build_components("sd1")["vae"]

@@ -138,9 +138,15 @@ def downscale(vae: AutoencoderKL) -> int:
     return int(2 ** (len(vae.config["block_out_channels"]) - 1))
 
 
+# the smallest default tile side in latent pixels (512 image pixels): each tile costs a pass of Python work per
+# layer, so a VAE trained on small images (the demo model's 128) would otherwise run hundreds of tiles
+MIN_TILE = 64
+
+
 def tile_size(vae: AutoencoderKL) -> int:
-    """The default tile side in latent pixels: the VAE's ``sample_size`` in latent pixels."""
-    return max(1, int(vae.config.get("sample_size") or 512) // downscale(vae))
+    """The default tile side in latent pixels: the VAE's ``sample_size`` in latent pixels, at least
+    :data:`MIN_TILE`."""
+    return max(1, MIN_TILE, int(vae.config.get("sample_size") or 512) // downscale(vae))
 
 
 # --- statistics -----------------------------------------------------------------------------------------------------

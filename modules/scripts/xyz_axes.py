@@ -341,7 +341,8 @@ AXES: tuple[Axis, ...] = (
     Axis("Refiner switch at", "float", _field("refiner_switch_at")),
     Axis("RNG source", "str", _field("randn_source", lambda v: _canonical(v, RANDN_SOURCES)),
          confirm=lambda v, c, r: _in(v, RANDN_SOURCES, "RNG source"), choices=_choice(*RANDN_SOURCES)),
-    _unsupported("FP8 mode", "FP8 weight storage is not supported", "str"),
+    _unsupported("FP8 mode", "FP8 weight storage (the fp8_storage setting) reloads the model: set it in Settings, "
+                 "not per grid cell", "str"),
     Axis("Size", "str", _size, confirm=_sizes),
 )
 

@@ -57,6 +57,9 @@ def test_drop_image_and_send_to_txt2img(server, driver, tmp_path):
     assert "4242" in table.text and "a <b>lighthouse</b>, storm" in table.text and not table.find_elements(
         "css selector", "td b")
     assert "sdwebui" in css(drv, "#pnginfo_tool").text
+    raw = value_of(drv, "#pnginfo_raw textarea")  # the infotext as written, to copy
+    assert raw.startswith("a <b>lighthouse</b>, storm\nNegative prompt: fog\n") and "Seed: 4242" in raw
+    assert css(drv, "#pnginfo_raw").find_elements("css selector", "button")  # its copy button
     assert not css(drv, "#pnginfo_log").text.strip()
 
     css(drv, "#pnginfo_send_txt2img").click()

@@ -27,6 +27,7 @@ class Progress:
     preview_id: int = 0
     seq: int = 0  # the event's number in the job's stream
     textinfo: str = ""  # a line about the job's state beyond the step count (training: loss, last file saved)
+    stepped: float = 0.0  # when the fraction last moved (a step or a batch finished), by the monotonic clock
 
     @property
     def fraction(self) -> float:
@@ -36,12 +37,15 @@ class Progress:
         step_part = self.sampling_step / self.sampling_steps if self.sampling_steps else 0.0
         return min(1.0, (self.job_no + step_part) / self.job_count)
 
-    def eta(self) -> float | None:
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds left: the rate measured up to the last finished step, counting down while the next one runs
+        (never up, as a rate measured against the running clock would)."""
         frac = self.fraction
-        if frac <= 0:
+        if frac <= 0 or not self.stepped:
             return None
-        elapsed = time.monotonic() - self.started
-        return max(0.0, elapsed / frac - elapsed)
+        at_step = self.stepped - self.started
+        left_at_step = at_step / frac - at_step
+        return max(0.0, left_at_step - ((time.monotonic() if now is None else now) - self.stepped))
 
 
 class JobControl:
@@ -93,6 +97,8 @@ class JobControl:
     def update(self, **changes: Any) -> None:
         """Publish the next progress event: the latest one with ``changes``."""
         with self._lock:
+            if {"sampling_step", "job_no", "sampling_steps"} & changes.keys() and "stepped" not in changes:
+                changes["stepped"] = time.monotonic()
             self.progress = event = replace(self.progress, seq=self.progress.seq + 1, **changes)
             listeners = list(self._subscribers)
         for listener in listeners:

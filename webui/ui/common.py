@@ -72,6 +72,37 @@ def error_html(message: str | None) -> str:
     return f'<div class="sd-error">{escape_lines(message)}</div>' if message else ""
 
 
+def toast(message: str, title: str = "Error") -> None:
+    """The same message as a toast in the corner of the page (where the user is looking when the message below
+    the gallery is out of sight); outside a page event it only goes to the log."""
+    try:
+        gr.Warning(message, title=title)
+    except Exception:  # noqa: BLE001 - a toast is an extra; never a reason to fail
+        pass
+
+
+def _named_bounds(component: type[gr.Number] | type[gr.Slider]) -> None:
+    """A number or slider value outside its bounds (a number box typed into, a value pasted) is refused with a
+    message naming the field, as a toast, without a traceback in the server log."""
+    original = component.preprocess
+    if getattr(original, "_sd_named", False):
+        return
+
+    def preprocess(self: Any, payload: Any) -> Any:
+        try:
+            return original(self, payload)
+        except gr.Error as exc:
+            name = self.label or self.elem_id or "a number"
+            raise gr.Error(f"{name}: {exc.message}", print_exception=False) from None
+
+    preprocess._sd_named = True  # type: ignore[attr-defined]
+    component.preprocess = preprocess  # type: ignore[method-assign,assignment]
+
+
+_named_bounds(gr.Number)
+_named_bounds(gr.Slider)
+
+
 def warning_html(messages: list[str] | tuple[str, ...]) -> str:
     if not messages:
         return ""

@@ -21,7 +21,7 @@ from modules.jobs import Job, JobState
 from modules.param_io import read_infotext, request_from_values
 from modules.params import INPAINT_AREAS, MASK_MODES
 from modules.requests import Img2ImgRequest
-from webui.ui.common import error_html, infotext_html, warning_html
+from webui.ui.common import error_html, infotext_html, toast, warning_html
 from webui.ui.img2img_inputs import BATCH, gallery_image, mode_index, mode_inputs, scaled_size
 from webui.ui.txt2img_handlers import (
     REFINER_DEFAULTS,
@@ -204,6 +204,8 @@ class Img2ImgHandlers(Txt2ImgHandlers):
         if job.state is JobState.FAILED or not isinstance(report, BatchResult):
             message = (f"Batch failed: {job.error or 'unknown error'}" if job.state is JobState.FAILED
                        else "Interrupted before the batch started")
+            if job.state is JobState.FAILED:
+                toast(message, "Batch failed")
             return GenerateUpdate(skip, skip, "", hidden, error_html(message), None, skip)
         seeds = [image.seed for image in report.images]
         footer = (f"{len(report.saved)} image(s) written to {report.output_dir} \u00b7 Time taken: {took:.1f} s")

@@ -166,6 +166,8 @@ def build_pnginfo_tab(app: App, txt2img: Txt2ImgUI, tabs: gr.Tabs, checkpoint: g
         with gr.Column(scale=1):
             p["tool"] = gr.HTML("", elem_id="pnginfo_tool")
             p["parameters"] = gr.HTML("", elem_id="pnginfo_parameters")
+            p["raw"] = gr.Textbox("", label="Parameters as text (A1111's infotext, to copy)", lines=4, max_lines=12,
+                                  interactive=False, buttons=["copy"], elem_id="pnginfo_raw")
             with gr.Row():
                 p["send_txt2img"] = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
                 p["send_img2img"] = gr.Button("Send to img2img", elem_id="pnginfo_send_img2img")
@@ -181,10 +183,11 @@ def build_pnginfo_tab(app: App, txt2img: Txt2ImgUI, tabs: gr.Tabs, checkpoint: g
         """Show what the file holds, and empty the drop area so the next image can be dropped at once."""
         view = h.read_file(path)
         return [view.preview, view.tool, view.parameters, view.items, view.log, view.infotext, None,
-                path if view.preview else None]
+                path if view.preview else None, view.infotext]
 
     p["file"].upload(on_file, inputs=[p["file"]], outputs=[p["preview"], p["tool"], p["parameters"], p["items"],
-                                                            p["log"], p["infotext"], p["file"], p["path"]], **quiet)
+                                                            p["log"], p["infotext"], p["file"], p["path"],
+                                                            p["raw"]], **quiet)
     fields = [txt2img.fields[name] for name in PASTE_FIELDS]
 
     def on_send(text: str) -> list[Any]:

@@ -41,7 +41,10 @@ def model_status_html(app: App) -> str:
     if st.state == "failed":
         return error_html(f"Model load failed: {st.message or 'unknown error'}")
     if not app.registry.list():
-        return '<span class="sd-info">No checkpoints found in models/Stable-diffusion</span>'
+        where = app.paths.models_dir / "Stable-diffusion"
+        return error_html(f"No model: put a checkpoint (.safetensors) in {where} and press \U0001f504, or bring "
+                          "back the built-in demo model (models/Stable-diffusion/demo-shapes.safetensors, "
+                          "from the repository)")
     return '<span class="sd-info">No model loaded yet</span>'
 
 

@@ -23,7 +23,7 @@ from modules.param_io import read_infotext, request_from_values
 from modules.params import by_field, params_for
 from modules.requests import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS, SAME_CHECKPOINT, SAME_SAMPLER, GenerationRequest
 from modules.styles import infer_styles
-from webui.ui.common import error_html, format_eta, infotext_html, progress_html, user_message, warning_html
+from webui.ui.common import error_html, format_eta, infotext_html, progress_html, toast, user_message, warning_html
 
 log = logging.getLogger(__name__)
 SAME_SCHEDULER = "Use same scheduler"
@@ -221,10 +221,12 @@ class Txt2ImgHandlers:
         try:
             job = self.submit(values, owner)
         except WebUIError as exc:
+            toast(user_message(exc), "Not generated")
             yield GenerateUpdate(skip, skip, "", hidden, error_html(user_message(exc)), None, skip)
             return
         except Exception as exc:  # noqa: BLE001 - the UI shows a message; the traceback goes to the log
             log.exception("%s: submission failed", type(self).__name__)
+            toast(user_message(exc), "Not generated")
             yield GenerateUpdate(skip, skip, "", hidden, error_html(user_message(exc)), None, skip)
             return
         yield from self.poll(job)
@@ -250,6 +252,8 @@ class Txt2ImgHandlers:
         if job.state is JobState.FAILED or not isinstance(res, ImagesResult):
             message = job.error if job.state is JobState.FAILED else "Interrupted before generation started"
             prefix = "Generation failed: " if job.state is JobState.FAILED else ""
+            if job.state is JobState.FAILED:
+                toast(message or "unknown error", "Generation failed")
             return GenerateUpdate(skip, skip, "", hidden, error_html(prefix + (message or "unknown error")),
                                   None, skip)
         state = results_state(res, took)

@@ -82,6 +82,7 @@ HONOURED: tuple[FlagRow, ...] = (
     ("--lowvram", "on", None, "memory mode lowvram: the UNet on the GPU one block at a time"),
     ("--no-half-vae", "on", None, "run the VAE in float32"),
     ("--opt-channelslast", "on", None, "channels-last memory format for the UNet"),
+    ("--hide-ui-dir-config", "on", None, "hide the output-folder buttons under the galleries"),
     ("--loglevel", "str", None, "log level: CRITICAL, ERROR, WARNING, INFO or DEBUG"),
     ("--timeout-keep-alive", "int", 30, "seconds an idle HTTP connection stays open"),
 )
@@ -151,7 +152,6 @@ IGNORED: tuple[FlagRow, ...] = (
     ("--share", "on", None, "public Gradio share link"),
     ("--ngrok", "str", None, "ngrok auth token"),
     ("--ngrok-options", "json", None, "ngrok options as JSON"),
-    ("--hide-ui-dir-config", "on", None, "hide folder settings in the UI"),
     ("--freeze-settings", "on", None, "make every setting read-only"),
     ("--freeze-settings-in-sections", "str", None, "read-only setting sections (comma-separated)"),
     ("--freeze-specific-settings", "str", None, "read-only settings (comma-separated)"),

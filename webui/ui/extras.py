@@ -146,7 +146,7 @@ def build_extras_tab(app: App) -> ExtrasUI:
     f["resize_mode"] = gr.State(0)
     with gr.Row(equal_height=False, elem_id="extras_row"):
         with gr.Column(elem_id="extras_settings"):
-            with gr.Tabs(elem_id="mode_extras"):
+            with gr.Tabs(elem_id="mode_extras") as p["mode_tabs"]:
                 with gr.Tab("Single Image", id="single_image", elem_id="extras_single_tab") as single:
                     f["image"] = gr.Image(label="Source", type="pil", image_mode="RGB", elem_id="extras_image")
                 with gr.Tab("Batch Process", id="batch_process", elem_id="extras_batch_process_tab") as batch:

@@ -13,7 +13,7 @@ from modules.batch import PNG_INFO_FIELDS
 from modules.generation.image_prep import MASKED_CONTENT, RESIZE_MODES
 from modules.params import label
 from webui.ui import generation_rows as rows
-from webui.ui import interrogate
+from webui.ui import interrogate, result_buttons
 from webui.ui.common import TokenCounter
 from webui.ui.generation_rows import FAST, GenerationUI
 from webui.ui.img2img_handlers import (
@@ -23,10 +23,8 @@ from webui.ui.img2img_handlers import (
     MASK_MODES,
     PASTE_FIELDS,
     SCALE_TABS,
-    SEND_FIELDS,
     Img2ImgHandlers,
     default_values,
-    send_to,
 )
 from webui.ui.img2img_inputs import (
     IMAGE_FIELDS,
@@ -202,8 +200,10 @@ def build_img2img_tab(app: App, counter: TokenCounter) -> Img2ImgUI:
     """Create the tab's components inside the current ``gr.Tab`` and wire its events."""
     ui = Img2ImgUI(Img2ImgHandlers(app))
     d = default_values(app)
-    rows.tab_page(ui, app, lambda: _settings(ui, d, checkpoint_titles(app)))
+    rows.tab_page(ui, app, lambda: _settings(ui, d, checkpoint_titles(app)),
+                  below_gallery=lambda: result_buttons.build_result_row(ui, app))
     _wire_generate(ui)
+    result_buttons.wire_result_row(ui, app)
     rows.wire_shared(ui, app, counter)
     _wire_tabs(ui)
     interrogate.wire(app, ui.fields, ui.parts, request_user)
@@ -289,22 +289,8 @@ def mode_updates(index: int) -> tuple[str, Any, Any]:
 
 
 def connect_send_to(t2i: Txt2ImgUI, i2i: Img2ImgUI, main_tabs: gr.Tabs) -> None:
-    """Wire txt2img's "Send to img2img" / "Send to inpaint" buttons: the image, the parameters, the tab switch."""
-    f, p = i2i.fields, i2i.parts
-    sources = [t2i.fields[name] for name in SEND_FIELDS]
-    for button, mode, target in (("send_to_img2img", 0, "init_img"), ("send_to_inpaint", 2, "init_img_with_mask")):
-        outputs = [main_tabs, p["mode_tabs"], f["mode"], p["inpaint_controls"], f["mask_alpha"], f[target],
-                   p["scale_tabs"], f["scale_tab"], *[f[name] for name in SEND_FIELDS], p["sizes"], t2i.parts["log"]]
+    """Wire the 🖼️ / 🎨️ buttons under the txt2img and img2img galleries (see :mod:`webui.ui.send_to`); their 📐 is
+    wired with the Extras tab (:func:`webui.ui.send_to.connect_extras_send`)."""
+    from webui.ui.send_to import connect_gallery_sends
 
-        def send(gallery: Any, results: Any, sizes: dict[str, Any], *values: Any, mode: int = mode,
-                 target: str = target, n: int = len(outputs)) -> list[Any]:
-            image, fields, message = send_to(gallery, results, dict(zip(SEND_FIELDS, values, strict=True)))
-            if image is None:
-                return [gr.skip()] * (n - 1) + [message]
-            value = image if mode == 0 else {"background": image, "layers": [], "composite": image}
-            return [gr.Tabs(selected="img2img"), gr.Tabs(selected=MODE_TAB_IDS[mode]), *mode_updates(mode), value,
-                    gr.Tabs(selected="resize_to"), SCALE_TABS[0],
-                    *[fields.get(name, gr.skip()) for name in SEND_FIELDS], remember_size(sizes, target, image), ""]
-
-        t2i.parts[button].click(send, inputs=[t2i.parts["gallery"], t2i.parts["results"], p["sizes"], *sources],
-                                outputs=outputs, show_progress="hidden", **PRIVATE)
+    connect_gallery_sends(t2i, i2i, main_tabs)

@@ -12,6 +12,7 @@ from modules.app import App
 from modules.params import label
 from modules.requests import SAME_CHECKPOINT, SAME_SAMPLER
 from webui.ui import generation_rows as rows
+from webui.ui import result_buttons
 from webui.ui.common import TokenCounter
 from webui.ui.generation_rows import FAST, GenerationUI, style_names
 from webui.ui.txt2img_handlers import (
@@ -78,19 +79,19 @@ def _hires_accordion(ui: Txt2ImgUI, d: dict[str, Any], checkpoints: list[str], u
                                                              "Leave empty to use the same negative prompt.")
 
 
-def _send_row(ui: Txt2ImgUI) -> None:
-    p = ui.parts
-    with gr.Row(elem_id="txt2img_send_row"):  # wired by img2img.connect_send_to once that tab exists
-        p["send_to_img2img"] = gr.Button("Send to img2img", elem_id="txt2img_send_to_img2img", size="sm")
-        p["send_to_inpaint"] = gr.Button("Send to inpaint", elem_id="txt2img_send_to_inpaint", size="sm")
+def _result_row(ui: Txt2ImgUI, app: App) -> None:
+    """A1111's buttons under the gallery (📂 💾 🗃️ 🖼️ 🎨️ 📐, see :mod:`webui.ui.result_buttons`); the send buttons
+    are wired by img2img.connect_send_to and send_to.connect_extras_send once those tabs exist."""
+    result_buttons.build_result_row(ui, app)
 
 
 def build_txt2img_tab(app: App, counter: TokenCounter) -> Txt2ImgUI:
     """Create the tab's components inside the current ``gr.Tab`` and wire its events."""
     ui = Txt2ImgUI(Txt2ImgHandlers(app))
     d = default_values(app)
-    rows.tab_page(ui, app, lambda: _parameters(ui, d, app), below_gallery=lambda: _send_row(ui))
+    rows.tab_page(ui, app, lambda: _parameters(ui, d, app), below_gallery=lambda: _result_row(ui, app))
     _wire(ui, app, counter)
+    result_buttons.wire_result_row(ui, app)
     return ui
 
 

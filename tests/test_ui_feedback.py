@@ -55,3 +55,16 @@ def test_generate_with_no_model_says_what_to_do_in_a_toast_and_below(data_dir, m
         assert toasts and toasts[0][0] == "Generation failed" and "no checkpoints found" in toasts[0][1].lower()
     finally:
         app.stop()
+
+
+def test_size_from_image_takes_the_current_mode_image_to_a_multiple_of_eight(monkeypatch):
+    from webui.ui import img2img
+    from webui.ui.img2img_inputs import IMAGE_FIELDS, MODES
+
+    toasts: list[str] = []
+    monkeypatch.setattr(img2img, "toast", lambda message, title="": toasts.append(message))
+    sizes = {IMAGE_FIELDS[0]: [1021, 771], IMAGE_FIELDS[1]: [3000, 40]}
+    assert img2img.size_from_image(sizes, MODES[0]) == (1024, 768)
+    assert img2img.size_from_image(sizes, MODES[1]) == (2048, 64)  # within the sliders
+    unchanged = img2img.size_from_image({}, MODES[0])
+    assert all(isinstance(v, type(gr.skip())) for v in unchanged) and toasts == ["Put an image in first"]

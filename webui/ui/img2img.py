@@ -14,7 +14,7 @@ from modules.generation.image_prep import MASKED_CONTENT, RESIZE_MODES
 from modules.params import label
 from webui.ui import generation_rows as rows
 from webui.ui import interrogate, result_buttons
-from webui.ui.common import TokenCounter
+from webui.ui.common import TokenCounter, toast, tool_button
 from webui.ui.generation_rows import FAST, GenerationUI
 from webui.ui.img2img_handlers import (
     BATCH_SOURCES,
@@ -157,6 +157,8 @@ def _parameters(ui: Img2ImgUI, d: dict[str, Any], checkpoints: list[str]) -> Non
                 with gr.Tab(SCALE_TABS[0], id="resize_to", elem_id="img2img_tab_resize_to") as p["resize_to_tab"]:
                     with gr.Row():
                         rows.size_column(ui, d)
+                        p["detect_size"] = tool_button("\U0001f4d0", "img2img_detect_image_size_btn",
+                                                       "Auto detect size from img2img")
                 with gr.Tab(SCALE_TABS[1], id="resize_by", elem_id="img2img_tab_resize_by") as p["resize_by_tab"]:
                     f["scale_by"] = gr.Slider(0.05, 4.0, value=d["scale_by"], step=0.05, label="Scale",
                                               elem_id="img2img_scale")
@@ -278,9 +280,21 @@ def _wire_tabs(ui: Img2ImgUI) -> None:
                    preprocess=False, **common)
     f["scale_by"].change(**preview)
     p["resize_by_tab"].select(**preview)
+    p["detect_size"].click(size_from_image, inputs=[p["sizes"], f["mode"]], outputs=[f["width"], f["height"]],
+                           **PRIVATE, **FAST)
     for i, tab in enumerate(p["mode_tab_items"]):
         tab.select(lambda i=i: mode_updates(i), outputs=[f["mode"], p["inpaint_controls"], f["mask_alpha"]],
                    **PRIVATE, **FAST).then(**preview)
+
+
+def size_from_image(sizes: dict[str, Any], mode: Any) -> tuple[Any, Any]:
+    """📐: width and height from the current mode's image (to a multiple of 8, within the sliders), as A1111's
+    "Auto detect size from img2img"; without an image nothing changes and a toast says so."""
+    size = size_for_mode(sizes, mode)
+    if size is None:
+        toast("Put an image in first", "Size from image")
+        return gr.skip(), gr.skip()
+    return tuple(min(2048, max(64, int(round(v / 8)) * 8)) for v in size)  # type: ignore[return-value]
 
 
 def mode_updates(index: int) -> tuple[str, Any, Any]:

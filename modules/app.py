@@ -20,6 +20,7 @@ from modules.faces.restorers import FaceRestorers
 from modules.hashing import HashCache
 from modules.interrogate.service import Interrogators, clip_options
 from modules.job_handlers import builtin_handlers
+from modules.job_store import JOBS_FILE, JobStore
 from modules.job_types import (
     DeviceConfigJob,
     Img2ImgJob,
@@ -151,7 +152,10 @@ class App:
         self.engine = Engine(self.models, self.networks, self.upscalers, self.faces)
         self.scripts = ScriptRegistry(builtin_scripts(self))
         self.handlers = builtin_handlers()
-        self.queue = JobQueue(self._run_job, max_size=self.settings["queue_max_size"])
+        # jobs and their results are kept in <data dir>/jobs.sqlite3: queued jobs run again after a restart
+        self.queue = JobQueue(self._run_job, max_size=self.settings["queue_max_size"],
+                              store=JobStore(self.paths.data_dir / JOBS_FILE,
+                                             lambda: float(self.settings["jobs_keep_hours"])))
         self.model_status = ModelStatus()
         self.admin_users = frozenset(options.admin_users)
         self.launch_flags: dict[str, Any] = {}
@@ -239,10 +243,11 @@ class App:
         return self.settings["show_progress_every_n_steps"] if self.settings["live_previews_enable"] else 0
 
     # -- jobs
-    def submit(self, spec: JobSpec, owner: str | None = None, tag: object = None) -> Job:
-        """Check ``spec`` (raising :class:`ValidationError` before anything is queued) and queue it."""
+    def submit(self, spec: JobSpec, owner: str | None = None, tag: object = None, durable: bool = False) -> Job:
+        """Check ``spec`` (raising :class:`ValidationError` before anything is queued) and queue it; ``durable``
+        (the jobs API): kept in the job store across restarts."""
         self.handlers.check(self, spec)
-        return self.queue.submit(spec, owner, tag)
+        return self.queue.submit(spec, owner, tag, durable)
 
     def _tile_settings(self, kind: str) -> tuple[int, int]:
         size, overlap = TILE_SETTINGS.get(kind, DEFAULT_TILE_SETTINGS)

@@ -2,6 +2,12 @@
 
 The UI and both APIs submit here. A single worker thread runs one job at a time; a job that fails is marked failed
 with a short message, its memory is freed, and the next job runs normally.
+
+With a :class:`~modules.job_store.JobStore` the queue survives a restart: every job is written there as it is
+queued, starts and ends; a new queue over the same store runs the queued jobs again in their order, shows the
+finished ones (in memory the newest ``keep_finished``, the others read back by :meth:`JobQueue.get` while the store
+keeps them) and marks the ones that were running failed, "interrupted: the server stopped while it ran". Without a
+store everything stays in memory, as before.
 """
 
 from __future__ import annotations
@@ -15,13 +21,19 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from modules.errors import ErrorKind, Interrupted, ValidationError, WebUIError, error_kind, is_out_of_memory
 from modules.generation.control import JobControl
 from modules.job_types import JobResult, JobSpec
 
+if TYPE_CHECKING:
+    from modules.job_store import JobStore
+
 log = logging.getLogger(__name__)
 _CALLBACK_LOCK = threading.Lock()
+INTERRUPTED_BY_STOP = "interrupted: the server stopped while it ran"  # a job cut short by a stop or a crash
+STOPPED_BEFORE_RUN = "the server stopped before this job ran; it runs after the next start"
 
 
 class JobState(str, Enum):
@@ -61,6 +73,7 @@ class Job:
     cancel_requested: bool = False
     done: threading.Event = field(default_factory=threading.Event)
     _callbacks: list[Callable[[Job], None]] = field(default_factory=list, repr=False)
+    _stored: bool = field(default=False, repr=False)  # written to the queue's store (it survives a restart)
 
     @property
     def kind(self) -> str:
@@ -117,7 +130,11 @@ def free_memory() -> None:
 
 
 class JobQueue:
-    def __init__(self, runner: Callable[[Job], JobResult], max_size: int = 64, keep_finished: int = 200) -> None:
+    """``store``: where jobs are kept across restarts (its queued jobs are queued again here at once); ``None``:
+    in memory only. ``keep_finished``: how many finished jobs are held in memory."""
+
+    def __init__(self, runner: Callable[[Job], JobResult], max_size: int = 64, keep_finished: int = 200,
+                 store: JobStore | None = None) -> None:
         self._runner = runner
         self.max_size = max_size
         self._keep = keep_finished
@@ -127,13 +144,36 @@ class JobQueue:
         self._current: Job | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._store = store
+        if store is not None:
+            self._restore(store)
+
+    def _restore(self, store: JobStore) -> None:
+        restored = store.restore(self._keep)
+        for job in restored:
+            self._jobs[job.id] = job
+            if job.state is JobState.QUEUED:
+                self._waiting.append(job)
+        if self._waiting:
+            log.info("%d queued job(s) restored from %s", len(self._waiting), store.path.name)
+
+    @property
+    def store(self) -> JobStore | None:
+        return self._store
 
     # -- submitting and looking up
-    def submit(self, spec: JobSpec, owner: str | None = None, tag: object = None) -> Job:
+    def submit(self, spec: JobSpec, owner: str | None = None, tag: object = None, durable: bool = True) -> Job:
+        """Queue ``spec``; ``durable``: kept in the store (when there is one), so it runs after a restart and its
+        result stays readable; a job whose client waits on the connection (the A1111 API, the UI) is not."""
         job = Job(spec, owner, tag)
+        if len(self._waiting) >= self.max_size:  # a full queue is refused before the spec is encoded
+            raise QueueFull(f"the queue is full ({self.max_size} jobs waiting); try again later")
+        record = self._store.record(job) if self._store is not None and durable else None  # encoded outside the lock
         with self._lock:
             if len(self._waiting) >= self.max_size:
                 raise QueueFull(f"the queue is full ({self.max_size} jobs waiting); try again later")
+            if record is not None and self._store is not None:
+                job._stored = self._store.insert(record)  # under the lock: stored in the order it is queued
             self._waiting.append(job)
             self._jobs[job.id] = job
             self._trim()
@@ -141,8 +181,12 @@ class JobQueue:
         return job
 
     def get(self, job_id: str) -> Job | None:
+        """The job (a finished one no longer in memory is read back from the store while it keeps it)."""
         with self._lock:
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+        if job is None and self._store is not None:
+            job = self._store.load(job_id)
+        return job
 
     def jobs(self) -> list[Job]:
         with self._lock:
@@ -184,7 +228,7 @@ class JobQueue:
             job.cancel_requested = True
             if job in self._waiting:
                 self._waiting.remove(job)
-                self._finish(job, JobState.CANCELLED)
+                self._finish(job, JobState.CANCELLED, persist=True)
                 return job
         job.control.interrupt()
         return job
@@ -210,13 +254,24 @@ class JobQueue:
             self._thread.start()
 
     def stop(self, timeout: float = 10) -> None:
+        """Take no new job and interrupt the running one (it ends failed, :data:`INTERRUPTED_BY_STOP`, with what
+        it made). With a store, the waiting jobs stay queued there for the next start; here they end cancelled
+        (:data:`STOPPED_BEFORE_RUN`), so that whoever waits on them is answered. The store is closed once the
+        worker has ended."""
         with self._lock:
             self._stopping = True
+            if self._store is not None:
+                for job in [j for j in self._waiting if j._stored]:
+                    self._waiting.remove(job)
+                    job.error = STOPPED_BEFORE_RUN
+                    self._finish(job, JobState.CANCELLED)  # not written: the store keeps it queued
             self._lock.notify_all()
         if self._current is not None:
             self._current.control.interrupt()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._store is not None and (self._thread is None or not self._thread.is_alive()):
+            self._store.close()
 
     def _work(self) -> None:
         while True:
@@ -230,6 +285,8 @@ class JobQueue:
                 job.started = time.time()
                 self._current = job
                 self._lock.notify_all()
+            if self._store is not None and job._stored:
+                self._store.mark_running(job)
             self._run(job)
 
     def _run(self, job: Job) -> None:
@@ -238,8 +295,11 @@ class JobQueue:
             job.result = self._runner(job)
             if job.cancel_requested:
                 state = JobState.CANCELLED
+            # cut short while the queue stops (also by a cancel then, as the server's shutdown sends): said so
+            if self._stopping and (job.cancel_requested or getattr(job.result, "interrupted", False)):
+                state = self._stopped(job)
         except Interrupted:
-            state = JobState.CANCELLED
+            state = self._stopped(job) if self._stopping else JobState.CANCELLED
         except BaseException as exc:  # noqa: BLE001 - a job's failure must never stop the worker
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
@@ -252,13 +312,27 @@ class JobQueue:
         finally:
             if state is JobState.FAILED:
                 free_memory()
+            finished = time.time()
+            if self._store is not None and job._stored:  # written before anyone is told it has finished
+                self._store.mark_finished(job, state, finished)
             with self._lock:
                 self._current = None
-                self._finish(job, state)
+                self._finish(job, state, finished)
 
-    def _finish(self, job: Job, state: JobState) -> None:
+    @staticmethod
+    def _stopped(job: Job) -> JobState:
+        """A job the queue's stop cut short: failed, saying so (what it made is kept)."""
+        job.error, job.error_kind = INTERRUPTED_BY_STOP, ErrorKind.FAILED
+        log.warning("job %s (%s) %s", job.id, job.kind, INTERRUPTED_BY_STOP)
+        return JobState.FAILED
+
+    def _finish(self, job: Job, state: JobState, finished: float | None = None, persist: bool = False) -> None:
+        """Mark ``job`` finished (under the lock); with ``persist``, write it to the store first."""
+        finished = time.time() if finished is None else finished
+        if persist and self._store is not None and job._stored:
+            self._store.mark_finished(job, state, finished)
         job.state = state
-        job.finished = time.time()
+        job.finished = finished
         with _CALLBACK_LOCK:
             job.done.set()
         self._lock.notify_all()

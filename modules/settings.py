@@ -262,6 +262,8 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
         Option("max_batch_count", 100, "Largest batch count", _LIMITS, "int", minimum=1, maximum=1000, step=1),
         Option("queue_max_size", 64, "Most jobs waiting in the queue", _LIMITS, "int", minimum=1, maximum=10000,
                step=1),
+        Option("jobs_keep_hours", 24.0, "Hours a finished job stays readable (GET /sdapi/v2/jobs/{id}), also after a "
+               "restart (0 = not kept across restarts)", _LIMITS, "float", minimum=0, maximum=8760, step=1),
     )
 
 

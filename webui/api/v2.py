@@ -24,7 +24,7 @@ from modules.job_types import (
     MergeResultSummary,
     ModelResult,
 )
-from modules.jobs import Job, JobState
+from modules.jobs import INTERRUPTED_BY_STOP, Job, JobState
 from modules.training.specs import TrainEmbeddingJob, TrainResult
 from webui.api.convert import Rendering, interruption, prepare, response_body
 from webui.api.extras import (
@@ -122,9 +122,11 @@ def job_detail(app: App, job: Job, with_preview: bool = True) -> dict[str, Any]:
 
 
 def _interrupted(job: Job) -> bool:
-    """Whether an interrupt or a cancel cut the job short (its result holds what was made until then)."""
+    """Whether an interrupt, a cancel or the server's stop cut the job short (its result holds what was made until
+    then; a job the server stopped, or that was running when it died, failed with INTERRUPTED_BY_STOP)."""
     result = job.result
-    return bool(getattr(result, "interrupted", False)) or (job.state is JobState.CANCELLED and job.started is not None)
+    return (bool(getattr(result, "interrupted", False)) or (job.state is JobState.CANCELLED and job.started is not None)
+            or job.error == INTERRUPTED_BY_STOP)
 
 
 def _warnings(job: Job) -> list[str]:
@@ -147,40 +149,40 @@ def build_router(app: App) -> APIRouter:
     @r.post("/txt2img", status_code=202)
     async def submit_txt2img(body: Txt2ImgBody, request: Request) -> JSONResponse:
         prepared = await run_in_threadpool(prepare, app, body, "txt2img")
-        return _accepted(app, app.submit(prepared.spec, _user(request), prepared.rendering))
+        return _accepted(app, app.submit(prepared.spec, _user(request), prepared.rendering, durable=True))
 
     @r.post("/img2img", status_code=202)
     async def submit_img2img(body: Img2ImgBody, request: Request) -> JSONResponse:
         prepared = await run_in_threadpool(prepare, app, body, "img2img")
-        return _accepted(app, app.submit(prepared.spec, _user(request), prepared.rendering))
+        return _accepted(app, app.submit(prepared.spec, _user(request), prepared.rendering, durable=True))
 
     @r.post("/extra-single-image", status_code=202)
     async def submit_extra_single(body: ExtrasSingleBody, request: Request) -> JSONResponse:
         req = await run_in_threadpool(extras_request_single, body)
-        return _accepted(app, await run_in_threadpool(app.submit, ExtrasJob(req), _user(request)))
+        return _accepted(app, await run_in_threadpool(app.submit, ExtrasJob(req), _user(request), None, True))
 
     @r.post("/interrogate", status_code=202)
     async def submit_interrogate(body: InterrogateBody, request: Request) -> JSONResponse:
         spec = await run_in_threadpool(interrogate_job, app, body)
-        return _accepted(app, await run_in_threadpool(app.submit, spec, _user(request)))
+        return _accepted(app, await run_in_threadpool(app.submit, spec, _user(request), None, True))
 
     @r.post("/extra-batch-images", status_code=202)
     async def submit_extra_batch(body: ExtrasBatchBody, request: Request) -> JSONResponse:
         req = await run_in_threadpool(extras_request_batch, body)
-        return _accepted(app, await run_in_threadpool(app.submit, ExtrasJob(req), _user(request)))
+        return _accepted(app, await run_in_threadpool(app.submit, ExtrasJob(req), _user(request), None, True))
 
     @r.post("/create/embedding", status_code=202)
     async def submit_create_embedding(body: CreateEmbeddingBody, request: Request) -> JSONResponse:
-        return _accepted(app, await run_in_threadpool(app.submit, create_spec(body), _user(request)))
+        return _accepted(app, await run_in_threadpool(app.submit, create_spec(body), _user(request), None, True))
 
     @r.post("/train/embedding", status_code=202)
     async def submit_train_embedding(body: TrainEmbeddingBody, request: Request) -> JSONResponse:
         spec = TrainEmbeddingJob(body.embedding_name, body.options(app))
-        return _accepted(app, await run_in_threadpool(app.submit, spec, _user(request)))
+        return _accepted(app, await run_in_threadpool(app.submit, spec, _user(request), None, True))
 
     @r.post("/train/lora", status_code=202)
     async def submit_train_lora(body: TrainLoraBody, request: Request) -> JSONResponse:
-        return _accepted(app, await run_in_threadpool(app.submit, body.spec(app), _user(request)))
+        return _accepted(app, await run_in_threadpool(app.submit, body.spec(app), _user(request), None, True))
 
     @r.get("/jobs")
     def list_jobs(request: Request) -> list[dict[str, Any]]:

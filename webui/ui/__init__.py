@@ -13,6 +13,7 @@ from webui.ui.extensions_tab import build_extension_tabs, build_extensions_tab
 from webui.ui.extras import build_extras_tab
 from webui.ui.img2img import build_img2img_tab, connect_send_to
 from webui.ui.merger import build_merger_tab
+from webui.ui.page_script import PAGE_CSS, PAGE_JS, page_style_tag
 from webui.ui.pnginfo import build_pnginfo_tab
 from webui.ui.quicksettings import build_quicksettings, checkpoint_choices, checkpoint_titles
 from webui.ui.send_to import connect_extras_send, connect_pnginfo_send
@@ -41,7 +42,9 @@ def build_ui(app: App) -> gr.Blocks:
     """The whole page for ``app``. Page CSS is also on ``blocks.webui_css`` for ``mount_gradio_app(css=...)``."""
     counter = TokenCounter()
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
-        gr.HTML(style_tag(), elem_id="webui_style", padding=False, container=False, js_on_load=None)
+        # the page's CSS, and its script (keys, tooltips, icon fallbacks), run once when the page is built
+        gr.HTML(style_tag() + page_style_tag(), elem_id="webui_style", padding=False, container=False,
+                js_on_load=PAGE_JS)
         quick = build_quicksettings(app)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
@@ -84,7 +87,7 @@ def build_ui(app: App) -> gr.Blocks:
         demo.load(on_load, outputs=[quick.checkpoint, txt2img.fields["styles"], txt2img.fields["clip_skip"],
                                     img2img.fields["styles"], img2img.fields["clip_skip"], *settings.outputs()],
                   show_progress="hidden", api_visibility="private")
-    demo.webui_css = CSS  # type: ignore[attr-defined]
+    demo.webui_css = CSS + PAGE_CSS  # type: ignore[attr-defined]
     demo.webui_parts = {"quicksettings": quick, "txt2img": txt2img, "img2img": img2img,  # type: ignore[attr-defined]
                         "pnginfo": pnginfo, "train": train, "settings": settings}
     return demo

@@ -99,12 +99,12 @@ def test_save_with_the_grid_or_nothing_selected_saves_all(app, generated, save_d
 def test_save_selected_only_off_saves_all(app, generated, save_dir):
     from webui.ui.result_buttons import option, save_files
 
-    app.settings.store({"save_selected_only": False})  # an A1111 user's config.json value
+    app.settings.update({"save_selected_only": False}, save=False)
     try:
         assert option(app, "save_selected_only") is False
         saved = save_files(app, "txt2img", generated["gallery"], generated["results"], 2, False)
     finally:
-        app.settings.store({"save_selected_only": True})
+        app.settings.update({"save_selected_only": True}, save=False)
     assert len(saved.paths) == 3
 
 
@@ -134,11 +134,11 @@ def test_save_into_a_dated_subfolder(app, generated, save_dir):
 
     from webui.ui.result_buttons import save_files
 
-    app.settings.store({"use_save_to_dirs_for_ui": True})
+    app.settings.update({"use_save_to_dirs_for_ui": True}, save=False)
     try:
         saved = save_files(app, "txt2img", generated["gallery"], generated["results"], 1, False)
     finally:
-        app.settings.store({"use_save_to_dirs_for_ui": False})
+        app.settings.update({"use_save_to_dirs_for_ui": False}, save=False)
     today = datetime.date.today().isoformat()
     assert saved.paths[0].parent == save_dir / today and saved.names[0].startswith(f"{today}/")
 

@@ -215,3 +215,20 @@ def test_fp8_storage_split_attention_channels_last_and_no_half_vae(engine):
     parts = models.current
     assert parts.dtype == torch.bfloat16 and next(parts.vae.parameters()).dtype == torch.float32
     assert _pixels(engine.txt2img(REQ)).shape == normal.shape
+
+
+def test_a_tiled_vae_pass_under_medvram_brings_the_vae_first(engine, monkeypatch):
+    """The tiled passes call the VAE's layers themselves (no forward hook fires): the VAE is brought explicitly."""
+    from modules.generation import vae_tiles
+
+    parts = engine.models.current
+    engine.models._place(parts, "medvram")
+    brought: list[str] = []
+    real_bring = memory._OneAtATime.bring
+    monkeypatch.setattr(memory._OneAtATime, "bring",
+                        lambda self, module: (brought.append(type(module).__name__), real_bring(self, module)))
+    calls: list[int] = []
+    real_tiled = vae_tiles.tiled_decode
+    monkeypatch.setattr(vae_tiles, "tiled_decode", lambda *a, **k: (calls.append(1), real_tiled(*a, **k))[1])
+    job = engine.txt2img(REQ.replace(width=128, height=64, vae_tiling="Always"))
+    assert calls and "AutoencoderKL" in brought and job.result.images[0].size == (128, 64)

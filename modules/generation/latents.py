@@ -21,6 +21,7 @@ from PIL import Image
 
 from modules.errors import GenerationError, is_out_of_memory
 from modules.generation import vae_tiles
+from modules.models import memory
 
 if TYPE_CHECKING:
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
@@ -130,6 +131,7 @@ def decode(vae: AutoencoderKL, latents: Tensor, warn: Callable[[str], None] | No
     (unless ``tiling`` is "Never"), with a warning.
     """
     scale, shift = _scale(vae)
+    memory.bring(vae)  # under --medvram: the VAE to the GPU first, the latents after it
     param = next(vae.parameters())
     out = []
     tiled = wants_tiling(vae, latents.shape[-2] * 8, latents.shape[-1] * 8, tiling)
@@ -182,6 +184,7 @@ def encode(vae: AutoencoderKL, images: Tensor, generator: torch.Generator | None
     the whole batch is one draw from ``generator`` on the CPU, as A1111 samples it (from a generator seeded per job
     here, where A1111 uses torch's global one)."""
     scale, shift = _scale(vae)
+    memory.bring(vae)
     param = next(vae.parameters())
     means, stds = [], []
     tiled = wants_tiling(vae, images.shape[-2], images.shape[-1], tiling)

@@ -89,6 +89,14 @@ def execution_device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+def bring(module: torch.nn.Module) -> None:
+    """Move ``module`` to its device now if an offload hook manages it (code that calls its submodules directly,
+    as the tiled VAE passes do, would otherwise compute where the weights wait, in RAM)."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is not None and hasattr(hook, "pre_forward"):
+        hook.pre_forward(module)
+
+
 class _OneAtATime:
     """The modules of one model sharing a device one at a time: the one about to run moves there, the others leave."""
 

@@ -10,11 +10,13 @@ Stages (each resumes from its saved state in ``--work``, so an interrupted run c
    (``modules/models/demo.py``);
 2. vae: an ``AutoencoderKL`` with f=8 (4 latent channels, 16x16 latents) trained on the images (L1 + MSE, a small
    KL term); its latent scale is set so that the latents have unit variance, as SD's 0.18215 does;
-3. unet: the UNet (cross-attention, SD 1.x blocks) and the CLIP text encoder (the real CLIP tokenizer; the token
+3. vae decoder: the decoder fine-tuned on whole images with the encoder frozen (truer flat colours; the latent space
+   does not change);
+4. unet: the UNet (cross-attention, SD 1.x blocks) and the CLIP text encoder (the real CLIP tokenizer; the token
    table stays as initialised) trained together from scratch by the product's trainer in full-training mode
    (``modules/training``): SD 1.x's noise schedule, epsilon prediction, min-SNR weighting, 10% empty captions for
    classifier-free guidance, AdamW with warm-up and a cosine decay over the steps the time budget allows;
-4. export: one ``.safetensors`` in the original LDM key layout (fp16) with its config folder beside it and the
+5. export: one ``.safetensors`` in the original LDM key layout (fp16) with its config folder beside it and the
    generation defaults in its metadata, written to ``--out``.
 
 Time budgets are wall-clock minutes per stage; the step counts follow from the measured speed, so the result
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import shutil
 import sys
@@ -109,6 +112,54 @@ def train_vae(cfg: dict[str, Any], data: list[demo.Scene], work: Path, minutes: 
     return vae
 
 
+def train_decoder(vae: Any, data: list[demo.Scene], work: Path, minutes: float, device: torch.device,
+                  seed: int) -> Any:
+    """Fine-tune the VAE's decoder on whole images with the encoder frozen (as SD's "ft-MSE" VAE was made): the
+    latent space the UNet learns stays the same, and flat colours come back truer. The latents get a little noise
+    so that the decoder forgives the sampler's small errors."""
+    from safetensors.torch import load_file, save_file
+
+    done = work / "vae-decoder.safetensors"
+    if done.is_file():
+        vae.load_state_dict(load_file(str(done)))
+        log("vae decoder: loaded from the work folder")
+        return vae.eval()
+    if minutes <= 0:
+        return vae.eval()
+    torch.manual_seed(seed + 3)
+    vae.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
+    rng = random.Random(seed + 4)
+    start = time.monotonic()
+    deadline = start + minutes * 60
+    step = 0
+    while (now := time.monotonic()) < deadline:
+        batch = torch.stack([_pixels(demo.render(data[rng.randrange(len(data))])) for _ in range(8)]).to(device)
+        x = batch * 2 - 1
+        with torch.no_grad():
+            latents = vae.encode(x).latent_dist.mean
+            latents = latents + 0.05 * latents.std() * torch.randn_like(latents)
+        recon = vae.decode(latents).sample
+        loss = (recon - x).abs().mean() + ((recon - x) ** 2).mean()
+        progress = (now - start) / (deadline - start)
+        for group in optimizer.param_groups:  # warm-up, then a cosine decay over the time budget
+            group["lr"] = 2e-4 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * progress))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step % 100 == 0:
+            log(f"vae decoder step {step}: loss {float(loss):.4f}")
+    vae.requires_grad_(False)
+    vae.eval()
+    log(f"vae decoder: {step} steps")
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(done))
+    return vae
+
+
 def _pixels(image: Any) -> torch.Tensor:
     from modules.training.dataset import pixels
 
@@ -146,6 +197,10 @@ def train_unet(parts: Any, data: list[demo.Scene], work: Path, minutes: float, s
     if state.is_file():
         subject.load(state)
         log(f"unet: continuing from step {subject.step}")
+        if minutes <= 0:
+            for module in (parts.unet, parts.text_encoder):
+                module.eval()
+            return subject.step
     opts = TrainOptions(batch_size=batch, learn_rate=str(lr), latent_sampling_method="deterministic",
                         caption_dropout=0.1, min_snr_gamma=5.0, flip=True, create_image_every=0, save_every=500,
                         seed=seed, write_csv_every=50, steps=10**9)
@@ -253,7 +308,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--vae-minutes", type=float, default=12)
-    parser.add_argument("--unet-minutes", type=float, default=130)
+    parser.add_argument("--decoder-minutes", type=float, default=15)
+    parser.add_argument("--unet-minutes", type=float, default=120)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -268,6 +324,7 @@ def main() -> None:
     vae = train_vae(cfg, data, args.work, args.vae_minutes, device, args.seed)
     scale = json.loads((args.work / "vae_scale.json").read_text())["scaling_factor"]
     vae.register_to_config(scaling_factor=scale)
+    vae = train_decoder(vae, data, args.work, args.decoder_minutes, device, args.seed)
     vae.requires_grad_(False)
     parts = build_parts(cfg, vae, device, args.seed)
     steps = train_unet(parts, data, args.work, args.unet_minutes, args.seed, args.batch, args.lr)

@@ -59,7 +59,7 @@ def test_txt2img_and_settings_in_browser(server, driver):
     wait(drv, lambda d: "%" in css(d, "#txt2img_progress").text, 20, "progress")
     time.sleep(0.5)
     css(drv, "#txt2img_interrupt").click()
-    wait(drv, lambda d: "Interrupted" in css(d, "#html_log_txt2img").text, 30, "the interrupt note")
+    wait(drv, lambda d: "Interrupted" in css(d, "#html_log_txt2img").text, 90, "the interrupt note")  # a loaded CI
     note = css(drv, "#html_log_txt2img").text
     done = int(note.split("Interrupted:")[1].split(" of ")[0])
     assert 0 < done < 100, note

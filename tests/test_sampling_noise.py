@@ -215,17 +215,25 @@ def _sde_queries(hi: float, lo: float, steps: int) -> list[tuple[torch.Tensor, t
 
 @pytest.mark.parametrize("shape", [(2, 4, 16, 16), (3, 1, 2, 3)])  # batch of images; fewer than 16 numbers each
 @pytest.mark.parametrize("lo,hi", [(0.0292, 14.6146), (0.002, 80.0), (0.1, 3.0)])
-def test_brownian_noise_equals_torchsde_trees_with_the_cpu_source(shape, lo, hi):
+@pytest.mark.parametrize("prepared", ["lazy", "prepared", "half-prepared"])
+def test_brownian_noise_equals_torchsde_trees_with_the_cpu_source(shape, lo, hi, prepared):
     """The tree gives torchsde's BrownianTree numbers to the bit (torchsde draws with torch's generator seeded per
-    node, as the CPU source does), whatever the query order, for every image of a batch."""
+    node, as the CPU source does), whatever the query order, for every image of a batch; and so do trees whose
+    nodes were computed ahead for the queries' points (all of them, or every other one and the rest on demand)."""
     x = torch.zeros(shape)
     seeds = [77, 2**32 + 5, 0][: shape[0]]
     lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
     ours = BrownianTreeNoise(x, lo_t, hi_t, seeds, "CPU")
     want = _torchsde_noise(lo_t, hi_t, x, seeds)
-    for a, b in _sde_queries(hi, lo, 12):
+    queries = _sde_queries(hi, lo, 12)
+    points = sorted({float(t) for query in queries for t in query})
+    if prepared != "lazy":
+        ours.prepare(points if prepared == "prepared" else points[::2])
+        assert len(ours.tree._w) > 100  # the nodes are there before the first query
+    for a, b in queries:
         assert torch.equal(ours(a, b), want(a, b)), (float(a), float(b))
-    assert len(ours.tree._w) <= ours.tree.keep  # memory stays bounded
+    if prepared == "lazy":
+        assert len(ours.tree._w) <= ours.tree.keep  # memory stays bounded
 
 
 def test_brownian_noise_with_the_nv_source_equals_torchsde_drawing_nv_numbers(monkeypatch):
@@ -241,7 +249,9 @@ def test_brownian_noise_with_the_nv_source_equals_torchsde_drawing_nv_numbers(mo
     lo_t, hi_t = torch.tensor(0.0292), torch.tensor(14.6146)
     ours = BrownianTreeNoise(x, lo_t, hi_t, [1, 2], "NV")
     want = _torchsde_noise(lo_t, hi_t, x, [1, 2])
-    for a, b in _sde_queries(14.6146, 0.0292, 8):
+    queries = _sde_queries(14.6146, 0.0292, 8)
+    ours.prepare([t for query in queries[:8] for t in query])
+    for a, b in queries:
         assert torch.equal(ours(a, b), want(a, b))
 
 

@@ -103,6 +103,23 @@ def test_offset_advances_by_one_per_draw() -> None:
     assert not np.array_equal(Generator(42, offset=2**32).randn(6), Generator(42).randn(6))
 
 
+def test_repeated_draws_computed_ahead_are_the_same_numbers() -> None:
+    # a draw of the same shape as the one before computes the next few with it: each still equals a fresh
+    # generator's draw at that offset, also when the shape changes or the offset is set between draws
+    gen = Generator(9)
+    shapes = [(4, 8, 8)] * 20 + [(3,), (4, 8, 8), (4, 8, 8), (2, 2)] + [(4, 8, 8)] * 3
+    for offset, shape in enumerate(shapes):
+        np.testing.assert_array_equal(gen.randn(shape), Generator(9, offset=offset).randn(shape))
+    gen.offset = 3
+    np.testing.assert_array_equal(gen.randn((4, 8, 8)), Generator(9, offset=3).randn((4, 8, 8)))
+    first = gen.randn((4, 8, 8))
+    want = Generator(9, offset=4).randn((4, 8, 8))
+    np.testing.assert_array_equal(first, want)
+    first[:] = 0  # the caller owns what it gets: changing it does not change a later draw
+    gen.offset = 4
+    np.testing.assert_array_equal(gen.randn((4, 8, 8)), want)
+
+
 def test_a_draw_is_the_flat_sequence_reshaped() -> None:
     # element i uses counter index i, whatever the shape: shapes share their leading values
     flat = Generator(0).randn(20)

@@ -167,10 +167,13 @@ class CFGDenoiser:
         uncond = out[first_rows] if skip else out[len(positive):]
         scale = 1.0 if skip else self.cfg_scale * self.scale_multiplier
         self.last_uncond = uncond.clone()
-        denoised = uncond.clone()
-        for i, mine in enumerate(weights):
-            for row, weight in mine:
-                denoised[i] += (out[row] - uncond[i]) * (weight * scale)
+        if all(len(mine) == 1 and mine[0][1] == 1.0 for mine in weights):  # no AND: one product per image, at once
+            denoised = uncond + (out[first_rows] - uncond) * scale
+        else:
+            denoised = uncond.clone()
+            for i, mine in enumerate(weights):
+                for row, weight in mine:
+                    denoised[i] += (out[row] - uncond[i]) * (weight * scale)
         if not self.blend_before and self.mask is not None and self.init_latent is not None:
             denoised = self.init_latent * (1 - self.mask) + denoised * self.mask
         self.last_x0 = out[first_rows]

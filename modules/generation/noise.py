@@ -13,10 +13,11 @@ without CUDA, ``GPU`` is served by ``NV``, so an infotext made on an NVIDIA card
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from modules.sampling import brownian, philox
@@ -198,8 +199,20 @@ class BrownianTreeNoise:
         draw = _tree_draw(source, x.device, tuple(x.shape[1:]))
         self.tree = brownian.BrownianTree(t0, t1, [int(s) % 2**64 for s in seeds], draw)
 
+    def prepare(self, sigmas: Iterable[torch.Tensor | float]) -> None:
+        """Compute ahead the tree's nodes for queries between these sigmas (a sampler's schedule): the same numbers,
+        made for all steps at once (``BrownianTree.prepare``)."""
+        self.tree.prepare(float(s) for s in sigmas)
+
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
-        a, b, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
-        w = torch.as_tensor(self.tree(float(a), float(b)), device=self.device).to(self.dtype) * (self.sign * sign)
-        return w / (t1 - t0).abs().sqrt()
+        f0, f1 = float(t0), float(t1)
+        a, b, sign = (f0, f1, 1) if f0 < f1 else (f1, f0, -1)
+        w = self.tree(a, b)
+        if isinstance(w, np.ndarray) and t0.dtype == t1.dtype == torch.float32 and self.dtype == torch.float32:
+            # the same float32 operations as below (the scale from torch: its square root can differ from numpy's
+            # in the last place), the array arithmetic in numpy: cheaper for a small latent
+            scale = np.float32((t1 - t0).abs().sqrt().item())
+            return torch.from_numpy(w * np.float32(self.sign * sign) / scale)
+        out = torch.as_tensor(w, device=self.device).to(self.dtype) * (self.sign * sign)
+        return out / (t1 - t0).abs().sqrt()

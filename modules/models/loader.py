@@ -72,7 +72,8 @@ class ModelParts:
     @property
     def dtype(self) -> torch.dtype:
         """The precision the model computes in (the text encoder's: the UNet's weights may be stored in 8 bits)."""
-        return next(self.text_encoder.parameters()).dtype
+        module = self.text_encoder if self.text_encoder is not None else self.unet
+        return next(module.parameters()).dtype
 
     @property
     def is_inpaint(self) -> bool:

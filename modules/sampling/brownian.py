@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -143,6 +143,35 @@ def _first_word_vectorised(pool0: int, hash_const: int, spawn: npt.NDArray[np.ui
     return value.astype(np.uint32)
 
 
+def _stack(arrays: list[Array]) -> Array:
+    """Arrays of one shape stacked on a new second axis (numpy arrays or torch tensors)."""
+    if isinstance(arrays[0], np.ndarray):
+        return np.stack(arrays, axis=1)
+    import torch
+
+    return torch.stack(arrays, dim=1)
+
+
+def _concat(first: Array, second: Array) -> Array:
+    """Two arrays joined along the second axis (numpy arrays or torch tensors)."""
+    if isinstance(first, np.ndarray):
+        return np.concatenate([first, second], axis=1)
+    import torch
+
+    return torch.cat([first, second], dim=1)
+
+
+def _column(values: list[float], like: Array) -> Array:
+    """Per-node numbers as an array that broadcasts along the second axis of ``like``, in its dtype: the same
+    rounding as multiplying by each number on its own."""
+    shape = (1, len(values)) + (1,) * (like.ndim - 2)
+    if isinstance(like, np.ndarray):
+        return np.asarray(values, dtype=like.dtype).reshape(shape)
+    import torch
+
+    return torch.tensor(values, dtype=like.dtype, device=like.device).reshape(shape)
+
+
 def root_seeds(entropies: Sequence[int], pool_size: int = POOL_SIZE) -> npt.NDArray[np.uint32]:
     """The seed of the whole interval's own draw: the first word of an unspawned SeedSequence."""
     words = [[int(np.random.SeedSequence(int(e), pool_size=pool_size).generate_state(1)[0])] for e in entropies]
@@ -194,13 +223,14 @@ class BrownianTree:
     def _tiles(self, ta: float, tb: float) -> list[Node]:
         """The largest nodes that tile ``[ta, tb]``, left to right (torchsde's search of the dyadic tree)."""
         out: list[Node] = []
+        splits = self._splits
         stack: list[tuple[Node, float, float]] = [((0, 0), ta, tb)]
         while stack:
             node, a, b = stack.pop()
             depth, index = node
             if depth > MAX_DEPTH:
                 raise RuntimeError(f"Brownian tree query [{ta}, {tb}] is not resolved at depth {MAX_DEPTH}")
-            start, mid, end = self._split(node)
+            start, mid, end = splits.get(node) or self._split(node)
             if a == start and b == end:
                 out.append(node)
             elif b <= mid:
@@ -246,6 +276,59 @@ class BrownianTree:
         while len(kept) > self.keep:
             kept.popitem(last=False)
         return w
+
+    def prepare(self, points: Iterable[float]) -> None:
+        """Compute ahead every node that queries between these points will read: the splits on the way from the root
+        down to each point, all splits of one depth in one vectorised bridge step, and all their draws in one call
+        to ``draw``. The nodes are those the queries would make one by one, to the bit (the same operations on the
+        same numbers); a sampler that knows its schedule saves the per-query walk."""
+        targets = sorted({self._round(min(max(float(t), self.start), self.end)) for t in points})
+        kept = self._w
+        parents: set[Node] = set()
+        for t in targets:
+            node: Node = (0, 0)
+            while node[0] <= MAX_DEPTH:  # deeper than that is the query's own error to raise
+                start, mid, end = self._split(node)
+                if t in (start, end):
+                    break
+                depth, index = node
+                if (depth + 1, 2 * index) not in kept or (depth + 1, 2 * index + 1) not in kept:
+                    parents.add(node)
+                node = (depth + 1, 2 * index + (1 if t >= mid else 0))
+        if not parents:
+            return
+        order = sorted(parents)  # by depth, then index: the bridge below runs one depth at a time
+        noise = self.draw(node_seeds(self.entropies, order))
+        self.keep = max(self.keep, len(kept) + 2 * len(order) + 96)
+        splits = [self._split(node) for node in order]
+        left_diff = [mid - start for start, mid, _ in splits]
+        right_diff = [end - mid for _, mid, end in splits]
+        h_reciprocal = [1 / (end - start) for start, _, end in splits]
+        scale = [math.sqrt(lo * hi * h) for lo, hi, h in zip(left_diff, right_diff, h_reciprocal, strict=True)]
+        left_diff_all, h_reciprocal_all, scale_all = (_column(v, noise) for v in (left_diff, h_reciprocal, scale))
+        made: Array | None = None  # the last depth's children, left ones then right ones, on the second axis
+        made_at: dict[Node, int] = {}
+        first = 0
+        while first < len(order):
+            depth = order[first][0]
+            last = first
+            while last < len(order) and order[last][0] == depth:
+                last += 1
+            level = order[first:last]
+            if made is not None and all(node in made_at for node in level):  # one gather from the depth above
+                w = made[:, [made_at[node] for node in level]]
+            else:
+                w = _stack([self.root_w if node == (0, 0) else kept[node] for node in level])
+            left_w = (left_diff_all[:, first:last] * w * h_reciprocal_all[:, first:last]
+                      + scale_all[:, first:last] * noise[:, first:last])
+            right_w = w - left_w
+            made = _concat(left_w, right_w)
+            made_at = {}
+            for j, (node_depth, index) in enumerate(level):
+                left, right = (node_depth + 1, 2 * index), (node_depth + 1, 2 * index + 1)
+                made_at[left], made_at[right] = j, len(level) + j
+                kept[left], kept[right] = left_w[:, j], right_w[:, j]
+            first = last
 
     # --- queries ------------------------------------------------------------------------------------------------
 

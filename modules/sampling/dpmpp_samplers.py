@@ -15,6 +15,7 @@ from modules.sampling.k_common import (
     _add_noise,
     _denoise,
     _lambda,
+    _prepare_noise,
     _report,
     ancestral_step,
     to_d,
@@ -78,6 +79,11 @@ def sample_dpmpp_2m(
     return x
 
 
+def _midpoint(sigma: Tensor, sigma_next: Tensor) -> Tensor:
+    """The sigma halfway from ``sigma`` to ``sigma_next`` in log-SNR (DPM++ SDE's second stage, r = 1/2)."""
+    return (_lambda(sigma) + (_lambda(sigma_next) - _lambda(sigma)) / 2).neg().exp()
+
+
 @torch.no_grad()
 def sample_dpmpp_sde(
     model: Denoiser, x: Tensor, sigmas: Tensor, *, callback: StepCallback | None = None,
@@ -88,14 +94,15 @@ def sample_dpmpp_sde(
     DPM-Solver++ step (Lu et al. 2022b) whose noise comes from ``noise`` over that stage's interval; A1111 passes a
     Brownian-tree noise sampler so that both stages see one Brownian path. The step to sigma = 0 is an Euler step.
     A1111's "DPM++ SDE"."""
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+    steps = [(sigmas[i], sigmas[i + 1]) for i in range(len(sigmas) - 1)]
+    _prepare_noise(noise, [*sigmas, *(_midpoint(a, b) for a, b in steps if float(b) != 0)])
+    for i, (sigma, sigma_next) in enumerate(steps):
         denoised = _denoise(model, x, sigma)
         _report(callback, i, x, sigma, sigma, denoised)
         if float(sigma_next) == 0:
             x = x + to_d(x, sigma, denoised) * (sigma_next - sigma)
             continue
-        sigma_s = (_lambda(sigma) + (_lambda(sigma_next) - _lambda(sigma)) / 2).neg().exp()
+        sigma_s = _midpoint(sigma, sigma_next)
         down, up = ancestral_step(sigma, sigma_s, eta)
         x_2 = (down / sigma) * x - (down / sigma - 1) * denoised
         x_2 = _add_noise(x_2, noise, sigma, sigma_s, up * s_noise)
@@ -110,6 +117,8 @@ def _dpmpp_2m_sde(
     model: Denoiser, x: Tensor, sigmas: Tensor, callback: StepCallback | None, noise: NoiseSampler | None,
     s_noise: float, eta: float, heun: bool,
 ) -> Tensor:  # fmt: skip
+    if eta:
+        _prepare_noise(noise, sigmas)
     old: Tensor | None = None
     h_last = sigmas.new_zeros([])
     for i in range(len(sigmas) - 1):
@@ -180,6 +189,8 @@ def sample_dpmpp_3m_sde(
     """DPM-Solver++(3M) SDE: the third-order multistep data-prediction solver of Lu et al. (2022b) on the SDE with
     noise fraction eta (eta = 0 is the ODE); the first two steps use lower orders. A1111's "DPM++ 3M SDE"."""
     hist: list[tuple[Tensor, Tensor]] = []
+    if eta:
+        _prepare_noise(noise, sigmas)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = _denoise(model, x, sigma)

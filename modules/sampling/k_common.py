@@ -5,7 +5,7 @@ steps (derivative, ancestral split, churn, log-sigma) they are built from."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -69,6 +69,13 @@ def _report(callback: StepCallback | None, i: int, x: Tensor, sigma: Tensor, sig
 def to_d(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
     """The probability-flow ODE derivative dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022, eq. 3)."""
     return (x - denoised) / sigma
+
+
+def _prepare_noise(noise: NoiseSampler | None, points: Iterable[Tensor]) -> None:
+    """Tell a noise sampler that can compute ahead (the Brownian tree's) where its queries will fall."""
+    prepare = getattr(noise, "prepare", None)
+    if prepare is not None:
+        prepare(points)
 
 
 def _add_noise(x: Tensor, noise: NoiseSampler | None, sigma: Tensor, sigma_next: Tensor, scale: Tensor) -> Tensor:

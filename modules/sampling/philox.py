@@ -14,6 +14,7 @@ kernel agrees with this to within a few float32 units in the last place.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,31 +45,39 @@ def philox4x32(counter: U32Array, key: tuple[int, int] | tuple[U32Array, U32Arra
     """Philox 4x32 over a (4, ...) array of counters; returns a new uint32 array of the same shape.
 
     The key is two 32-bit words, each a number or an array broadcast against one counter word (one key per row
-    draws many seeds' numbers in one pass). The words are held in 64-bit integers, so each round's two 32x32-bit
-    products are exact and their high and low halves are a shift and a mask."""
+    draws many seeds' numbers in one pass). The four words are held as two 64-bit pairs, ``(c0 << 32) | c1`` and
+    ``(c2 << 32) | c3``: a round's 32x32-bit product already has the new pair's layout (its high half, xored with
+    the other word and the key, in the high word; its low half in the low word), so a round is five whole-array
+    operations on contiguous 64-bit integers."""
     if counter.ndim < 2 or counter.shape[0] != 4:
         raise ValueError("Philox counters must be a (4, ...) array")
     mask, shift = np.uint64(_MASK32), np.uint64(32)
-    m0, m1 = np.uint64(PHILOX_M0), np.uint64(PHILOX_M1)
-    c0, c1, c2, c3 = (counter[i].astype(np.uint64) for i in range(4))
-    k0 = np.asarray(key[0], dtype=np.uint64) & mask
-    k1 = np.asarray(key[1], dtype=np.uint64) & mask
-    p0, p1 = np.empty_like(c0), np.empty_like(c0)
-    for round_index in range(rounds):  # in place: fresh arrays for every step cost more than the arithmetic
-        if round_index:
-            k0 = (k0 + np.uint64(PHILOX_W0)) & mask
-            k1 = (k1 + np.uint64(PHILOX_W1)) & mask
-        np.multiply(c0, m0, out=p0)
-        np.multiply(c2, m1, out=p1)
-        np.right_shift(p1, shift, out=c0)
-        c0 ^= c1
-        c0 ^= k0
-        np.right_shift(p0, shift, out=c2)
-        c2 ^= c3
-        c2 ^= k1
-        np.bitwise_and(p1, mask, out=c1)
-        np.bitwise_and(p0, mask, out=c3)
-    return np.stack([c0, c1, c2, c3]).astype(np.uint32)
+    key0 = np.asarray(key[0], dtype=np.uint64) & mask
+    key1 = np.asarray(key[1], dtype=np.uint64) & mask
+    shape = np.broadcast_shapes(counter.shape[1:], key0.shape, key1.shape)
+    lead = (2,) + (1,) * len(shape)
+    pairs = np.empty((2, *shape), dtype=np.uint64)
+    for row, (high, low) in enumerate(((counter[0], counter[1]), (counter[2], counter[3]))):
+        np.left_shift(high.astype(np.uint64), shift, out=pairs[row])
+        pairs[row] |= low
+    keys = np.stack(np.broadcast_arrays(key0, key1))
+    keys = keys.reshape((1, 2) + (1,) * (len(shape) - keys.ndim + 1) + keys.shape[1:])
+    weyl = np.arange(rounds, dtype=np.uint64).reshape((rounds,) + (1,) * len(lead)) * np.array(
+        [PHILOX_W0, PHILOX_W1], dtype=np.uint64).reshape(lead)
+    round_keys = ((keys + weyl) & mask) << shift  # (rounds, 2, ...): each round's key, in the high word
+    multipliers = np.array([PHILOX_M1, PHILOX_M0], dtype=np.uint64).reshape(lead)  # for (c2, c0)
+    high_words, product = np.empty_like(pairs), np.empty_like(pairs)
+    for round_index in range(rounds):
+        np.right_shift(pairs, shift, out=high_words)  # (c0, c2)
+        np.multiply(high_words[::-1], multipliers, out=product)  # (c2 * m1, c0 * m0)
+        np.left_shift(pairs, shift, out=pairs)  # (c1, c3) in the high word
+        pairs ^= product
+        pairs ^= round_keys[round_index]
+    out = np.empty((4, *shape), dtype=np.uint32)
+    for row in range(2):
+        out[2 * row] = pairs[row] >> shift
+        out[2 * row + 1] = pairs[row] & mask
+    return out
 
 
 def box_muller_sin(x: U32Array, y: U32Array) -> F32Array:
@@ -79,6 +88,12 @@ def box_muller_sin(x: U32Array, y: U32Array) -> F32Array:
     v = y.astype(np.float64) * TWO_POW32_INV_2PI + TWO_POW32_INV_2PI / 2
     radius = np.sqrt(-2.0 * np.log(u))
     return (radius * np.sin(v)).astype(np.float32)
+
+
+def _normals(counter: U32Array, key0: int | npt.NDArray[np.uint64], key1: int | npt.NDArray[np.uint64]) -> F32Array:
+    """One standard normal per counter column of a (4, N) array (keys: numbers, or one per column)."""
+    words = philox4x32(counter, (key0, key1))  # type: ignore[arg-type]
+    return box_muller_sin(words[0], words[1])
 
 
 def _split64(values: npt.NDArray[np.uint64]) -> tuple[U32Array, U32Array]:
@@ -100,31 +115,62 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
+@functools.lru_cache(maxsize=8)
+def _index_words(n: int) -> tuple[U32Array, U32Array]:
+    """The low and high words of the element indices 0..n-1 (read-only; shared by every draw of that size)."""
+    low, high = _split64(np.arange(n, dtype=np.uint64))
+    low.flags.writeable = high.flags.writeable = False
+    return low, high
+
+
+PASS_ELEMENTS = 1 << 13  # values per pass of many seeds' draws (measured fastest on small latents)
+AHEAD_ELEMENTS = 1 << 15  # a repeated draw computes up to this many values ahead (at most AHEAD_DRAWS draws)
+AHEAD_DRAWS = 16
+
+
 class Generator:
     """Standard normal noise equal to `torch.randn(..., device="cuda")` after `torch.manual_seed(seed)`.
 
-    `offset` counts the draws made so far; each `randn` uses it and then adds one."""
+    `offset` counts the draws made so far; each `randn` uses it and then adds one. When a draw has the shape of the
+    one before it (a sampler's noise, step after step), the next few draws of that shape are computed with it in one
+    pass and handed out as they are asked for: the numbers do not depend on when they are computed, and one pass
+    over many draws costs little more than one over a small draw."""
 
     def __init__(self, seed: int, offset: int = 0) -> None:
         self.seed = _check_seed(seed)
         if offset < 0:
             raise ValueError(f"Generator offset must not be negative, got {offset}")
         self.offset = int(offset)
+        self._last_dims: tuple[int, ...] | None = None
+        self._ahead: tuple[tuple[int, ...], int, F32Array] | None = None  # (shape, first offset, draws)
 
     def randn(self, shape: int | Sequence[int]) -> F32Array:
         """A float32 array of `shape` standard normal values; advances the offset by one."""
         dims = _shape_tuple(shape)
-        n = int(np.prod(dims, dtype=np.int64))
-        index_lo, index_hi = _split64(np.arange(n, dtype=np.uint64))
-        offset = self.offset & _MASK64
-        counter = np.empty((4, n), dtype=np.uint32)
-        counter[0] = offset & _MASK32
-        counter[1] = offset >> 32
+        offset = self.offset
+        ahead = self._ahead
+        if ahead is not None and ahead[0] == dims and 0 <= offset - ahead[1] < len(ahead[2]):
+            out = ahead[2][offset - ahead[1]]
+        else:
+            n = int(np.prod(dims, dtype=np.int64))
+            count = max(1, min(AHEAD_DRAWS, AHEAD_ELEMENTS // max(n, 1))) if dims == self._last_dims else 1
+            draws = self._draws(offset, count, n).reshape((count, *dims))
+            self._ahead = (dims, offset, draws) if count > 1 else None
+            out = draws[0]
+        self._last_dims = dims
+        self.offset = offset + 1
+        return np.array(out, dtype=np.float32)  # a copy the caller owns
+
+    def _draws(self, offset: int, count: int, n: int) -> F32Array:
+        """Draws ``offset .. offset + count - 1`` of ``n`` values each, as a (count, n) array."""
+        offsets = np.arange(offset, offset + count, dtype=object)
+        index_lo, index_hi = _index_words(n)
+        counter = np.empty((4, count, n), dtype=np.uint32)
+        counter[0] = np.array([o & _MASK32 for o in offsets], dtype=np.uint32).reshape(count, 1)
+        counter[1] = np.array([(o >> 32) & _MASK32 for o in offsets], dtype=np.uint32).reshape(count, 1)
         counter[2] = index_lo
         counter[3] = index_hi
-        words = philox4x32(counter, (self.seed & _MASK32, self.seed >> 32))
-        self.offset += 1
-        return box_muller_sin(words[0], words[1]).reshape(dims)
+        return _normals(counter.reshape(4, -1), self.seed & _MASK32, self.seed >> 32).reshape(count, n)
 
 
 def randn_many(seeds: Sequence[int] | npt.NDArray[np.integer], shape: int | Sequence[int]) -> F32Array:
@@ -136,12 +182,16 @@ def randn_many(seeds: Sequence[int] | npt.NDArray[np.integer], shape: int | Sequ
     else:
         keys = np.asarray([_check_seed(int(s)) for s in seeds], dtype=np.uint64).reshape(-1, 1)
     n = int(np.prod(dims, dtype=np.int64))
-    index_lo, index_hi = _split64(np.arange(n, dtype=np.uint64))
-    counter = np.zeros((4, len(keys), n), dtype=np.uint32)  # offset 0: the first two words stay zero
-    counter[2] = index_lo
-    counter[3] = index_hi
-    words = philox4x32(counter, (keys & np.uint64(_MASK32), keys >> np.uint64(32)))
-    return box_muller_sin(words[0], words[1]).reshape((len(keys), *dims))
+    index_lo, index_hi = _index_words(n)
+    out = np.empty((len(keys), n), dtype=np.float32)
+    rows = max(1, PASS_ELEMENTS // max(n, 1))  # seeds per pass: larger arrays fall out of the processor's caches
+    for first in range(0, len(keys), rows):
+        chunk = keys[first:first + rows]
+        counter = np.zeros((4, len(chunk), n), dtype=np.uint32)  # offset 0: the first two words stay zero
+        counter[2] = index_lo
+        counter[3] = index_hi
+        out[first:first + rows] = _normals(counter, chunk & np.uint64(_MASK32), chunk >> np.uint64(32))
+    return out.reshape((len(keys), *dims))
 
 
 def image_noise(seed: int, width: int, height: int, channels: int = LATENT_CHANNELS) -> F32Array:

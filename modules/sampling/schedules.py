@@ -12,6 +12,7 @@ sigma_min instead of 0, and DDIM gives len(table) // (len(table) // n) + 1 entri
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,12 @@ def scaled_linear_alphas_cumprod(
     beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000
 ) -> torch.Tensor:
     """The abar table of SD 1.x, SD 2.x and SDXL: betas linear in sqrt between the bounds, products in float64,
-    stored as float32 (as the CompVis and SGM models hold it)."""
+    stored as float32 (as the CompVis and SGM models hold it). A new tensor each call (made once per bounds)."""
+    return _scaled_linear_alphas_cumprod(float(beta_start), float(beta_end), int(steps)).clone()
+
+
+@functools.lru_cache(maxsize=8)
+def _scaled_linear_alphas_cumprod(beta_start: float, beta_end: float, steps: int) -> torch.Tensor:
     betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
     abar = np.cumprod(1.0 - betas.numpy(), axis=0)
     return torch.from_numpy(abar).to(torch.float32)
@@ -96,10 +102,11 @@ class SigmaTable:
         """The continuous timestep whose interpolated sigma is `sigma` (clamped to the table's range), or with
         `quantize` the index of the nearest table entry in log-sigma."""
         log_sigma = sigma.log()
-        dists = log_sigma - self.log_sigmas[:, None]
         if quantize:
-            return dists.abs().argmin(dim=0).view(sigma.shape)
-        below = dists.ge(0).sum(dim=0)  # table entries at or below each sigma
+            return (log_sigma - self.log_sigmas[:, None]).abs().argmin(dim=0).view(sigma.shape)
+        # table entries at or below each sigma (the table ascends)
+        table = self.log_sigmas if self.log_sigmas.dtype == log_sigma.dtype else self.log_sigmas.to(log_sigma.dtype)
+        below = torch.searchsorted(table, log_sigma.reshape(-1), right=True)
         low = (below - 1).clamp(min=0, max=len(self) - 2)
         high = low + 1
         log_low, log_high = self.log_sigmas[low], self.log_sigmas[high]

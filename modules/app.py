@@ -30,7 +30,7 @@ from modules.job_types import (
     LoadModelJob,
     Txt2ImgJob,
 )
-from modules.jobs import Job, JobQueue
+from modules.jobs import Job, JobQueue, LocalSlot, Slot
 from modules.models.manager import DeviceConfig, ModelManager, default_device, is_demo
 from modules.models.model_defaults import read_defaults
 from modules.models.registry import CheckpointRegistry
@@ -95,6 +95,9 @@ class StartOptions:
     admin_users: tuple[str, ...] = ()  # who may change settings and models; empty: every user (see is_admin)
     extension_access: bool = False  # --enable-insecure-extension-access: install and toggle extensions when exposed
     disable_extensions: str = "none"  # "all": --disable-all-extensions, "extra": --disable-extra-extensions
+    workers: str | None = None  # --workers: "ray" (local GPUs) or "ray://HEAD:PORT"; None: jobs run in this process
+    worker_count: int | None = None  # --worker-count: workers to start (default: one per GPU, or one on CPUs)
+    worker_models_dir: Path | None = None  # --worker-models-dir: the models folder the workers read
 
 
 # settings that change how the resident model is placed: a change is applied by a job (see DeviceConfigJob)
@@ -152,10 +155,14 @@ class App:
         self.engine = Engine(self.models, self.networks, self.upscalers, self.faces)
         self.scripts = ScriptRegistry(builtin_scripts(self))
         self.handlers = builtin_handlers()
+        self.workers: Any = None  # the generation workers (modules.workers.ray_pool.RayWorkers) with --workers
+        slots = self._start_workers() if options.workers else None
         # jobs and their results are kept in <data dir>/jobs.sqlite3: queued jobs run again after a restart
         self.queue = JobQueue(self._run_job, max_size=self.settings["queue_max_size"],
                               store=JobStore(self.paths.data_dir / JOBS_FILE,
-                                             lambda: float(self.settings["jobs_keep_hours"])))
+                                             lambda: float(self.settings["jobs_keep_hours"])), slots=slots)
+        if self.workers is not None:
+            self.workers.on_ready = self.queue.wake
         self.model_status = ModelStatus()
         self.admin_users = frozenset(options.admin_users)
         self.launch_flags: dict[str, Any] = {}
@@ -177,6 +184,55 @@ class App:
 
     def stop(self) -> None:
         self.queue.stop()
+        if self.workers is not None:
+            self.workers.stop()
+
+    # -- generation workers (--workers)
+    def _start_workers(self) -> list[Slot]:
+        """The generation workers' slots, started, and this process's slot for every other kind of job."""
+        from modules.workers import WORKER_KINDS
+        from modules.workers.ray_pool import RayWorkers, default_setup, parse_address
+
+        assert self.options.workers is not None
+        setup = default_setup(self.paths.data_dir, self.options.worker_models_dir, self.paths,
+                              self.options.precision)
+        self.workers = RayWorkers(parse_address(self.options.workers), self.options.worker_count, setup,
+                                  self.settings.snapshot, self._checkpoint_file_name, self._save_worker_result)
+        local = LocalSlot(self._run_job, kinds=frozenset(self.handlers.kinds()) - WORKER_KINDS)
+        return [local, *self.workers.start()]
+
+    def _checkpoint_file_name(self, name: str | None) -> str | None:
+        """A job's checkpoint as the workers list it (its file name), when this process knows it."""
+        info = self.registry.find(name) if name else None
+        return info.name if info is not None else name
+
+    def _save_worker_result(self, job: Job, result: JobResult) -> JobResult:
+        """A worker's result as this process keeps it: a generation's images saved here, as the job asked."""
+        from modules.engine import save_images_result
+        from modules.job_types import ImagesResult, ModelResult
+
+        spec = job.spec
+        if isinstance(result, ImagesResult) and isinstance(spec, (Txt2ImgJob, Img2ImgJob)) and spec.output:
+            return save_images_result(result, spec.output, spec.return_grid, job.control.warn)
+        if isinstance(result, ModelResult) and result.title:
+            self.model_status = ModelStatus("loaded", result.title, f"on {job.worker}")
+        return result
+
+    def workers_status(self) -> list[dict[str, Any]]:
+        """The generation workers and their state; without --workers, this process as the one worker."""
+        if self.workers is not None:
+            return list(self.workers.describe(self.queue.busy()))
+        import os
+        import socket
+
+        job = self.queue.current
+        cur = self.models.current
+        return [{"id": "local", "state": "busy" if job is not None else "ready", "message": "",
+                 "node": socket.gethostname(), "node_id": None, "pid": os.getpid(),
+                 "device": self.models.config.device,
+                 "model": cur.info.title if cur is not None and cur.info is not None else None,
+                 "checkpoints": len(self.registry.list()), "job": job.id if job is not None else None,
+                 "jobs_done": None, "busy_seconds": None, "restarts": 0}]
 
     # -- users
     def is_admin(self, user: str | None) -> bool:
@@ -243,11 +299,12 @@ class App:
         return self.settings["show_progress_every_n_steps"] if self.settings["live_previews_enable"] else 0
 
     # -- jobs
-    def submit(self, spec: JobSpec, owner: str | None = None, tag: object = None, durable: bool = False) -> Job:
+    def submit(self, spec: JobSpec, owner: str | None = None, tag: object = None, durable: bool = False,
+               pin: str | None = None) -> Job:
         """Check ``spec`` (raising :class:`ValidationError` before anything is queued) and queue it; ``durable``
-        (the jobs API): kept in the job store across restarts."""
+        (the jobs API): kept in the job store across restarts; ``pin``: the worker it must run on."""
         self.handlers.check(self, spec)
-        return self.queue.submit(spec, owner, tag, durable)
+        return self.queue.submit(spec, owner, tag, durable, pin)
 
     def _tile_settings(self, kind: str) -> tuple[int, int]:
         size, overlap = TILE_SETTINGS.get(kind, DEFAULT_TILE_SETTINGS)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -31,6 +31,9 @@ from modules.networks.service import ExtraNetworks
 from modules.output_options import OutputOptions
 from modules.requests import GenerationRequest, Img2ImgRequest
 from modules.upscalers.registry import UpscalerRegistry
+
+if TYPE_CHECKING:
+    from modules.job_types import ImagesResult
 
 __all__ = ["Engine", "JobOutput", "OutputOptions"]
 log = logging.getLogger(__name__)
@@ -126,15 +129,56 @@ class Engine:
 
 
 def _values(result: GenerationResult, index: int) -> dict[str, object]:
-    req = result.request
+    return _pattern_values(result.request, index, result.all_seeds, result.all_prompts[index],
+                           result.all_negative_prompts[index], result.model_name, result.model_hash)
+
+
+def _pattern_values(req: GenerationRequest, index: int, seeds: list[int], prompt: str, negative_prompt: str,
+                    model_name: str, model_hash: str | None) -> dict[str, object]:
+    """What the file name pattern's tags read for image ``index`` of a job."""
     return {
-        "seed": result.all_seeds[index], "seeds": result.all_seeds, "steps": req.steps, "cfg_scale": req.cfg_scale,
+        "seed": seeds[index], "seeds": seeds, "steps": req.steps, "cfg_scale": req.cfg_scale,
         "width": req.width, "height": req.height, "styles": list(req.styles), "sampler": req.sampler_name,
-        "scheduler": req.scheduler, "model_hash": result.model_hash or "", "model_name": result.model_name,
-        "prompt": result.all_prompts[index], "negative_prompt": result.all_negative_prompts[index],
+        "scheduler": req.scheduler, "model_hash": model_hash or "", "model_name": model_name,
+        "prompt": prompt, "negative_prompt": negative_prompt,
         "job_timestamp": _dt.datetime.now(), "batch_number": index % req.batch_size,
         "generation_number": index, "clip_skip": req.clip_skip, "denoising_strength": req.denoising_strength,
     }
+
+
+def save_images_result(result: ImagesResult, out: OutputOptions, keep_grid: bool,
+                       warn: Callable[[str], None]) -> ImagesResult:
+    """Save a result made elsewhere (a generation worker's: images as PNG bytes) as the engine saves its own: each
+    image, then the grid; the result with the paths, and its grid only when ``keep_grid`` (the job asked for it)."""
+    seeds = [image.seed for image in result.images]
+    images = list(result.images)
+    if out.save_samples:
+        for index, image in enumerate(images):
+            values = _pattern_values(result.request, index, seeds, image.prompt, image.negative_prompt,
+                                     result.model_name, result.model_hash)
+            try:
+                path = outputs.save_image(image.to_pil(), _folder(out.samples_dir, out), out.samples_format,
+                                          image.infotext if out.enable_pnginfo else None,
+                                          pattern=out.filename_pattern or "[seed]", values=values,
+                                          quality=out.jpeg_quality)
+            except OSError as exc:
+                log.warning("could not save an image: %s", exc)
+                warn(f"an image could not be saved ({exc.strerror or exc}); it is still in the result")
+                continue
+            images[index] = replace(image, path=path)
+    grid, grid_path = result.grid, result.grid_path
+    if out.save_grid and grid is not None:
+        values = _pattern_values(result.request, 0, seeds or [-1], grid.prompt, grid.negative_prompt,
+                                 result.model_name, result.model_hash)
+        try:
+            grid_path = outputs.save_image(grid.to_pil(), _folder(out.grids_dir, out), out.grid_format,
+                                           grid.infotext if out.enable_pnginfo else None, pattern="", values=values,
+                                           basename="grid", digits=4, quality=out.jpeg_quality)
+            grid = replace(grid, path=grid_path)
+        except OSError as exc:
+            log.warning("could not save the grid: %s", exc)
+            warn(f"the grid could not be saved ({exc.strerror or exc})")
+    return replace(result, images=tuple(images), grid=grid if keep_grid else None, grid_path=grid_path)
 
 
 def _folder(root: Path, out: OutputOptions) -> Path:

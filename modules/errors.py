@@ -51,8 +51,23 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return name == "OutOfMemoryError" or isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
+class RemoteJobError(WebUIError):
+    """A job's failure in a worker process, as that worker described it (its message, kind and field)."""
+
+    def __init__(self, message: str, kind: ErrorKind = ErrorKind.FAILED, field: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.field = field
+
+
+class WorkerLost(WebUIError):
+    """The worker process running a job stopped (it died, or its machine left the cluster)."""
+
+
 def error_kind(exc: BaseException) -> ErrorKind:
     """The kind of a job's failure."""
+    if isinstance(exc, RemoteJobError):
+        return exc.kind
     if isinstance(exc, ValidationError):
         return ErrorKind.INVALID
     if isinstance(exc, ModelLoadError):

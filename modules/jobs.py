@@ -8,6 +8,12 @@ queued, starts and ends; a new queue over the same store runs the queued jobs ag
 finished ones (in memory the newest ``keep_finished``, the others read back by :meth:`JobQueue.get` while the store
 keeps them) and marks the ones that were running failed, "interrupted: the server stopped while it ran". Without a
 store everything stays in memory, as before.
+
+Where a job runs is a *slot*: by default one, in this process, so jobs run one at a time in their order. With
+several slots (generation workers in other processes, :mod:`modules.workers`), a dispatcher gives each waiting job,
+in order, to the free slot that prefers it most (the worker that has its checkpoint loaded, else the least busy);
+a job may be pinned to one slot; a job no slot can ever run fails with each slot's reason; a job whose worker
+stops while it runs (:class:`~modules.errors.WorkerLost`) is queued again once, at the front, for another worker.
 """
 
 from __future__ import annotations
@@ -18,12 +24,21 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from modules.errors import ErrorKind, Interrupted, ValidationError, WebUIError, error_kind, is_out_of_memory
+from modules.errors import (
+    ErrorKind,
+    Interrupted,
+    RemoteJobError,
+    ValidationError,
+    WebUIError,
+    WorkerLost,
+    error_kind,
+    is_out_of_memory,
+)
 from modules.generation.control import JobControl
 from modules.job_types import JobResult, JobSpec
 
@@ -71,6 +86,9 @@ class Job:
     error_kind: ErrorKind | None = None  # why it failed: decides the HTTP status the API answers with
     error_field: str | None = None  # the parameter a ValidationError named
     cancel_requested: bool = False
+    pin: str | None = None  # the slot (worker) the job must run on; None: any
+    worker: str | None = None  # the slot that ran it (the last one, when it was retried)
+    attempts: int = 0  # runs cut short by a lost worker
     done: threading.Event = field(default_factory=threading.Event)
     _callbacks: list[Callable[[Job], None]] = field(default_factory=list, repr=False)
     _stored: bool = field(default=False, repr=False)  # written to the queue's store (it survives a restart)
@@ -129,12 +147,56 @@ def free_memory() -> None:
         log.debug("could not empty the CUDA cache", exc_info=True)
 
 
+class Slot(Protocol):
+    """Where a job can run: this process, or a worker of :mod:`modules.workers`."""
+
+    name: str
+
+    def refusal(self, job: Job) -> str | None:
+        """Why this slot can never run ``job`` (its kind, its pin, a checkpoint it does not have); None: it can."""
+
+    def ready(self) -> bool:
+        """Whether it can start a job now (a worker still starting or restarting cannot)."""
+
+    def preference(self, job: Job) -> tuple[float, ...]:
+        """How much this slot suits ``job`` among the free ones: the highest gets it."""
+
+    def run(self, job: Job) -> JobResult:
+        """Run ``job`` to its result (raising as a handler does; :class:`WorkerLost` when the worker stops)."""
+
+
+class LocalSlot:
+    """This process: every job, with the queue's runner."""
+
+    def __init__(self, runner: Callable[[Job], JobResult], name: str = "local",
+                 kinds: frozenset[str] | None = None) -> None:
+        self.name = name
+        self._runner = runner
+        self._kinds = kinds  # None: every kind
+
+    def refusal(self, job: Job) -> str | None:
+        if job.pin is not None and job.pin != self.name:
+            return f"the job is pinned to {job.pin}"
+        if self._kinds is not None and job.kind not in self._kinds:
+            return f"{job.kind} jobs run on the workers"
+        return None
+
+    def ready(self) -> bool:
+        return True
+
+    def preference(self, job: Job) -> tuple[float, ...]:
+        return (0.0,)
+
+    def run(self, job: Job) -> JobResult:
+        return self._runner(job)
+
+
 class JobQueue:
     """``store``: where jobs are kept across restarts (its queued jobs are queued again here at once); ``None``:
     in memory only. ``keep_finished``: how many finished jobs are held in memory."""
 
     def __init__(self, runner: Callable[[Job], JobResult], max_size: int = 64, keep_finished: int = 200,
-                 store: JobStore | None = None) -> None:
+                 store: JobStore | None = None, slots: Sequence[Slot] | None = None) -> None:
         self._runner = runner
         self.max_size = max_size
         self._keep = keep_finished
@@ -142,6 +204,10 @@ class JobQueue:
         self._waiting: deque[Job] = deque()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._current: Job | None = None
+        self._slots: list[Slot] = list(slots) if slots else [LocalSlot(runner)]
+        self._busy: dict[str, Job] = {}  # slot name -> the job it runs
+        self._running: list[Job] = []  # in the order they started
+        self._job_threads: list[threading.Thread] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._store = store
@@ -162,10 +228,15 @@ class JobQueue:
         return self._store
 
     # -- submitting and looking up
-    def submit(self, spec: JobSpec, owner: str | None = None, tag: object = None, durable: bool = True) -> Job:
+    def submit(self, spec: JobSpec, owner: str | None = None, tag: object = None, durable: bool = True,
+               pin: str | None = None) -> Job:
         """Queue ``spec``; ``durable``: kept in the store (when there is one), so it runs after a restart and its
-        result stays readable; a job whose client waits on the connection (the A1111 API, the UI) is not."""
-        job = Job(spec, owner, tag)
+        result stays readable; a job whose client waits on the connection (the A1111 API, the UI) is not.
+        ``pin``: the name of the slot (worker) it must run on."""
+        if pin is not None and pin not in {slot.name for slot in self._slots}:
+            raise ValidationError(f"worker: no worker is named {pin!r} (there are: "
+                                  f"{', '.join(slot.name for slot in self._slots)})", field="worker")
+        job = Job(spec, owner, tag, pin=pin)
         if len(self._waiting) >= self.max_size:  # a full queue is refused before the spec is encoded
             raise QueueFull(f"the queue is full ({self.max_size} jobs waiting); try again later")
         record = self._store.record(job) if self._store is not None and durable else None  # encoded outside the lock
@@ -202,18 +273,38 @@ class JobQueue:
 
     @property
     def current(self) -> Job | None:
+        """The running job (with several slots: the one that started first of those running)."""
         return self._current
+
+    @property
+    def slots(self) -> list[Slot]:
+        return list(self._slots)
+
+    def running(self) -> list[Job]:
+        """Every running job, in the order they started."""
+        with self._lock:
+            return list(self._running)
+
+    def busy(self) -> dict[str, Job]:
+        """Slot name -> the job it runs now."""
+        with self._lock:
+            return dict(self._busy)
 
     def pending(self, owner: str | None = None) -> int:
         """The jobs waiting or running: all of them, or ``owner``'s only."""
         with self._lock:
-            jobs = [*self._waiting, *([self._current] if self._current is not None else [])]
+            jobs = [*self._waiting, *self._running]
         return sum(1 for job in jobs if owns(owner, job))
 
     def current_of(self, owner: str | None) -> Job | None:
-        """The running job when ``owner`` may act on it (``None``: a single local user, any job)."""
-        job = self._current
-        return job if job is not None and owns(owner, job) else None
+        """The first running job ``owner`` may act on (``None``: a single local user, any job)."""
+        with self._lock:
+            return next((job for job in self._running if owns(owner, job)), None)
+
+    def wake(self) -> None:
+        """Look again for work to hand out (a slot has become ready)."""
+        with self._lock:
+            self._lock.notify_all()
 
     # -- control
     def cancel(self, job_id: str, owner: str | None = None) -> Job | None:
@@ -265,34 +356,74 @@ class JobQueue:
                     self._waiting.remove(job)
                     job.error = STOPPED_BEFORE_RUN
                     self._finish(job, JobState.CANCELLED)  # not written: the store keeps it queued
+            running = list(self._running)
             self._lock.notify_all()
-        if self._current is not None:
-            self._current.control.interrupt()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self._store is not None and (self._thread is None or not self._thread.is_alive()):
+        for job in running:
+            job.control.interrupt()
+        deadline = time.monotonic() + timeout
+        threads = [t for t in (self._thread, *self._job_threads) if t is not None]
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._store is not None and not any(t.is_alive() for t in threads):
             self._store.close()
 
     def _work(self) -> None:
+        """The dispatcher: hands each waiting job, in order, to a free slot that can run it. With the one local
+        slot (no workers), the job runs right here, one at a time; else each in a thread of its own."""
+        inline = len(self._slots) == 1 and isinstance(self._slots[0], LocalSlot)
         while True:
             with self._lock:
-                while not self._waiting and not self._stopping:
-                    self._lock.wait()
-                if self._stopping:
-                    return
-                job = self._waiting.popleft()
+                while True:
+                    if self._stopping:
+                        return
+                    picked = self._pick()
+                    if picked is not None:
+                        break
+                    self._lock.wait(None if inline else 1.0)  # a worker may become ready without a notify
+                job, slot, refused = picked
+                self._waiting.remove(job)
+                if slot is None:
+                    job.error, job.error_kind = f"no worker can run this job: {refused}", ErrorKind.FAILED
+                    self._finish(job, JobState.FAILED, persist=True)
+                    continue
                 job.state = JobState.RUNNING
                 job.started = time.time()
-                self._current = job
+                job.worker = None if inline else slot.name
+                self._busy[slot.name] = job
+                self._running.append(job)
+                if self._current is None:
+                    self._current = job
                 self._lock.notify_all()
             if self._store is not None and job._stored:
                 self._store.mark_running(job)
-            self._run(job)
+            if inline:
+                self._run(job, slot)
+                continue
+            thread = threading.Thread(target=self._run, args=(job, slot), name=f"job-{slot.name}", daemon=True)
+            self._job_threads = [t for t in self._job_threads if t.is_alive()] + [thread]
+            thread.start()
 
-    def _run(self, job: Job) -> None:
+    def _pick(self) -> tuple[Job, Slot | None, str] | None:
+        """The first waiting job a free slot can run and the slot that suits it most; a job no slot can ever run,
+        with the slots' reasons (slot None); None: nothing to start now. Under the lock."""
+        free = [slot for slot in self._slots if slot.name not in self._busy and slot.ready()]
+        for job in self._waiting:
+            reasons = {slot.name: slot.refusal(job) for slot in self._slots}
+            able = [slot for slot in self._slots if reasons[slot.name] is None]
+            if not able:
+                return job, None, "; ".join(f"{name}: {why}" for name, why in reasons.items())
+            if len(able) > 1 and job.attempts:  # a retry goes to another worker than the one that was lost
+                able = [slot for slot in able if slot.name != job.worker] or able
+            candidates = [slot for slot in able if slot in free]
+            if candidates:
+                return job, max(candidates, key=lambda slot: slot.preference(job)), ""
+        return None
+
+    def _run(self, job: Job, slot: Slot | None = None) -> None:
+        slot = slot or self._slots[0]
         state = JobState.SUCCEEDED
         try:
-            job.result = self._runner(job)
+            job.result = slot.run(job)
             if job.cancel_requested:
                 state = JobState.CANCELLED
             # cut short while the queue stops (also by a cancel then, as the server's shutdown sends): said so
@@ -300,24 +431,51 @@ class JobQueue:
                 state = self._stopped(job)
         except Interrupted:
             state = self._stopped(job) if self._stopping else JobState.CANCELLED
+        except WorkerLost as exc:
+            if job.attempts < 1 and not self._stopping and not job.cancel_requested:
+                self._again(job, slot, exc)
+                return
+            job.error = f"{exc}; the job had already run again once" if job.attempts else str(exc)
+            job.error_kind, state = ErrorKind.FAILED, JobState.FAILED
+            log.error("job %s (%s) failed: %s", job.id, job.kind, job.error)
         except BaseException as exc:  # noqa: BLE001 - a job's failure must never stop the worker
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             job.error = describe_error(exc)
             job.error_kind = error_kind(exc)
-            job.error_field = getattr(exc, "field", None) if isinstance(exc, ValidationError) else None
+            job.error_field = getattr(exc, "field", None) if isinstance(exc, (ValidationError, RemoteJobError)) \
+                else None
             state = JobState.FAILED
             log.error("job %s (%s) failed: %s", job.id, job.kind, job.error,
                       exc_info=job.error_kind is ErrorKind.INTERNAL)
-        finally:
-            if state is JobState.FAILED:
-                free_memory()
-            finished = time.time()
-            if self._store is not None and job._stored:  # written before anyone is told it has finished
-                self._store.mark_finished(job, state, finished)
-            with self._lock:
-                self._current = None
-                self._finish(job, state, finished)
+        if state is JobState.FAILED:
+            free_memory()
+        finished = time.time()
+        if self._store is not None and job._stored:  # written before anyone is told it has finished
+            self._store.mark_finished(job, state, finished)
+        with self._lock:
+            self._release(job, slot)
+            self._finish(job, state, finished)
+
+    def _again(self, job: Job, slot: Slot, exc: WorkerLost) -> None:
+        """Queue ``job`` again at the front after its worker was lost (once)."""
+        job.attempts += 1
+        job.control.warn(f"{exc}; the job ran again from the start")
+        log.warning("job %s (%s): %s; queued again", job.id, job.kind, exc)
+        with self._lock:
+            self._release(job, slot)
+            job.state, job.started = JobState.QUEUED, None
+            self._waiting.appendleft(job)
+            self._lock.notify_all()
+
+    def _release(self, job: Job, slot: Slot) -> None:
+        """``slot`` is free again and ``job`` no longer running (under the lock)."""
+        if self._busy.get(slot.name) is job:
+            del self._busy[slot.name]
+        if job in self._running:
+            self._running.remove(job)
+        if self._current is job:
+            self._current = self._running[0] if self._running else None
 
     @staticmethod
     def _stopped(job: Job) -> JobState:
@@ -357,7 +515,7 @@ class JobQueue:
     def wait_idle(self, timeout: float = 30) -> bool:
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._waiting or self._current is not None:
+            while self._waiting or self._running:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

@@ -9,6 +9,7 @@ import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modules.errors import WebUIError
@@ -149,7 +150,9 @@ def start_options(args: argparse.Namespace, exposed: bool) -> StartOptions:
                         admin_users=parse_admin_users(args.admin_users),
                         extension_access=args.enable_insecure_extension_access,
                         disable_extensions="all" if args.disable_all_extensions else
-                        "extra" if args.disable_extra_extensions else "none")
+                        "extra" if args.disable_extra_extensions else "none",
+                        workers=args.workers, worker_count=args.worker_count,
+                        worker_models_dir=Path(args.worker_models_dir) if args.worker_models_dir else None)
 
 
 def _serve(args: argparse.Namespace, config: ServerConfig, t0: float) -> int:

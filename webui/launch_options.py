@@ -85,6 +85,11 @@ HONOURED: tuple[FlagRow, ...] = (
     ("--hide-ui-dir-config", "on", None, "hide the output-folder buttons under the galleries"),
     ("--loglevel", "str", None, "log level: CRITICAL, ERROR, WARNING, INFO or DEBUG"),
     ("--timeout-keep-alive", "int", 30, "seconds an idle HTTP connection stays open"),
+    ("--workers", "str", None, "run generations on workers: 'ray' (a worker per local GPU) or 'ray://HEAD:PORT' "
+     "(an existing Ray cluster); needs pip install '.[cluster]'"),
+    ("--worker-count", "int", None, "how many workers --workers starts (default: one per GPU; on CPUs, one)"),
+    ("--worker-models-dir", "str", None, "the models folder the workers read (may be shared storage; default: "
+     "this server's)"),
 )
 
 # A1111 flags whose request is already the behaviour here: A1111's own no-ops, and checks or downloads that

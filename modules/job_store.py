@@ -1,8 +1,9 @@
 """The job queue kept in SQLite (``<data dir>/jobs.sqlite3``), so that it survives a restart.
 
-For every job: its id, kind, owner, state, times, error fields and warnings, the spec, the submitter's tag when it
-is plain data, and the result. Specs, tags and results are encoded by :func:`encode` (self-describing JSON, with
-bytes and images as binary parts beside it; see :func:`decode`), so that every registered job kind round-trips.
+For every job: its id, kind, owner, state, times, error fields and warnings, the worker that ran it (with
+``--workers``), the spec, the submitter's tag when it is plain data, and the result. Specs, tags and results are
+encoded by :func:`encode` (self-describing JSON, with bytes and images as binary parts beside it; see
+:func:`decode`), so that every registered job kind round-trips.
 
 Durability: the file is in WAL mode and every write is one transaction, so killing the server at any moment leaves
 the queue as it was after the last write. After a restart (:meth:`JobStore.restore`):
@@ -30,6 +31,10 @@ plus the queued jobs). A file that cannot be used (not an SQLite file, corrupt, 
 aside, as ``jobs.sqlite3.corrupt-<time>``, with a warning, and an empty store is created. When the file cannot be
 opened or written at all (a read-only data folder, a full disk), the queue goes on in memory, with an error in the
 log.
+
+Schema versions (``PRAGMA user_version``): 1, the first; 2 adds the ``worker`` column. An older file is upgraded in
+place when it is opened (its jobs kept; the added column comes after the blobs there, which only costs reading
+through them for that column).
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from modules.jobs import INTERRUPTED_BY_STOP, Job, JobState
 log = logging.getLogger(__name__)
 
 JOBS_FILE = "jobs.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 INTERRUPTED = INTERRUPTED_BY_STOP
 MiB = 2**20
 
@@ -288,6 +293,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_kind TEXT,
     error_field TEXT,
     warnings TEXT NOT NULL DEFAULT '[]',  -- JSON list of strings
+    worker TEXT,  -- the worker that ran it (schema 2); NULL: this process
     size INTEGER NOT NULL DEFAULT 0,  -- bytes of spec, tag and result
     -- the blobs last: the columns above are read without reading through them
     spec BLOB NOT NULL,
@@ -298,7 +304,10 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished);
 """
 _FINISHED = tuple(s.value for s in JobState if s.finished)
-_COLUMNS = "seq, id, kind, owner, state, created, started, finished, error, error_kind, error_field, warnings"
+_COLUMNS = ("seq, id, kind, owner, state, created, started, finished, error, error_kind, error_field, warnings, "
+            "worker")
+# columns added since schema 1, as ``ALTER TABLE jobs ADD COLUMN`` takes them: added to an older file on opening
+_ADDED_COLUMNS = (("worker", "worker TEXT"),)
 PURGE_EVERY_S = 300.0
 
 
@@ -371,9 +380,17 @@ class JobStore:
             check = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
             if check != ["ok"]:
                 raise _Unusable("corrupt: " + "; ".join(map(str, check)))
-            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA)  # the transaction stays open for the upgrade
             columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-            missing = {"seq", "id", "spec", "result", "size", "warnings"} - columns
+            for name, definition in _ADDED_COLUMNS:
+                if name not in columns:  # a file of an older schema: upgraded in place, its jobs kept
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {definition}")
+                    columns.add(name)
+                    log.info("job store %s: added the %s column (schema %d to %d)", self.path.name, name, version,
+                             SCHEMA_VERSION)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+            missing = {"seq", "id", "spec", "result", "size", "warnings", "worker"} - columns
             if missing:
                 raise _Unusable(f"the jobs table lacks {', '.join(sorted(missing))}")
         except BaseException:
@@ -481,14 +498,15 @@ class JobStore:
         return False
 
     def mark_running(self, job: Job) -> None:
+        """Store that ``job`` started, and on which worker (``job.worker``, set by the dispatcher)."""
         with self._transaction("marking a job running") as conn:
             if conn is not None:
-                conn.execute("UPDATE jobs SET state = ?, started = ? WHERE id = ?",
-                             (JobState.RUNNING.value, job.started, job.id))
+                conn.execute("UPDATE jobs SET state = ?, started = ?, worker = ? WHERE id = ?",
+                             (JobState.RUNNING.value, job.started, job.worker, job.id))
 
     def mark_finished(self, job: Job, state: JobState, finished: float) -> None:
-        """Store ``job``'s end: its state, time, error fields, warnings and result (left out, with a warning on
-        the job, when it is too large or cannot be stored)."""
+        """Store ``job``'s end: its state, time, error fields, warnings, worker and result (left out, with a warning
+        on the job, when it is too large or cannot be stored)."""
         if self._conn is None:
             return
         result = None
@@ -504,11 +522,11 @@ class JobStore:
             if conn is None:
                 return
             conn.execute("UPDATE jobs SET state = ?, started = ?, finished = ?, error = ?, error_kind = ?, "
-                         "error_field = ?, warnings = ?, result = ?, size = length(spec) + COALESCE(length(tag), 0)"
-                         " + ? WHERE id = ?",
+                         "error_field = ?, warnings = ?, worker = ?, result = ?, size = length(spec) + "
+                         "COALESCE(length(tag), 0) + ? WHERE id = ?",
                          (state.value, job.started, finished, job.error,
                           job.error_kind.value if job.error_kind is not None else None, job.error_field, warnings,
-                          result, len(result or b""), job.id))
+                          job.worker, result, len(result or b""), job.id))
             self._bound_size(conn)
         if self.clock() - self._last_purge >= PURGE_EVERY_S:
             self.purge()
@@ -620,8 +638,8 @@ class JobStore:
 
     def _job(self, row: Any) -> Job:
         """A job from its row (seq, id, kind, owner, state, created, started, finished, error, error_kind,
-        error_field, warnings, spec, tag, result); one whose spec cannot be read back comes back failed."""
-        (_, job_id, kind, owner, state, created, started, finished, error, error_kind, error_field, warnings,
+        error_field, warnings, worker, spec, tag, result); one whose spec cannot be read back comes back failed."""
+        (_, job_id, kind, owner, state, created, started, finished, error, error_kind, error_field, warnings, worker,
          spec_data, tag_data, result_data) = row
         control = JobControl()
         try:
@@ -652,7 +670,7 @@ class JobStore:
                 control.warn(f"the result could not be read back after a restart: {exc}")
         job = Job(cast(Any, spec), owner, tag, id=job_id, state=JobState(state), control=control, created=created,
                   started=started, finished=finished, result=result, error=error,
-                  error_kind=ErrorKind(error_kind) if error_kind else None, error_field=error_field)
+                  error_kind=ErrorKind(error_kind) if error_kind else None, error_field=error_field, worker=worker)
         job._stored = True
         if job.state.finished:
             job.done.set()

@@ -463,6 +463,113 @@ def test_a_store_that_cannot_be_opened_leaves_the_queue_in_memory(tmp_path, capl
     assert (tmp_path / JOBS_FILE).is_dir()  # left alone
 
 
+def test_the_worker_that_ran_a_job_survives_a_restart(tmp_path):
+    """With several slots (workers) each job records the one that ran it: written when it starts and when it ends,
+    read back by the next queue over the same file; in-process jobs (one slot) have none."""
+    from modules.jobs import LocalSlot
+
+    path = tmp_path / JOBS_FILE
+    release = threading.Event()
+
+    def runner(job):
+        if job.spec.value == "block":
+            release.wait(10)
+        return job_types.ModelResult(str(job.spec.value))
+
+    q = JobQueue(runner, store=JobStore(path), slots=[LocalSlot(runner, "worker-1"), LocalSlot(runner, "worker-2")])
+    q.start()
+    first = q.submit(Echo("one"), pin="worker-2")
+    assert first.wait(10) and first.worker == "worker-2"
+    blocked = q.submit(Echo("block"), pin="worker-1")
+    assert q.wait_running(10) is blocked
+    with sqlite3.connect(path) as conn:  # written when it started
+        assert conn.execute("SELECT state, worker FROM jobs WHERE id = ?", (blocked.id,)).fetchone() == (
+            "running", "worker-1")
+    release.set()
+    assert blocked.wait(10)
+    q.stop()
+    inline = JobQueue(lambda job: job_types.ModelResult("here"), store=JobStore(path))
+    inline.start()
+    local = inline.submit(Echo("local"))
+    assert local.wait(10) and local.worker is None
+    inline.stop()
+    again = {j.id: j for j in JobQueue(lambda job: None, store=JobStore(path)).jobs()}
+    assert again[first.id].worker == "worker-2" and again[blocked.id].worker == "worker-1"
+    assert again[blocked.id].state is JobState.SUCCEEDED and again[local.id].worker is None
+
+
+SCHEMA_1 = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- submission order
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    owner TEXT,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    error TEXT,
+    error_kind TEXT,
+    error_field TEXT,
+    warnings TEXT NOT NULL DEFAULT '[]',  -- JSON list of strings
+    size INTEGER NOT NULL DEFAULT 0,  -- bytes of spec, tag and result
+    -- the blobs last: the columns above are read without reading through them
+    spec BLOB NOT NULL,
+    tag BLOB,
+    result BLOB
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_schema_1_file_is_upgraded_in_place_and_keeps_its_jobs(tmp_path):
+    """A file written before the ``worker`` column: opened (not moved aside), the column added, its finished job
+    readable and its queued job run again; a file of a newer schema than this code is still moved aside."""
+    from modules.job_store import SCHEMA_VERSION
+    from modules.jobs import LocalSlot
+
+    path = tmp_path / JOBS_FILE
+    now = time.time()
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA_1)
+        conn.execute("INSERT INTO jobs (id, kind, owner, state, created, started, finished, warnings, spec, result) "
+                     "VALUES ('done', 'echo', 'alice', 'succeeded', ?, ?, ?, '[\"w\"]', ?, ?)",
+                     (now - 3, now - 2, now - 1, encode(Echo("done")), encode(job_types.ModelResult("m"))))
+        conn.execute("INSERT INTO jobs (id, kind, state, created, spec) VALUES ('waiting', 'echo', 'queued', ?, ?)",
+                     (now, encode(Echo("waiting"))))
+    conn.close()
+    store = JobStore(path)
+    assert store.available and store.moved_aside is None
+    assert store.states() == {"done": "succeeded", "waiting": "queued"}
+    runner = lambda job: job_types.ModelResult(str(job.spec.value))  # noqa: E731
+    q = JobQueue(runner, store=store, slots=[LocalSlot(runner, "worker-1"), LocalSlot(runner, "worker-2")])
+    done, waiting = q.jobs()
+    assert done.result == job_types.ModelResult("m") and done.owner == "alice" and done.worker is None
+    assert done.control.warnings == ["w"] and waiting.state is JobState.QUEUED
+    q.start()
+    assert waiting.wait(10) and waiting.state is JobState.SUCCEEDED
+    q.stop()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert "worker" in {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    conn.close()
+    again = {j.id: j for j in JobQueue(lambda job: None, store=JobStore(path)).jobs()}
+    assert again["done"].worker is None and again["waiting"].result == job_types.ModelResult("waiting")
+    assert again["waiting"].worker == waiting.worker and waiting.worker in ("worker-1", "worker-2")
+    assert list(tmp_path.glob(JOBS_FILE + ".corrupt-*")) == []
+
+    newer = tmp_path / "newer" / JOBS_FILE
+    newer.parent.mkdir()
+    with sqlite3.connect(newer) as conn:
+        conn.executescript(SCHEMA_1.replace("user_version = 1", f"user_version = {SCHEMA_VERSION + 1}"))
+    conn.close()
+    store = JobStore(newer)
+    assert store.available and store.moved_aside is not None and store.states() == {}
+    store.close()
+
+
 SMALL = {"width": 64, "height": 64, "steps": 2}
 
 

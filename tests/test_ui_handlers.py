@@ -270,6 +270,7 @@ def test_quicksettings_checkpoint_selection(app):
     title = app.registry.list()[0].title
     assert "sd-error" not in select_checkpoint(app, title)
     app.queue.wait_idle(60)
+    title = app.registry.list()[0].title  # with its hash, once loaded
     assert app.settings["sd_model_checkpoint"] == title
     assert "Loaded" in model_status_html(app)
     dropdown, status = tick(app, None, "")
@@ -413,6 +414,41 @@ def test_settings_tab_shows_the_config_load_message(data_dir):
         build_settings_tab(app)
     notes = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "settings_load_message"]
     assert notes and "config.json" in notes[0].value and "moved" in notes[0].value
+
+
+def test_settings_tab_lists_the_workers_and_reads_them_again(settings_app, monkeypatch):
+    """The Workers table: without --workers this process as the one worker, "local"; Refresh and every page load
+    read App.workers_status() again (private events: not in gradio's API)."""
+    import asyncio
+    import os
+
+    import gradio as gr
+
+    from webui.ui.settings_tab import build_settings_tab
+
+    with gr.Blocks() as demo:
+        ui = build_settings_tab(settings_app)
+    table = ui.parts["workers"]
+    assert table.value["headers"] == ["id", "state", "node", "pid", "device", "model", "job", "jobs done"]
+    assert table.value["data"] == [["local", "ready", settings_app.workers_status()[0]["node"], str(os.getpid()),
+                                    "cpu", "", "", ""]]
+    workers = [{"id": "worker-1", "state": "busy", "message": "", "node": "gpu-a", "node_id": "n1", "pid": 42,
+                "device": "cuda:0", "model": "tiny [abc]", "checkpoints": 2, "job": "j1", "jobs_done": 3,
+                "busy_seconds": 1.5, "restarts": 0},
+               {"id": "worker-2", "state": "starting", "message": "loading", "node": None, "node_id": None,
+                "pid": None, "device": None, "model": None, "checkpoints": 0, "job": None, "jobs_done": 0,
+                "busy_seconds": 0.0, "restarts": 1}]
+    monkeypatch.setattr(settings_app, "workers_status", lambda: workers)
+    expected = [["worker-1", "busy", "gpu-a", "42", "cuda:0", "tiny [abc]", "j1", "3"],
+                ["worker-2", "starting", "", "", "", "", "", "0"]]
+    assert ui.handlers.worker_rows() == expected
+    refresh = next(fn for fn in demo.fns.values() if (ui.parts["workers_refresh"]._id, "click") in fn.targets)
+    on_load = next(fn for fn in demo.fns.values()
+                   if (demo._id, "load") in fn.targets and table._id in [o._id for o in fn.outputs])
+    for fn in (refresh, on_load):
+        assert fn.api_visibility == "private"
+        [out] = asyncio.run(demo.process_api(block_fn=fn, inputs=[]))["data"]
+        assert out["data"] == expected
 
 
 def test_live_preview_is_shown_while_sampling(app, handlers, monkeypatch):

@@ -1,7 +1,18 @@
 """``/sdapi/v2``: the asynchronous jobs API. Submit, get an id at once, poll your own job, cancel it.
 
 Every kind of job is listed and can be cancelled: generations, img2img batches, model loads, merges, Extras,
-interrogations and trainings.
+interrogations and trainings. A job's summary says which worker ran it (``worker``: the worker's id with
+``--workers``; ``null`` when jobs run in the server's own process) and how many times it was started again after
+its worker stopped (``attempts``).
+
+``GET /sdapi/v2/workers``: the generation workers and their state (id, state, message, node, node_id, pid, device,
+model, checkpoints, job, jobs_done, busy_seconds, restarts); without ``--workers``, the server's own process as the
+one worker, ``local``. Any authenticated user may read it.
+
+``POST /sdapi/v2/txt2img?worker=ID`` (and ``/img2img``): the job runs on that worker only (an id from
+``/sdapi/v2/workers``; ``local`` is the server's own process), for instance to use the checkpoint one worker has
+loaded; empty or absent: whichever worker is free. An unknown id answers 422 (``field``: ``worker``) and queues
+nothing.
 """
 
 from __future__ import annotations
@@ -10,7 +21,7 @@ import base64
 import io
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -67,7 +78,8 @@ def _own(app: App, job: Job | None, request: Request, cancel: bool = False) -> J
 
 def job_summary(app: App, job: Job) -> dict[str, Any]:
     return {"id": job.id, "kind": job.kind, "state": job.state.value, "position": app.queue.position(job),
-            "created": job.created, "started": job.started, "finished": job.finished}
+            "created": job.created, "started": job.started, "finished": job.finished, "worker": job.worker,
+            "attempts": job.attempts}
 
 
 def result_body(job: Job) -> dict[str, Any] | None:
@@ -143,18 +155,25 @@ def _accepted(app: App, job: Job) -> JSONResponse:
     return JSONResponse(job_summary(app, job), status_code=202, headers={"Location": f"/sdapi/v2/jobs/{job.id}"})
 
 
+# the ``worker`` query parameter of the generation routes
+WORKER_QUERY = Query(None, description="the id of the worker the job must run on (see /sdapi/v2/workers); "
+                                       "empty or absent: any worker")
+
+
 def build_router(app: App) -> APIRouter:
     r = APIRouter(prefix="/sdapi/v2", tags=["jobs API"])
 
     @r.post("/txt2img", status_code=202)
-    async def submit_txt2img(body: Txt2ImgBody, request: Request) -> JSONResponse:
+    async def submit_txt2img(body: Txt2ImgBody, request: Request, worker: str | None = WORKER_QUERY) -> JSONResponse:
         prepared = await run_in_threadpool(prepare, app, body, "txt2img")
-        return _accepted(app, app.submit(prepared.spec, _user(request), prepared.rendering, durable=True))
+        return _accepted(app, app.submit(prepared.spec, _user(request), prepared.rendering, durable=True,
+                                         pin=worker or None))
 
     @r.post("/img2img", status_code=202)
-    async def submit_img2img(body: Img2ImgBody, request: Request) -> JSONResponse:
+    async def submit_img2img(body: Img2ImgBody, request: Request, worker: str | None = WORKER_QUERY) -> JSONResponse:
         prepared = await run_in_threadpool(prepare, app, body, "img2img")
-        return _accepted(app, app.submit(prepared.spec, _user(request), prepared.rendering, durable=True))
+        return _accepted(app, app.submit(prepared.spec, _user(request), prepared.rendering, durable=True,
+                                         pin=worker or None))
 
     @r.post("/extra-single-image", status_code=202)
     async def submit_extra_single(body: ExtrasSingleBody, request: Request) -> JSONResponse:
@@ -183,6 +202,11 @@ def build_router(app: App) -> APIRouter:
     @r.post("/train/lora", status_code=202)
     async def submit_train_lora(body: TrainLoraBody, request: Request) -> JSONResponse:
         return _accepted(app, await run_in_threadpool(app.submit, body.spec(app), _user(request), None, True))
+
+    @r.get("/workers")
+    def list_workers() -> list[dict[str, Any]]:
+        """The generation workers and their state (a worker pool is asked: run in a thread)."""
+        return app.workers_status()
 
     @r.get("/jobs")
     def list_jobs(request: Request) -> list[dict[str, Any]]:

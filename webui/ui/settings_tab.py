@@ -1,4 +1,5 @@
-"""The Settings tab: a group per section, a component per option, "Apply settings" and "Reset to defaults"."""
+"""The Settings tab: a group per section, a component per option, "Apply settings" and "Reset to defaults"; at the
+end, the generation workers (``--workers``; else this process) and their state, read again on "Refresh"."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
+from gradio.context import Context
 
 from modules.app import ADMIN_ONLY, App
 from modules.errors import ValidationError, WebUIError
@@ -17,6 +19,9 @@ from webui.ui.txt2img_handlers import request_user
 
 MAX_SLIDER_STOPS = 2000  # wider ranges get a number box
 KEEP_ON_RESET = ("sd_model_checkpoint",)  # resetting must not unload the model in use
+# the Workers table: its headers, and the keys of App.workers_status() they show
+WORKER_COLUMNS = (("id", "id"), ("state", "state"), ("node", "node"), ("pid", "pid"), ("device", "device"),
+                  ("model", "model"), ("job", "job"), ("jobs done", "jobs_done"))
 
 
 def _slug(text: str) -> str:
@@ -122,6 +127,11 @@ class SettingsHandlers:
             return [error_html(f"Not reset: {user_message(exc)}"), *self.component_values()]
         return [_changed_html(changed, "reset to default"), *self.component_values()]
 
+    def worker_rows(self) -> list[list[str]]:
+        """The Workers table: a row per worker of :meth:`App.workers_status`, empty where a value is not known."""
+        return [["" if w.get(key) is None else str(w[key]) for _, key in WORKER_COLUMNS]
+                for w in self.app.workers_status()]
+
     def component_values(self) -> list[Any]:
         """Updates carrying the current values (and current choice lists) for every component."""
         snap = self.app.settings.snapshot()
@@ -178,4 +188,13 @@ def build_settings_tab(app: App) -> SettingsUI:
                       show_progress="hidden")
     p["reset"].click(ui.handlers.reset, outputs=[p["result"], *ui.outputs()], api_visibility="private",
                      show_progress="hidden")
+    with gr.Accordion("Workers", open=True, elem_id="settings_workers_section"):
+        p["workers"] = gr.Dataframe(ui.handlers.worker_rows(), headers=[h for h, _ in WORKER_COLUMNS], type="array",
+                                    interactive=False, label="Workers", show_label=False, elem_id="settings_workers")
+        p["workers_refresh"] = gr.Button("Refresh", elem_id="settings_workers_refresh")
+    p["workers_refresh"].click(ui.handlers.worker_rows, outputs=[p["workers"]], api_visibility="private",
+                               show_progress="hidden")
+    page = Context.root_block  # the page being built: the table is read again on every load
+    if page is not None:
+        page.load(ui.handlers.worker_rows, outputs=[p["workers"]], api_visibility="private", show_progress="hidden")
     return ui

@@ -115,6 +115,9 @@ def test_a_pinned_job_runs_on_its_worker(cluster):
         assert job["state"] == "succeeded" and job["worker"] == worker
     r = client.post("/sdapi/v2/txt2img", json=STEP_BODY, params={"worker": "worker-9"})
     assert r.status_code == 422 and "worker-9" in r.text
+    # the A1111 API waits for its job as always, whichever worker runs it
+    v1 = client.post("/sdapi/v1/txt2img", json={**STEP_BODY, "seed": 3})
+    assert v1.status_code == 200 and len(v1.json()["images"]) == 1 and '"seed": 3' in v1.json()["info"]
 
 
 def test_progress_comes_through_while_a_worker_runs_the_job(cluster):

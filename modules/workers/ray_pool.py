@@ -26,6 +26,7 @@ from modules.workers.worker import PROGRESS_FIELDS, GenerationWorker, Outcome, W
 log = logging.getLogger(__name__)
 POLL_S = 0.25  # how often a running job's progress is asked for
 CHECK_S = 2.0  # how often idle workers are checked (alive, their model and checkpoints)
+RETRY_S = 5.0  # after a failed start, how long before the worker is asked again
 NAME_PREFIX = "worker-"
 
 
@@ -175,6 +176,7 @@ class WorkerSlot:
         self.name = status.name
         self.actor = actor
         self._ready_ref: Any = None
+        self._retry_at = 0.0  # a worker whose start failed is asked again from then
         self._lock = threading.Lock()
 
     # -- the queue's questions
@@ -261,6 +263,8 @@ class WorkerSlot:
         with self._lock:
             ref = self._ready_ref
         if ref is None or self.status.state not in ("starting", "failed"):
+            if ref is None and self.status.state == "failed" and time.monotonic() >= self._retry_at:
+                self.ask_ready()
             return False
         done, _ = ray.wait([ref], timeout=0)
         if not done:
@@ -270,8 +274,9 @@ class WorkerSlot:
         except Exception as exc:  # noqa: BLE001 - its start failed: shown, and asked again (Ray restarts it)
             self.status.state, self.status.message = "failed", _reason(exc)
             log.warning("worker %s could not start: %s", self.name, self.status.message)
-            time.sleep(1.0)
-            self.ask_ready()
+            with self._lock:
+                self._ready_ref = None
+            self._retry_at = time.monotonic() + RETRY_S
             return False
         with self._lock:
             self._ready_ref = None

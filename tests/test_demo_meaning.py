@@ -1,5 +1,6 @@
 """Checks that need images that mean something, on the shipped demo model: every sampler draws the shape it is
-asked for, img2img's strength and inpainting do what they say, and a LoRA trained on a new colour shows it."""
+asked for, img2img's strength and inpainting do what they say, and a LoRA or an embedding trained on a new colour
+shows it."""
 
 from __future__ import annotations
 
@@ -82,34 +83,99 @@ def test_img2img_strength_and_inpainting_do_what_they_say(demo_app):
     assert (np.linalg.norm(inside - yellow, axis=1) < 100).mean() > 0.2
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(reason="on the shipped model (step 7,367) a 60- or 150-step LoRA on eight pink pictures does not "
-                   "make pink (it did on the step-3,852 model: 0.002 -> 0.018); not understood yet", strict=False)
-def test_a_lora_teaches_a_new_colour(demo_app):
-    from modules.training.specs import TrainLoraJob, TrainOptions
+# The new colour: a dusty pink, none of the eight. It has to be one the demo model's VAE keeps, since every training
+# learns the latents its encoder gives and every image is what its decoder makes of them: trained on the eight colours
+# only, the VAE turns most others into one of them. A bright pink (255, 120, 200) comes back cream (238, 236, 178)
+# with no pixel within 50 of pink, so a LoRA trained on it learns cream and draws cream (the reason this test once
+# failed); this one comes back as (196, 116, 171), 94% of its pixels within 50.
+NEW_COLOUR = (180, 120, 185)
 
-    pink = (255, 120, 200)
-    data = demo_app.paths.data_dir / "pink"
+
+def _new_colour_pictures(app, folder: str, caption: str) -> Path:
+    """Eight pictures of shapes in the new colour on white, captioned ``caption`` (its ``{shape}`` filled in), after
+    checking that the model's VAE keeps the colour (img2img at strength 0 is the VAE's round trip alone)."""
+    data = app.paths.data_dir / folder
     data.mkdir()
     rng = random.Random(0)
     for i in range(8):
         scene = demo.random_scene(rng)
-        image = demo.render(demo.Scene(scene.shape, "red", "white", scene.box))
-        arr = np.asarray(image).copy()
-        arr[(arr == demo.COLOURS["red"]).all(axis=2)] = pink
+        arr = np.asarray(demo.render(demo.Scene(scene.shape, "red", "white", scene.box))).copy()
+        arr[(arr == demo.COLOURS["red"]).all(axis=2)] = NEW_COLOUR
         Image.fromarray(arr).save(data / f"{i}.png")
-        (data / f"{i}.txt").write_text(f"a pink {scene.shape} on a white background")
-    opts = TrainOptions(data_root=str(data), training_width=128, training_height=128, steps=60, batch_size=4,
-                        learn_rate="0.002", create_image_every=0, save_every=0, seed=1, write_csv_every=0,
-                        template_filename="filewords.txt", log_directory="logs")
+        (data / f"{i}.txt").write_text(caption.format(shape=scene.shape))
+    source = demo.render(demo.Scene("circle", "red", "white", (24, 24, 104, 104)))
+    arr = np.asarray(source).copy()
+    shape = (arr == demo.COLOURS["red"]).all(axis=2)
+    arr[shape] = NEW_COLOUR
+    kept = app.engine.img2img(_img2img("", 1, init_images=(Image.fromarray(arr),), denoising_strength=0.0)
+                              ).result.images[0]
+    near = np.linalg.norm(np.asarray(kept, dtype=np.float32) - NEW_COLOUR, axis=2) < 50
+    assert near[shape].mean() > 0.8, f"the VAE does not keep {NEW_COLOUR}: no training can teach it"
+    return data
+
+
+def _new_colour_seen(images: list[Image.Image]) -> tuple[float, int]:
+    """The share of pixels within 50 of the new colour, and how many images draw their shape in it: the median
+    colour of the pixels far (> 80) from the border's is within 60 of the new colour and nearer it than any of the
+    eight (the nearest of them, purple, is 81 away)."""
+    palette = np.array(list(demo.COLOURS.values()), dtype=np.float32)
+    share, drawn = [], 0
+    for image in images:
+        arr = np.asarray(image, dtype=np.float32)
+        share.append(float((np.linalg.norm(arr - NEW_COLOUR, axis=2) < 50).mean()))
+        border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+        far = np.linalg.norm(arr - np.median(border, axis=0), axis=2) > 80
+        if far.sum() >= 16:
+            shape = np.median(arr[far], axis=0)
+            distance = np.linalg.norm(shape - NEW_COLOUR)
+            drawn += bool(distance < min(60, np.linalg.norm(palette - shape, axis=1).min()))
+    return float(np.mean(share)), drawn
+
+
+def _drawn(app, prompt: str) -> list[Image.Image]:
+    return [app.engine.txt2img(_req(prompt, s)).result.images[0] for s in range(4)]
+
+
+@pytest.mark.slow
+def test_a_lora_teaches_a_new_colour(demo_app):
+    """A UNet LoRA changes the prediction for every prompt, the empty one too, and guidance (5, the model's default)
+    multiplies the difference between the two: trained on captioned pictures only, the empty prompt's change is
+    untrained (it drifts towards purple here) and the same LoRA that draws the new colour at guidance 1 draws beige
+    at 5. Some empty captions (kohya's caption dropout) train it too; a low rate keeps the colour from swinging
+    between saves."""
+    from modules.training.specs import TrainLoraJob, TrainOptions
+
+    data = _new_colour_pictures(demo_app, "pink", "a pink {shape} on a white background")
+    opts = TrainOptions(data_root=str(data), training_width=128, training_height=128, steps=100, batch_size=4,
+                        learn_rate="0.001", caption_dropout=0.25, create_image_every=0, save_every=0, seed=1,
+                        write_csv_every=0, template_filename="filewords.txt", log_directory="logs")
     job = demo_app.submit(TrainLoraJob(name="pink", options=opts, rank=8, alpha=8))
     assert job.wait(600) and job.result is not None, job.error
+    prompt = "a pink circle on a white background"
+    before = _new_colour_seen(_drawn(demo_app, prompt))
+    after = _new_colour_seen(_drawn(demo_app, f"{prompt} <lora:pink:1>"))
+    assert before[0] < 0.02 and before[1] == 0, before  # the word alone: a red circle
+    assert after[0] > 0.08 and after[1] >= 3, (before, after)  # seeds 1-3: 0.24-0.35 of the pixels, 4 of 4
 
-    def pinkness(prompt: str) -> float:
-        images = [demo_app.engine.txt2img(_req(prompt, s)).result.images[0] for s in range(4)]
-        dist = [np.linalg.norm(np.asarray(im, dtype=np.float32) - np.array(pink), axis=2) for im in images]
-        return float(np.mean([(d < 60).mean() for d in dist]))
 
-    before, after = pinkness("a pink circle on a white background"), pinkness(
-        "a pink circle on a white background <lora:pink:1>")
-    assert after > max(0.01, before * 3), (before, after)  # step 3,852: 0.002 -> 0.018
+@pytest.mark.slow
+def test_an_embedding_teaches_a_new_colour(demo_app):
+    """Textual inversion: one vector, started at "red", learns the new colour for the word "pinky"."""
+    from modules.training.specs import CreateEmbeddingJob, TrainEmbeddingJob, TrainOptions
+
+    data = _new_colour_pictures(demo_app, "pinky", "{shape} on a white background")
+    templates = demo_app.paths.data_dir / "textual_inversion_templates"
+    templates.mkdir(exist_ok=True)
+    (templates / "colour.txt").write_text("a [name] [filewords]\n")
+    created = demo_app.submit(CreateEmbeddingJob(name="pinky", init_text="red"))
+    assert created.wait(60) and created.result is not None, created.error
+    prompt = "a pinky circle on a white background"
+    before = _new_colour_seen(_drawn(demo_app, prompt))
+    opts = TrainOptions(data_root=str(data), training_width=128, training_height=128, steps=100, batch_size=4,
+                        learn_rate="0.005", create_image_every=0, save_every=0, seed=1, write_csv_every=0,
+                        template_filename="colour.txt", log_directory="logs")
+    job = demo_app.submit(TrainEmbeddingJob("pinky", opts))
+    assert job.wait(600) and job.result is not None, job.error
+    after = _new_colour_seen(_drawn(demo_app, prompt))
+    assert before[0] < 0.02 and before[1] == 0, before  # the embedding as created: red
+    assert after[0] > 0.08 and after[1] >= 3, (before, after)  # seeds 1-3: 0.16-0.19 of the pixels, 4 of 4

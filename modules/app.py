@@ -98,6 +98,7 @@ class StartOptions:
     workers: str | None = None  # --workers: "ray" (local GPUs) or "ray://HEAD:PORT"; None: jobs run in this process
     worker_count: int | None = None  # --worker-count: workers to start (default: one per GPU, or one on CPUs)
     worker_models_dir: Path | None = None  # --worker-models-dir: the models folder the workers read
+    worker_threads: int | None = None  # --worker-threads: torch's threads in each CPU worker (default: cores/workers)
 
 
 # settings that change how the resident model is placed: a change is applied by a job (see DeviceConfigJob)
@@ -195,7 +196,7 @@ class App:
 
         assert self.options.workers is not None
         setup = default_setup(self.paths.data_dir, self.options.worker_models_dir, self.paths,
-                              self.options.precision)
+                              self.options.precision, self.options.worker_threads)
         self.workers = RayWorkers(parse_address(self.options.workers), self.options.worker_count, setup,
                                   self.settings.snapshot, self._checkpoint_file_name, self._save_worker_result)
         local = LocalSlot(self._run_job, kinds=frozenset(self.handlers.kinds()) - WORKER_KINDS)

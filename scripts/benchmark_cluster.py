@@ -1,9 +1,10 @@
 """Benchmark: jobs per minute with 1 and with 2 (or more) generation workers on Ray, measured in one run.
 
 For each worker count, a local Ray cluster is started with that many workers (one per GPU when the machine has GPUs,
-else CPU workers sharing the cores: torch in each takes cores / workers threads), the same txt2img jobs are sent
-through the server's own queue (the path the APIs take), and the time from the first submission to the last result
-gives jobs per minute. The model is the tiny random-weight SD 1.x test model unless ``--checkpoint`` names a file.
+else CPU workers sharing the cores: torch in each takes cores / workers threads, or ``--threads``), the same
+txt2img jobs are sent through the server's own queue (the path the APIs take), and the time from the first
+submission to the last result gives jobs per minute. The model is the tiny random-weight SD 1.x test model unless
+``--checkpoint`` names a file.
 Worker start-up is not counted (the clock starts once every worker is ready and has loaded the model).
 
     python scripts/benchmark_cluster.py                       # tiny model, 1 and 2 workers, 16 jobs each
@@ -30,7 +31,8 @@ def run(count: int, data: Path, args: argparse.Namespace) -> tuple[float, dict[s
     from modules.app import App, StartOptions
     from modules.requests import GenerationRequest
 
-    app = App(StartOptions(data_dir=data, device="cpu", skip_load_model=True, workers="ray", worker_count=count))
+    app = App(StartOptions(data_dir=data, device="cpu", skip_load_model=True, workers="ray", worker_count=count,
+                           worker_threads=args.threads))
     app.start()
     try:
         deadline = time.monotonic() + 600
@@ -68,6 +70,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--height", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads in each CPU worker (default: the cores shared out among the workers)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     counts = [int(c) for c in args.counts.split(",") if c.strip()]

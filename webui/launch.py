@@ -152,7 +152,8 @@ def start_options(args: argparse.Namespace, exposed: bool) -> StartOptions:
                         disable_extensions="all" if args.disable_all_extensions else
                         "extra" if args.disable_extra_extensions else "none",
                         workers=args.workers, worker_count=args.worker_count,
-                        worker_models_dir=Path(args.worker_models_dir) if args.worker_models_dir else None)
+                        worker_models_dir=Path(args.worker_models_dir) if args.worker_models_dir else None,
+                        worker_threads=args.worker_threads)
 
 
 def _serve(args: argparse.Namespace, config: ServerConfig, t0: float) -> int:

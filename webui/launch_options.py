@@ -90,6 +90,7 @@ HONOURED: tuple[FlagRow, ...] = (
     ("--worker-count", "int", None, "how many workers --workers starts (default: one per GPU; on CPUs, one)"),
     ("--worker-models-dir", "str", None, "the models folder the workers read (may be shared storage; default: "
      "this server's)"),
+    ("--worker-threads", "int", None, "torch threads in each CPU worker (default: the cores shared out)"),
 )
 
 # A1111 flags whose request is already the behaviour here: A1111's own no-ops, and checks or downloads that

@@ -328,12 +328,12 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:200]}"
 
 
-def default_setup(data_dir: Path, models_dir: Path | None, paths: Any,
-                  precision: str | None) -> Callable[[str], WorkerSetup]:
+def default_setup(data_dir: Path, models_dir: Path | None, paths: Any, precision: str | None,
+                  threads: int | None = None) -> Callable[[str], WorkerSetup]:
     """Each worker's own folder under ``<data>/workers/<name>``; the models from ``models_dir``
     (``--worker-models-dir``: its own ``Stable-diffusion``, ``Lora``... folders) or else the front door's folders."""
     def setup(name: str) -> WorkerSetup:
-        base = WorkerSetup(data_dir=data_dir / "workers" / name, precision=precision)
+        base = WorkerSetup(data_dir=data_dir / "workers" / name, precision=precision, threads=threads)
         if models_dir is not None:
             return replace(base, models_dir=models_dir)
         return replace(base, models_dir=paths.models_dir, ckpt_dirs=tuple(paths.extra_ckpt_dirs),

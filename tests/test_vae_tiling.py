@@ -140,6 +140,27 @@ def test_a_tiled_decode_is_the_whole_one(vae, whole, monkeypatch):
     assert mean > 5  # measured: 31 levels
 
 
+def test_automatic_tiles_on_a_cpu_keep_their_stores_in_bfloat16_and_nearly_the_pixels(vae, whole, monkeypatch):
+    z, image = whole
+    kept: list[torch.dtype] = []
+    real_sweep = vae_tiles._Pass.sweep
+
+    def sweep(self, *args, **kwargs):
+        out, st = real_sweep(self, *args, **kwargs)
+        kept.append(out.dtype)
+        return out, st
+
+    monkeypatch.setattr(vae_tiles._Pass, "sweep", sweep)
+    monkeypatch.setattr(lat, "_free_bytes", lambda device: lat.pass_bytes(vae, 64, 64))  # the image does not fit
+    compact = lat.decode(vae, z, tiling="Automatic")
+    assert torch.bfloat16 in kept and kept[-1] == torch.float32  # the stores; the pixels in full precision
+    mean, p99, _ = _levels(compact, image)
+    assert mean < 1.5 and p99 < 6, (mean, p99)  # nearly the whole pass's pixels, not exactly
+    kept.clear()
+    exact = lat.decode(vae, z, tiling="Always")  # chosen tiles: the whole pass's pixels
+    assert torch.bfloat16 not in kept and _levels(exact, image)[0] < 0.05
+
+
 def test_a_tiled_encode_is_the_whole_one(vae, whole):
     z, image = whole
     tiled = lat.encode(vae, image, tiling="Always")

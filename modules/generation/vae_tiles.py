@@ -233,7 +233,7 @@ class _Pass:
     """One tiled pass: the latent's grid of cores, where the layers run and where the whole maps are kept."""
 
     def __init__(self, vae: AutoencoderKL, latent_hw: tuple[int, int], batch: int, tile: int | None,
-                 store: torch.device | None, widest: int) -> None:
+                 store: torch.device | None, widest: int, compact: bool = False) -> None:
         param = next(vae.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.height, self.width = latent_hw
@@ -243,17 +243,22 @@ class _Pass:
             need = 3 * batch * widest * self.height * self.width * scale * scale * param.element_size()
             store = self.device if _fits(self.device, need) else torch.device("cpu")
         self.store = store
+        # compact: the stores in bfloat16 (the layers still compute in the VAE's dtype), for a float32 VAE on a CPU,
+        # where the stores are the peak; the pixels are then within about a grey level of a whole pass, not equal
+        compact = bool(compact) and self.device.type == "cpu" and store.type == "cpu" and self.dtype == torch.float32
+        self.store_dtype = torch.bfloat16 if compact else self.dtype
 
     def sweep(self, layers: Layer, src: Tensor, scale_in: int, scale_out: int, halo: int, wrap: bool,
               channels: int, out: Tensor | None = None, skip: tuple[Tensor, Layer, float] | None = None,
-              stats: bool = True) -> tuple[Tensor, _Stats]:
+              stats: bool = True, dtype: torch.dtype | None = None) -> tuple[Tensor, _Stats]:
         """``layers`` over every tile of ``src`` (a whole map at ``scale_in`` pixels per latent pixel), into a whole
         map at ``scale_out`` (into ``out`` when given). ``skip``: a map at the output's scale, a layer and a divisor,
-        added as a resnet's shortcut is: ``(layer(skip) + layers(src)) / divisor``."""
+        added as a resnet's shortcut is: ``(layer(skip) + layers(src)) / divisor``; ``dtype``: the new map's (by
+        default the stores')."""
         batch = src.shape[0]
         if out is None:
-            out = torch.empty((batch, channels, self.height * scale_out, self.width * scale_out), dtype=self.dtype,
-                              device=self.store)
+            out = torch.empty((batch, channels, self.height * scale_out, self.width * scale_out),
+                              dtype=dtype or self.store_dtype, device=self.store)
         st = _Stats()
         for y0, y1, x0, x1 in self.cores:
             win, wy, wx = _window(src, y0 * scale_in, y1 * scale_in, x0 * scale_in, x1 * scale_in, halo, wrap)
@@ -271,7 +276,7 @@ class _Pass:
                 core = core / divisor
             if stats:
                 st.add(core)
-            out[:, :, c0:c1, d0:d1] = core.to(out.device)
+            out[:, :, c0:c1, d0:d1] = core.to(device=out.device, dtype=out.dtype)
         return out, st
 
     def resnet(self, resnet: Any, x: Tensor, sx: _Stats, scale: int) -> tuple[Tensor, _Stats]:
@@ -295,7 +300,7 @@ class _Pass:
         y = _attend(attn, x.to(device=self.device, dtype=self.dtype))
         st = _Stats()
         st.add(y)
-        return y.to(self.store), st
+        return y.to(device=self.store, dtype=self.store_dtype), st
 
     def mid(self, mid: Any, x: Tensor, sx: _Stats, scale: int) -> tuple[Tensor, _Stats]:
         x, sx = self.resnet(mid.resnets[0], x, sx, scale)
@@ -312,7 +317,7 @@ class _Pass:
         activate = _in_place(act)
         halo, wrap = _reach(conv)
         out, _ = self.sweep(lambda t: conv(activate(normalise(t))), x, scale, scale, halo, wrap, conv.out_channels,
-                            stats=False)
+                            stats=False, dtype=self.dtype)  # the result (pixels or moments) in full precision
         return out
 
 
@@ -375,16 +380,18 @@ def _widest(channels: Iterable[int]) -> int:
 
 @torch.no_grad()
 def tiled_decode(vae: AutoencoderKL, z: Tensor, tile: int | None = None,
-                 store: torch.device | None = None) -> Tensor:
+                 store: torch.device | None = None, compact: bool = False) -> Tensor:
     """``vae.decode(z)`` (``z`` unscaled, B x C x h x w) tile by tile with whole-image group norms: the images,
     -1..1, in the VAE's dtype on the store's device (the CPU when the maps were kept there).
 
     ``tile``: the side of a tile's core in latent pixels (``tile_size(vae)`` by default); ``store``: where the whole
-    maps between layers are kept (by default the VAE's device when they fit comfortably, else the CPU)."""
+    maps between layers are kept (by default the VAE's device when they fit comfortably, else the CPU);
+    ``compact``: keep them in bfloat16 when a float32 VAE and its stores are all on the CPU (about 0.75 of the
+    memory, pixels within about a grey level instead of equal)."""
     dec: Any = vae.decoder  # diffusers' Decoder, whose blocks are typed loosely
     channels = vae.config["block_out_channels"]
     run = _Pass(vae, (int(z.shape[-2]), int(z.shape[-1])), int(z.shape[0]), tile, store,
-                _widest(channels[:2]))
+                _widest(channels[:2]), compact)
     x = z.to(device=run.device, dtype=run.dtype)
     if vae.post_quant_conv is not None:
         x = vae.post_quant_conv(x)  # 1x1, on the small latent
@@ -406,7 +413,7 @@ def tiled_decode(vae: AutoencoderKL, z: Tensor, tile: int | None = None,
 
 @torch.no_grad()
 def tiled_encode(vae: AutoencoderKL, x: Tensor, tile: int | None = None,
-                 store: torch.device | None = None) -> Tensor:
+                 store: torch.device | None = None, compact: bool = False) -> Tensor:
     """The moments ``vae.encode(x)`` would give its posterior (B x 2C x h x w, on the VAE's device), from images
     ``x`` (-1..1, sides a multiple of ``downscale(vae)``) tile by tile with whole-image group norms."""
     enc: Any = vae.encoder
@@ -415,7 +422,7 @@ def tiled_encode(vae: AutoencoderKL, x: Tensor, tile: int | None = None,
         raise ValueError(f"a tiled encode needs image sides that are multiples of {factor}")
     channels = vae.config["block_out_channels"]
     run = _Pass(vae, (int(x.shape[-2]) // factor, int(x.shape[-1]) // factor), int(x.shape[0]), tile, store,
-                _widest(channels[:2]))
+                _widest(channels[:2]), compact)
     scale = factor
     halo, wrap = _reach(enc.conv_in)
     h, st = run.sweep(enc.conv_in, x.to(run.store), scale, scale, halo, wrap, enc.conv_in.out_channels)

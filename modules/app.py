@@ -90,6 +90,7 @@ class StartOptions:
     precision: str | None = None  # overrides the setting when given on the command line
     medvram_sdxl: bool = False  # --medvram-sdxl
     no_half_vae: bool = False  # --no-half-vae
+    lowram: bool = False  # --lowram: checkpoint weights read straight into the GPU's memory
     skip_load_model: bool = False
     exposed: bool = False
     admin_users: tuple[str, ...] = ()  # who may change settings and models; empty: every user (see is_admin)
@@ -446,6 +447,7 @@ class App:
         return DeviceConfig(device=device, precision=self.options.precision or st["precision"],
                             attention=st["cross_attention_optimization"], memory=st["memory_mode"],
                             medvram_sdxl=self.options.medvram_sdxl, no_half_vae=self.options.no_half_vae,
+                            lowram=self.options.lowram,
                             fp8=st["fp8_storage"], channels_last=st["channels_last"], compile=st["torch_compile"])
 
     def _setting_changed(self, key: str, value: Any) -> None:

@@ -232,3 +232,37 @@ def test_a_tiled_vae_pass_under_medvram_brings_the_vae_first(engine, monkeypatch
     monkeypatch.setattr(vae_tiles, "tiled_decode", lambda *a, **k: (calls.append(1), real_tiled(*a, **k))[1])
     job = engine.txt2img(REQ.replace(width=128, height=64, vae_tiling="Always"))
     assert calls and "AutoencoderKL" in brought and job.result.images[0].size == (128, 64)
+
+
+def test_lowram_reads_the_weights_straight_to_the_gpu_only_where_it_can(model_store, tmp_path, monkeypatch):
+    """--lowram: a safetensors checkpoint's UNet and VAE are read into the GPU's memory (here: the loader is asked
+    to, and a CPU load with a device reads the same weights); not on a CPU, nor where a memory mode keeps the
+    weights in RAM; a load that fails that way is done through RAM."""
+    from modules.hashing import HashCache
+    from modules.models import loader
+    from modules.models.manager import DeviceConfig
+    from modules.models.registry import CheckpointRegistry
+
+    assert DeviceConfig(device="cuda", lowram=True).load_to == "cuda"
+    assert DeviceConfig(device="cuda:1", lowram=True, memory="normal").load_to == "cuda:1"
+    assert DeviceConfig(device="cuda", lowram=True, memory="medvram").load_to is None
+    assert DeviceConfig(device="cpu", lowram=True).load_to is None
+    assert DeviceConfig(device="cuda").load_to is None
+    source = model_store("sd1", "safetensors")
+    info = CheckpointRegistry([source.parent], HashCache(tmp_path / "h.json")).find(source.name)
+    assert info is not None
+    plain = loader.load_model(info, torch.float32)
+    direct = loader.load_model(info, torch.float32, None, "cpu")  # the same path, with the device named
+    for a, b in ((plain.unet, direct.unet), (plain.vae, direct.vae)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    calls = []
+    real = loader.load_single_file
+
+    def flaky(path, dtype, override=None, load_to=None):
+        calls.append(load_to)
+        if load_to:
+            raise loader.ModelLoadError("no such device")
+        return real(path, dtype, override)
+
+    monkeypatch.setattr(loader, "load_single_file", flaky)
+    assert loader.load_model(info, torch.float32, None, "cuda").unet is not None and calls == ["cuda", None]

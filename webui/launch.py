@@ -145,7 +145,7 @@ def start_options(args: argparse.Namespace, exposed: bool) -> StartOptions:
                         hypernetwork_dir=args.hypernetwork_dir, styles_files=tuple(args.styles_file or ()),
                         model_dirs=model_dirs_from_flags(args),
                         ckpt=args.ckpt, device=device_from_flags(args), precision=precision_from_flags(args),
-                        medvram_sdxl=args.medvram_sdxl, no_half_vae=args.no_half_vae,
+                        medvram_sdxl=args.medvram_sdxl, no_half_vae=args.no_half_vae, lowram=args.lowram,
                         skip_load_model=args.skip_load_model_at_start or args.ui_debug_mode, exposed=exposed,
                         admin_users=parse_admin_users(args.admin_users),
                         extension_access=args.enable_insecure_extension_access,

@@ -121,14 +121,15 @@ class CheckpointFile:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return self._shapes
 
-    def tensors(self, prefixes: Iterable[str]) -> dict[str, Tensor]:
-        """The tensors whose keys start with any of ``prefixes``, read from disk now."""
+    def tensors(self, prefixes: Iterable[str], device: str = "cpu") -> dict[str, Tensor]:
+        """The tensors whose keys start with any of ``prefixes``, read from disk now (a safetensors file: straight
+        into ``device``'s memory)."""
         prefixes = tuple(prefixes)
         keys = [k for k in self._shapes if k.startswith(prefixes)]
         if self._tensors is not None:
             return {k: self._tensors[k] for k in keys}
         try:
-            with safe_open(str(self.path), framework="pt", device="cpu") as f:
+            with safe_open(str(self.path), framework="pt", device=device) as f:
                 return {k: f.get_tensor(k) for k in keys}
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelLoadError(f"{self.path.name} could not be read ({exc})") from None

@@ -130,17 +130,20 @@ _Components = tuple["UNet2DConditionModel", "AutoencoderKL", "CLIPTextModel", "C
 
 
 def _load_components(path: Path, ckpt: CheckpointFile, family: Family, config_dir: Path,
-                     dtype: torch.dtype) -> _Components:
-    """UNet, VAE and text encoder(s) of ``ckpt``, shaped by the diffusers configs in ``config_dir``."""
+                     dtype: torch.dtype, load_to: str | None = None) -> _Components:
+    """UNet, VAE and text encoder(s) of ``ckpt``, shaped by the diffusers configs in ``config_dir``; ``load_to``:
+    the UNet's and the VAE's weights read from the file straight into that device's memory (A1111's --lowram)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     common = {"config": str(config_dir), "local_files_only": True, "torch_dtype": dtype}
     try:
-        unet = UNet2DConditionModel.from_single_file(ckpt.tensors(["model.diffusion_model."]), subfolder="unet",
-                                                     **common)
-        vae = AutoencoderKL.from_single_file(ckpt.tensors(["first_stage_model."]), subfolder="vae", **common)
+        direct = {"device": load_to} if load_to else {}
+        unet = UNet2DConditionModel.from_single_file(ckpt.tensors(["model.diffusion_model."], load_to or "cpu"),
+                                                     subfolder="unet", **common, **direct)
+        vae = AutoencoderKL.from_single_file(ckpt.tensors(["first_stage_model."], load_to or "cpu"), subfolder="vae",
+                                             **common, **direct)
         te_prefix = ["conditioner.embedders.0."] if family.is_xl else ["cond_stage_model."]
         text_encoder = create_diffusers_clip_model_from_ldm(
             CLIPTextModel, ckpt.tensors(te_prefix), subfolder="text_encoder", **common)
@@ -174,14 +177,15 @@ def _check_yaml_matches(path: Path, ckpt: CheckpointFile, ldm: LdmConfig) -> Non
                              f"encoder weights in {path.name} are those of {FAMILIES[base].label}")
 
 
-def _load_with_yaml(path: Path, ckpt: CheckpointFile, yaml_path: Path, dtype: torch.dtype) -> ModelParts:
+def _load_with_yaml(path: Path, ckpt: CheckpointFile, yaml_path: Path, dtype: torch.dtype,
+                    load_to: str | None = None) -> ModelParts:
     """A single file shaped by its original LDM/SGM yaml: every size and the schedule come from the yaml."""
     ldm = read_ldm_yaml(yaml_path, path.parent)
     _check_yaml_matches(path, ckpt, ldm)
     family = ldm.family_info
     with tempfile.TemporaryDirectory(prefix="ldm-config-") as tmp:
         config_dir = ldm.write_config_folder(Path(tmp))
-        unet, vae, text_encoder, text_encoder_2 = _load_components(path, ckpt, family, config_dir, dtype)
+        unet, vae, text_encoder, text_encoder_2 = _load_components(path, ckpt, family, config_dir, dtype, load_to)
     tokenizers = [te.tokenizer(family.pad_token if i == 0 else "!") for i, te in enumerate(ldm.text_encoders)]
     return ModelParts(
         family=family, prediction_type=ldm.prediction_type,
@@ -192,14 +196,16 @@ def _load_with_yaml(path: Path, ckpt: CheckpointFile, yaml_path: Path, dtype: to
     )
 
 
-def load_single_file(path: Path, dtype: torch.dtype, config_override: Path | None = None) -> ModelParts:
+def load_single_file(path: Path, dtype: torch.dtype, config_override: Path | None = None,
+                     load_to: str | None = None) -> ModelParts:
     ckpt = CheckpointFile(path)
+    load_to = load_to if path.suffix.lower() == ".safetensors" else None  # a pickle is memory-mapped anyway
     override = _config_for(path, config_override)
     if override is not None and _is_yaml(override):
-        return _load_with_yaml(path, ckpt, override, dtype)
+        return _load_with_yaml(path, ckpt, override, dtype, load_to)
     family_name, prediction, config_dir = resolve_single_file_config(path, ckpt, config_override)
     family = FAMILIES[family_name]
-    unet, vae, text_encoder, text_encoder_2 = _load_components(path, ckpt, family, config_dir, dtype)
+    unet, vae, text_encoder, text_encoder_2 = _load_components(path, ckpt, family, config_dir, dtype, load_to)
     sched = _scheduler_config(config_dir)
     if family_name == "sd2" and config_dir == families.bundled_config_dir("sd2") and _predicts_v(unet):
         family, prediction = FAMILIES["sd2-v"], "v_prediction"
@@ -279,10 +285,20 @@ def load_diffusers_folder(folder: Path, dtype: torch.dtype) -> ModelParts:
     )
 
 
-def load_model(info: CheckpointInfo, dtype: torch.dtype, config_override: Path | None = None) -> ModelParts:
-    """Load ``info`` on the CPU in ``dtype``."""
+def load_model(info: CheckpointInfo, dtype: torch.dtype, config_override: Path | None = None,
+               load_to: str | None = None) -> ModelParts:
+    """Load ``info`` in ``dtype``, on the CPU; ``load_to`` (A1111's --lowram): a safetensors file's UNet and VAE
+    weights read straight into that device's memory instead of passing through RAM (through RAM again, with a
+    warning, when that fails)."""
     if info.kind == "diffusers":
         parts = load_diffusers_folder(info.path, dtype)
+    elif load_to:
+        try:
+            parts = load_single_file(info.path, dtype, config_override, load_to)
+        except ModelLoadError as exc:
+            log.warning("--lowram: %s could not be read straight into %s (%s); read through RAM", info.name,
+                        load_to, exc)
+            parts = load_single_file(info.path, dtype, config_override)
     else:
         parts = load_single_file(info.path, dtype, config_override)
     parts.info = info

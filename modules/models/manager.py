@@ -41,6 +41,15 @@ class DeviceConfig:
     fp8: str = "Disable"  # A1111's fp8_storage: Disable, Enable for SDXL, Enable
     channels_last: bool = False
     compile: bool = False  # torch.compile the UNet (normal memory mode only)
+    lowram: bool = False  # A1111's --lowram: checkpoint weights read straight into the GPU's memory
+
+    @property
+    def load_to(self) -> str | None:
+        """Where a checkpoint's weights are read to (None: RAM): the GPU with --lowram, unless the memory mode keeps
+        the weights in RAM anyway."""
+        if self.lowram and self.device.startswith("cuda") and self.memory in ("Automatic", "normal"):
+            return self.device
+        return None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -233,7 +242,10 @@ class ModelManager:
         start = time.monotonic()
         try:
             self.registry.ensure_hash(info)
-            parts = self._loader(info, self.config.dtype, self._config_overrides.get(info.path.resolve()))
+            override = self._config_overrides.get(info.path.resolve())
+            load_to = self.config.load_to
+            parts = (self._loader(info, self.config.dtype, override) if load_to is None
+                     else self._loader(info, self.config.dtype, override, load_to))  # type: ignore[call-arg]
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise

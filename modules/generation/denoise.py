@@ -151,8 +151,10 @@ class CFGDenoiser:
         positive = _same_length(positive)
         negative = _same_length([cond_at(image.negative, self.step) for image in self.conds])
         skip = self._skip_uncond(sigma)
-        x_rows = torch.cat([x[rows], x]) if not skip else x[rows]
-        s_rows = torch.cat([sigma[rows], sigma]) if not skip else sigma[rows]
+        plain = rows == list(range(batch))  # one positive prompt per image (no AND): the rows are the batch itself
+        x_pos, s_pos = (x, sigma) if plain else (x[rows], sigma[rows])
+        x_rows = torch.cat([x_pos, x]) if not skip else x_pos
+        s_rows = torch.cat([s_pos, sigma]) if not skip else s_pos
         images = rows + list(range(batch)) if not skip else rows
         if skip or positive[0].context.shape[1] == negative[0].context.shape[1]:
             out = self.model(x_rows, s_rows, positive + ([] if skip else negative), images)
@@ -164,11 +166,12 @@ class CFGDenoiser:
             parts.append(self.model(x, sigma, negative, list(range(batch))))
             out = torch.cat(parts)
         first_rows = [mine[0][0] for mine in weights]
-        uncond = out[first_rows] if skip else out[len(positive):]
+        first = out[:batch] if plain else out[first_rows]
+        uncond = first if skip else out[len(positive):]
         scale = 1.0 if skip else self.cfg_scale * self.scale_multiplier
-        self.last_uncond = uncond.clone()
-        if all(len(mine) == 1 and mine[0][1] == 1.0 for mine in weights):  # no AND: one product per image, at once
-            denoised = uncond + (out[first_rows] - uncond) * scale
+        self.last_uncond = uncond  # a view of this call's output, which nothing writes to
+        if plain and all(mine[0][1] == 1.0 for mine in weights):  # no AND: one product for the batch
+            denoised = uncond + (first - uncond) * scale
         else:
             denoised = uncond.clone()
             for i, mine in enumerate(weights):
@@ -176,6 +179,6 @@ class CFGDenoiser:
                     denoised[i] += (out[row] - uncond[i]) * (weight * scale)
         if not self.blend_before and self.mask is not None and self.init_latent is not None:
             denoised = self.init_latent * (1 - self.mask) + denoised * self.mask
-        self.last_x0 = out[first_rows]
+        self.last_x0 = first
         self.step += 1
         return denoised

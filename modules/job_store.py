@@ -497,6 +497,13 @@ class JobStore:
             return True
         return False
 
+    def mark_queued(self, job: Job) -> None:
+        """Store that ``job`` waits again (its worker was lost while it ran): it runs after a restart."""
+        with self._transaction("marking a job queued again") as conn:
+            if conn is not None:
+                conn.execute("UPDATE jobs SET state = ?, started = NULL WHERE id = ?",
+                             (JobState.QUEUED.value, job.id))
+
     def mark_running(self, job: Job) -> None:
         """Store that ``job`` started, and on which worker (``job.worker``, set by the dispatcher)."""
         with self._transaction("marking a job running") as conn:

@@ -462,6 +462,8 @@ class JobQueue:
         job.attempts += 1
         job.control.warn(f"{exc}; the job ran again from the start")
         log.warning("job %s (%s): %s; queued again", job.id, job.kind, exc)
+        if self._store is not None and job._stored:  # a restart before it runs again runs it then
+            self._store.mark_queued(job)
         with self._lock:
             self._release(job, slot)
             job.state, job.started = JobState.QUEUED, None

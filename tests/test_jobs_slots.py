@@ -187,3 +187,26 @@ def test_bad_worker_flags_stop_the_launch_with_a_message(tmp_path, capsys):
     assert main(["--data-dir", str(tmp_path), "--workers", "ray", "--worker-count", "0",
                  "--skip-load-model-at-start"]) == 2
     assert "--worker-count must be at least 1" in capsys.readouterr().err
+
+
+def test_a_job_queued_again_after_a_lost_worker_is_queued_in_the_store(tmp_path):
+    from modules.job_store import JobStore
+
+    lost, late = FakeWorker("w1", lose_next=True), FakeWorker("w2", is_ready=False)
+    _release(lost, late)
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    queue = JobQueue(lambda job: ModelResult(None), store=store, slots=[lost, late])  # type: ignore[list-item]
+    queue.start()
+    job = queue.submit(LoadModelJob("a"), durable=True)
+    deadline = time.monotonic() + 10
+    while job.attempts == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert job.attempts == 1 and job.state is JobState.QUEUED  # waits for w2, which is not ready
+    assert store.states()[job.id] == "queued"
+    queue.stop()
+    again = JobQueue(lambda job: ModelResult(None), store=JobStore(tmp_path / "jobs.sqlite3"),
+                     slots=[FakeWorker("w1"), FakeWorker("w2")])  # type: ignore[list-item]
+    restored = again.get(job.id)
+    assert restored is not None and restored.state is JobState.QUEUED
+    again.stop()

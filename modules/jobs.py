@@ -27,7 +27,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from modules.errors import (
     ErrorKind,
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from modules.job_store import JobStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _CALLBACK_LOCK = threading.Lock()
 INTERRUPTED_BY_STOP = "interrupted: the server stopped while it ran"  # a job cut short by a stop or a crash
 STOPPED_BEFORE_RUN = "the server stopped before this job ran; it runs after the next start"
@@ -163,6 +164,15 @@ class Slot(Protocol):
 
     def run(self, job: Job) -> JobResult:
         """Run ``job`` to its result (raising as a handler does; :class:`WorkerLost` when the worker stops)."""
+
+
+def _asks(otherwise: T, question: Callable[..., T], *args: object) -> T:
+    """A slot's answer, or ``otherwise`` when asking it fails: the dispatcher must never stop on a slot's error."""
+    try:
+        return question(*args)
+    except Exception:  # noqa: BLE001 - logged; the queue goes on with the other slots
+        log.exception("a job slot could not answer")
+        return otherwise
 
 
 class LocalSlot:
@@ -406,9 +416,10 @@ class JobQueue:
     def _pick(self) -> tuple[Job, Slot | None, str] | None:
         """The first waiting job a free slot can run and the slot that suits it most; a job no slot can ever run,
         with the slots' reasons (slot None); None: nothing to start now. Under the lock."""
-        free = [slot for slot in self._slots if slot.name not in self._busy and slot.ready()]
+        free = [slot for slot in self._slots if slot.name not in self._busy and _asks(False, slot.ready)]
         for job in self._waiting:
-            reasons = {slot.name: slot.refusal(job) for slot in self._slots}
+            asked: str | None = "could not be asked"
+            reasons = {slot.name: _asks(asked, slot.refusal, job) for slot in self._slots}
             able = [slot for slot in self._slots if reasons[slot.name] is None]
             if not able:
                 return job, None, "; ".join(f"{name}: {why}" for name, why in reasons.items())
@@ -416,7 +427,8 @@ class JobQueue:
                 able = [slot for slot in able if slot.name != job.worker] or able
             candidates = [slot for slot in able if slot in free]
             if candidates:
-                return job, max(candidates, key=lambda slot: slot.preference(job)), ""
+                least: tuple[float, ...] = (float("-inf"),)
+                return job, max(candidates, key=lambda slot: _asks(least, slot.preference, job)), ""
         return None
 
     def _run(self, job: Job, slot: Slot | None = None) -> None:

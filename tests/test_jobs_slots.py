@@ -210,3 +210,21 @@ def test_a_job_queued_again_after_a_lost_worker_is_queued_in_the_store(tmp_path)
     restored = again.get(job.id)
     assert restored is not None and restored.state is JobState.QUEUED
     again.stop()
+
+
+def test_a_slot_that_cannot_answer_does_not_stop_the_dispatcher():
+    class Broken(FakeWorker):
+        def refusal(self, job: Job) -> str | None:
+            raise RuntimeError("lost its state")
+
+    broken, good = Broken("bad"), FakeWorker("good")
+    _release(broken, good)
+    queue = _queue(broken, good)
+    try:
+        first = queue.submit(LoadModelJob("a"))
+        assert first.wait(10) and first.state is JobState.SUCCEEDED and first.worker == "good"
+        pinned = queue.submit(LoadModelJob("a"), pin="bad")  # only the broken one may run it: failed, said why
+        assert pinned.wait(10) and pinned.state is JobState.FAILED and "bad: could not be asked" in pinned.error
+        assert queue.submit(LoadModelJob("b")).wait(10)  # and the queue goes on
+    finally:
+        queue.stop()

@@ -243,10 +243,15 @@ class JobQueue:
         """Queue ``spec``; ``durable``: kept in the store (when there is one), so it runs after a restart and its
         result stays readable; a job whose client waits on the connection (the A1111 API, the UI) is not.
         ``pin``: the name of the slot (worker) it must run on."""
-        if pin is not None and pin not in {slot.name for slot in self._slots}:
-            raise ValidationError(f"worker: no worker is named {pin!r} (there are: "
-                                  f"{', '.join(slot.name for slot in self._slots)})", field="worker")
         job = Job(spec, owner, tag, pin=pin)
+        if pin is not None:
+            slot = next((slot for slot in self._slots if slot.name == pin), None)
+            if slot is None:
+                raise ValidationError(f"worker: no worker is named {pin!r} (there are: "
+                                      f"{', '.join(slot.name for slot in self._slots)})", field="worker")
+            refused = _asks(None, slot.refusal, job)
+            if refused is not None:
+                raise ValidationError(f"worker: {pin} cannot run this job: {refused}", field="worker")
         if len(self._waiting) >= self.max_size:  # a full queue is refused before the spec is encoded
             raise QueueFull(f"the queue is full ({self.max_size} jobs waiting); try again later")
         record = self._store.record(job) if self._store is not None and durable else None  # encoded outside the lock
@@ -371,6 +376,8 @@ class JobQueue:
         for job in running:
             job.control.interrupt()
         deadline = time.monotonic() + timeout
+        if self._thread is not None:  # the dispatcher first: it may be starting one more job's thread
+            self._thread.join(max(0.0, deadline - time.monotonic()))
         threads = [t for t in (self._thread, *self._job_threads) if t is not None]
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -423,8 +430,10 @@ class JobQueue:
             able = [slot for slot in self._slots if reasons[slot.name] is None]
             if not able:
                 return job, None, "; ".join(f"{name}: {why}" for name, why in reasons.items())
-            if len(able) > 1 and job.attempts:  # a retry goes to another worker than the one that was lost
-                able = [slot for slot in able if slot.name != job.worker] or able
+            if len(able) > 1 and job.attempts:  # a retry goes to another live worker than the one that was lost
+                others = [slot for slot in able if slot.name != job.worker]
+                if any(slot.name in self._busy or _asks(False, slot.ready) for slot in others):
+                    able = others
             candidates = [slot for slot in able if slot in free]
             if candidates:
                 least: tuple[float, ...] = (float("-inf"),)
@@ -434,6 +443,7 @@ class JobQueue:
     def _run(self, job: Job, slot: Slot | None = None) -> None:
         slot = slot or self._slots[0]
         state = JobState.SUCCEEDED
+        queued_again = False
         try:
             job.result = slot.run(job)
             if job.cancel_requested:
@@ -445,14 +455,15 @@ class JobQueue:
             state = self._stopped(job) if self._stopping else JobState.CANCELLED
         except WorkerLost as exc:
             if job.attempts < 1 and not self._stopping and not job.cancel_requested:
-                self._again(job, slot, exc)
-                return
-            job.error = f"{exc}; the job had already run again once" if job.attempts else str(exc)
-            job.error_kind, state = ErrorKind.FAILED, JobState.FAILED
-            log.error("job %s (%s) failed: %s", job.id, job.kind, job.error)
+                queued_again = self._again(job, slot, exc)
+                if queued_again:
+                    return
+                state = self._stopped(job) if self._stopping else JobState.CANCELLED
+            else:
+                job.error = f"{exc}; the job had already run again once" if job.attempts else str(exc)
+                job.error_kind, state = ErrorKind.FAILED, JobState.FAILED
+                log.error("job %s (%s) failed: %s", job.id, job.kind, job.error)
         except BaseException as exc:  # noqa: BLE001 - a job's failure must never stop the worker
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
             job.error = describe_error(exc)
             job.error_kind = error_kind(exc)
             job.error_field = getattr(exc, "field", None) if isinstance(exc, (ValidationError, RemoteJobError)) \
@@ -460,6 +471,13 @@ class JobQueue:
             state = JobState.FAILED
             log.error("job %s (%s) failed: %s", job.id, job.kind, job.error,
                       exc_info=job.error_kind is ErrorKind.INTERNAL)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                self._end(job, slot, state)  # never left running, whatever stops the thread
+                raise
+        self._end(job, slot, state)
+
+    def _end(self, job: Job, slot: Slot, state: JobState) -> None:
+        """Finish ``job`` in ``state`` and free its slot (stored first, when it is kept)."""
         if state is JobState.FAILED:
             free_memory()
         finished = time.time()
@@ -469,18 +487,22 @@ class JobQueue:
             self._release(job, slot)
             self._finish(job, state, finished)
 
-    def _again(self, job: Job, slot: Slot, exc: WorkerLost) -> None:
-        """Queue ``job`` again at the front after its worker was lost (once)."""
+    def _again(self, job: Job, slot: Slot, exc: WorkerLost) -> bool:
+        """Queue ``job`` again at the front after its worker was lost (once); False when the queue is stopping or
+        the job was cancelled meanwhile (it is then ended by the caller)."""
         job.attempts += 1
         job.control.warn(f"{exc}; the job ran again from the start")
-        log.warning("job %s (%s): %s; queued again", job.id, job.kind, exc)
-        if self._store is not None and job._stored:  # a restart before it runs again runs it then
-            self._store.mark_queued(job)
         with self._lock:
+            if self._stopping or job.cancel_requested:
+                return False
+            log.warning("job %s (%s): %s; queued again", job.id, job.kind, exc)
             self._release(job, slot)
             job.state, job.started = JobState.QUEUED, None
             self._waiting.appendleft(job)
             self._lock.notify_all()
+        if self._store is not None and job._stored:  # a restart before it runs again runs it then
+            self._store.mark_queued(job)
+        return True
 
     def _release(self, job: Job, slot: Slot) -> None:
         """``slot`` is free again and ``job`` no longer running (under the lock)."""

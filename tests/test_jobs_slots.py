@@ -24,6 +24,8 @@ class FakeWorker:
     loaded: str | None = None
     is_ready: bool = True
     lose_next: bool = False
+    stays_down: bool = False  # after a loss: not ready again (a worker still restarting)
+    lose_after_hold: bool = False  # lost once the held job is released
     hold: threading.Event = field(default_factory=threading.Event)
     ran: list[str] = field(default_factory=list)
     running_now: int = 0
@@ -45,8 +47,11 @@ class FakeWorker:
         self.ran.append(job.id)
         if self.lose_next:
             self.lose_next = False
+            self.is_ready = not self.stays_down
             raise WorkerLost(f"worker {self.name} stopped during the job (killed)")
         self.hold.wait(10)
+        if self.lose_after_hold:
+            raise WorkerLost(f"worker {self.name} stopped during the job (the machine went away)")
         self.loaded = job.spec.checkpoint  # type: ignore[union-attr]
         return ModelResult(self.loaded)
 
@@ -192,7 +197,7 @@ def test_bad_worker_flags_stop_the_launch_with_a_message(tmp_path, capsys):
 def test_a_job_queued_again_after_a_lost_worker_is_queued_in_the_store(tmp_path):
     from modules.job_store import JobStore
 
-    lost, late = FakeWorker("w1", lose_next=True), FakeWorker("w2", is_ready=False)
+    lost, late = FakeWorker("w1", lose_next=True, stays_down=True), FakeWorker("w2", is_ready=False)
     _release(lost, late)
     store = JobStore(tmp_path / "jobs.sqlite3")
     queue = JobQueue(lambda job: ModelResult(None), store=store, slots=[lost, late])  # type: ignore[list-item]
@@ -202,7 +207,7 @@ def test_a_job_queued_again_after_a_lost_worker_is_queued_in_the_store(tmp_path)
     while job.attempts == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)
-    assert job.attempts == 1 and job.state is JobState.QUEUED  # waits for w2, which is not ready
+    assert job.attempts == 1 and job.state is JobState.QUEUED  # waits: w1 restarts, w2 is not ready yet
     assert store.states()[job.id] == "queued"
     queue.stop()
     again = JobQueue(lambda job: ModelResult(None), store=JobStore(tmp_path / "jobs.sqlite3"),
@@ -228,3 +233,28 @@ def test_a_slot_that_cannot_answer_does_not_stop_the_dispatcher():
         assert queue.submit(LoadModelJob("b")).wait(10)  # and the queue goes on
     finally:
         queue.stop()
+
+
+def test_a_retry_goes_back_to_the_same_worker_when_no_other_is_alive_and_stop_or_cancel_end_it():
+    only, dead = FakeWorker("w1", lose_next=True), FakeWorker("w2", is_ready=False)
+    _release(only)
+    queue = _queue(only, dead)
+    try:
+        job = queue.submit(LoadModelJob("a"))
+        assert job.wait(10) and job.state is JobState.SUCCEEDED and job.attempts == 1 and job.worker == "w1"
+        # pinned where the slot refuses it: refused at once, nothing queued
+        with pytest.raises(ValidationError, match="w1 cannot run this job: no checkpoint zzz"):
+            queue.submit(LoadModelJob("zzz"), pin="w1")
+    finally:
+        queue.stop()
+    # a loss while the queue stops: the job ends (failed, said so), it is not queued again and left waiting
+    stopping = FakeWorker("w1", lose_after_hold=True)
+    queue = _queue(stopping, FakeWorker("w2"))
+    job = queue.submit(LoadModelJob("a"), pin="w1")
+    deadline = time.monotonic() + 10
+    while job.state is not JobState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    queue.stop(timeout=0.5)
+    stopping.hold.set()
+    assert job.wait(10) and job.state is JobState.FAILED and job.attempts == 0, (job.state, job.error)
+    assert "stopped during the job" in (job.error or "")

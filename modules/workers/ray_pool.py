@@ -79,6 +79,7 @@ class RayWorkers:
         self._monitor: threading.Thread | None = None
         self._started_ray = False
         self.use_gpus = False
+        self._names: dict[str, str | None] = {}  # job id -> its checkpoint's file name
 
     # -- life
     def start(self) -> list[WorkerSlot]:
@@ -129,13 +130,18 @@ class RayWorkers:
             self._monitor.join(5)
         try:
             import ray
-
-            for slot in self.slots:
+        except ImportError:
+            return
+        for slot in self.slots:
+            try:
                 ray.kill(slot.actor, no_restart=True)
-            if self._started_ray:
+            except Exception:  # noqa: BLE001 - stopping must not fail the server's shutdown
+                log.debug("stopping worker %s", slot.name, exc_info=True)
+        if self._started_ray:
+            try:
                 ray.shutdown()
-        except Exception:  # noqa: BLE001 - stopping must not fail the server's shutdown
-            log.debug("stopping the workers", exc_info=True)
+            except Exception:  # noqa: BLE001
+                log.debug("stopping Ray", exc_info=True)
 
     def _watch(self) -> None:
         """Follow the workers: a started one becomes ready (and gets work), an idle one that died restarts."""
@@ -151,6 +157,21 @@ class RayWorkers:
                         self.on_ready()
                 except Exception:  # noqa: BLE001 - the monitor must go on whatever one worker does
                     log.debug("checking worker %s", slot.name, exc_info=True)
+
+    def job_checkpoint(self, job: Job) -> str | None:
+        """The file name of the checkpoint ``job`` needs (the front door's default when it names none), worked out
+        once per job: the dispatcher asks for it every time it looks at the queue."""
+        if job.id in self._names:
+            return self._names[job.id]
+        spec = job.spec
+        name = getattr(getattr(spec, "request", None), "checkpoint", None) or getattr(spec, "checkpoint", None)
+        if name is None:  # the front door's default checkpoint
+            name = self.settings().get("sd_model_checkpoint") or None
+        found = self.checkpoint_name(name) if name else None
+        if len(self._names) > 1024:
+            self._names.clear()
+        self._names[job.id] = found
+        return found
 
     # -- what the API shows
     def describe(self, busy: Mapping[str, Job]) -> list[dict[str, Any]]:
@@ -201,11 +222,7 @@ class WorkerSlot:
         return (1.0 if has_it else 0.0, -self.status.busy_seconds, -self.status.jobs_done)
 
     def _checkpoint(self, job: Job) -> str | None:
-        spec = job.spec
-        name = getattr(getattr(spec, "request", None), "checkpoint", None) or getattr(spec, "checkpoint", None)
-        if name is None:  # the front door's default checkpoint
-            name = self.pool.settings().get("sd_model_checkpoint") or None
-        return self.pool.checkpoint_name(name) if name else None
+        return self.pool.job_checkpoint(job)
 
     def run(self, job: Job) -> Any:
         import ray
@@ -219,17 +236,15 @@ class WorkerSlot:
             while True:
                 done, _ = ray.wait([ref], timeout=POLL_S)
                 if done:
-                    outcome: Outcome = ray.get(ref)
+                    outcome: Outcome = ray.get(ref)  # only this call says whether the worker was lost
                     break
-                if job.control.interrupted and not interrupted:
-                    self.actor.interrupt.remote(job.id)
-                    interrupted = True
-                if job.control.skipped:
-                    self.actor.skip.remote(job.id)
-                    job.control.clear_skip()
-                try:
+                try:  # the side calls: a failure is no report this time (the run call above decides)
+                    if job.control.interrupted and not interrupted:
+                        interrupted = bool(ray.get(self.actor.interrupt.remote(job.id), timeout=5 * POLL_S))
+                    if job.control.skipped and ray.get(self.actor.skip.remote(job.id), timeout=5 * POLL_S):
+                        job.control.clear_skip()
                     report = ray.get(self.actor.progress.remote(job.id, seen_preview), timeout=5 * POLL_S)
-                except GetTimeoutError:
+                except (GetTimeoutError, RayActorError):
                     continue
                 if report:
                     seen_preview = _relay(job, report, seen_preview)
@@ -292,12 +307,16 @@ class WorkerSlot:
 
         if self.status.state != "ready":
             return False
+        from ray.exceptions import RayActorError
+
         try:
             self.status.info = ray.get(self.actor.info.remote(), timeout=10)
         except GetTimeoutError:
             return False
-        except Exception as exc:  # noqa: BLE001 - dead: Ray restarts the actor; wait for it to answer again
+        except RayActorError as exc:  # dead: Ray restarts the actor; wait for it to answer again
             self._lost(exc)
+        except Exception as exc:  # noqa: BLE001 - the worker answered with an error: it stays, its old info kept
+            log.warning("worker %s could not say its state: %s", self.name, _reason(exc))
         return False
 
     def _lost(self, exc: BaseException) -> None:

@@ -98,8 +98,8 @@ class GenerationWorker:
         try:
             with self._lock:
                 self._job = job_id
-                self._apply_settings(settings, control)
                 try:
+                    self._apply_settings(settings, control)
                     result = self.app.handlers.run(self.app, spec, control)
                 except Interrupted:
                     return Outcome(warnings=tuple(control.warnings), interrupted=True, info=self.info())
@@ -146,20 +146,28 @@ class GenerationWorker:
 
     # -- helpers
     def _apply_settings(self, settings: Mapping[str, Any], control: JobControl) -> None:
-        """Take the front door's settings (the ones this worker knows and that differ), without saving them."""
+        """Take the front door's settings (the ones this worker knows and that differ; not its folders, since the
+        worker saves nothing), without saving them; a change of precision, attention or memory mode re-places the
+        resident model, as a settings change does in the front door."""
+        from modules.app import DEVICE_SETTINGS
+
         known = self.app.settings.options
         current = self.app.settings.snapshot()
-        changes = {k: v for k, v in settings.items() if k in known and current.get(k) != v}
+        changes = {k: v for k, v in settings.items()
+                   if k in known and known[k].confine != "folder" and current.get(k) != v}
         if not changes:
             return
         try:
-            self.app.settings.update(changes, save=False)
-        except Exception as exc:  # noqa: BLE001 - one odd setting must not stop the job; said in its warnings
+            changed = self.app.settings.update(changes, save=False)
+        except Exception:  # noqa: BLE001 - one odd setting must not stop the job; said in its warnings
+            changed = []
             for key, value in changes.items():
                 try:
-                    self.app.settings.update({key: value}, save=False)
-                except Exception:  # noqa: BLE001
+                    changed += self.app.settings.update({key: value}, save=False)
+                except Exception as exc:  # noqa: BLE001
                     control.warn(f"worker {self.name}: the setting {key} could not be applied ({exc})")
+        if set(DEVICE_SETTINGS) & set(changed) and self.app.models.current is not None:
+            self.app.models.apply_config(self.app.device_config(self.app.models.config.device))
 
 
 def for_worker(spec: Any) -> Any:

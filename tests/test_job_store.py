@@ -26,17 +26,9 @@ from PIL import Image
 from modules import job_types
 from modules.errors import ErrorKind
 from modules.extras import ExtrasImage, ExtrasRequest, ExtrasResult
+from modules.job_codec import TooLarge, Undecodable, Unstorable, decode, encode
 from modules.job_handlers import builtin_handlers
-from modules.job_store import (
-    JOBS_FILE,
-    JobStore,
-    TooLarge,
-    Undecodable,
-    Unrestorable,
-    Unstorable,
-    decode,
-    encode,
-)
+from modules.job_store import JOBS_FILE, JobStore, Unrestorable
 from modules.jobs import INTERRUPTED_BY_STOP, STOPPED_BEFORE_RUN, JobQueue, JobState
 from modules.merge.service import MergeRequest
 from modules.output_options import OutputOptions

@@ -156,28 +156,15 @@ def save_images_result(result: ImagesResult, out: OutputOptions, keep_grid: bool
         for index, image in enumerate(images):
             values = _pattern_values(result.request, index, seeds, image.prompt, image.negative_prompt,
                                      result.model_name, result.model_hash)
-            try:
-                path = outputs.save_image(image.to_pil(), _folder(out.samples_dir, out), out.samples_format,
-                                          image.infotext if out.enable_pnginfo else None,
-                                          pattern=out.filename_pattern or "[seed]", values=values,
-                                          quality=out.jpeg_quality)
-            except OSError as exc:
-                log.warning("could not save an image: %s", exc)
-                warn(f"an image could not be saved ({exc.strerror or exc}); it is still in the result")
-                continue
-            images[index] = replace(image, path=path)
+            path = _write_sample(image.to_pil(), image.infotext, values, out, warn)
+            if path is not None:
+                images[index] = replace(image, path=path)
     grid, grid_path = result.grid, result.grid_path
     if out.save_grid and grid is not None:
         values = _pattern_values(result.request, 0, seeds or [-1], grid.prompt, grid.negative_prompt,
                                  result.model_name, result.model_hash)
-        try:
-            grid_path = outputs.save_image(grid.to_pil(), _folder(out.grids_dir, out), out.grid_format,
-                                           grid.infotext if out.enable_pnginfo else None, pattern="", values=values,
-                                           basename="grid", digits=4, quality=out.jpeg_quality)
-            grid = replace(grid, path=grid_path)
-        except OSError as exc:
-            log.warning("could not save the grid: %s", exc)
-            warn(f"the grid could not be saved ({exc.strerror or exc})")
+        grid_path = _write_grid(grid.to_pil(), grid.infotext, values, out, warn)
+        grid = replace(grid, path=grid_path) if grid_path is not None else grid
     return replace(result, images=tuple(images), grid=grid if keep_grid else None, grid_path=grid_path)
 
 
@@ -185,21 +172,38 @@ def _folder(root: Path, out: OutputOptions) -> Path:
     return root / _dt.date.today().isoformat() if out.save_to_dirs else root
 
 
-def save_sample(result: GenerationResult, index: int, out: OutputOptions) -> Path:
-    info = result.infotexts[index] if out.enable_pnginfo else None
-    return outputs.save_image(result.images[index], _folder(out.samples_dir, out), out.samples_format, info,
-                              pattern=out.filename_pattern or "[seed]", values=_values(result, index),
-                              quality=out.jpeg_quality)
+def _write_sample(image: Image.Image, infotext: str | None, values: dict[str, object], out: OutputOptions,
+                  warn: Callable[[str], None]) -> Path | None:
+    """One image saved under the samples pattern; None (logged, said in the job's warnings) when it cannot be."""
+    try:
+        return outputs.save_image(image, _folder(out.samples_dir, out), out.samples_format,
+                                  infotext if out.enable_pnginfo else None, pattern=out.filename_pattern or "[seed]",
+                                  values=values, quality=out.jpeg_quality)
+    except OSError as exc:
+        log.warning("could not save an image: %s", exc)
+        warn(f"an image could not be saved ({exc.strerror or exc}); it is still in the result")
+        return None
+
+
+def _write_grid(image: Image.Image, infotext: str | None, values: dict[str, object], out: OutputOptions,
+                warn: Callable[[str], None]) -> Path | None:
+    try:
+        return outputs.save_image(image, _folder(out.grids_dir, out), out.grid_format,
+                                  infotext if out.enable_pnginfo else None, pattern="", values=values,
+                                  basename="grid", digits=4, quality=out.jpeg_quality)
+    except OSError as exc:
+        log.warning("could not save the grid: %s", exc)
+        warn(f"the grid could not be saved ({exc.strerror or exc})")
+        return None
 
 
 def _saver(out: OutputOptions, paths: dict[int, Path], control: JobControl) -> ImageListener:
     """Save each image as it is made, so an interrupted or killed job keeps what it finished."""
     def on_image(result: GenerationResult, index: int) -> None:
-        try:
-            paths[index] = save_sample(result, index, out)
-        except OSError as exc:
-            log.warning("could not save an image: %s", exc)
-            control.warn(f"an image could not be saved ({exc.strerror or exc}); it is still in the result")
+        path = _write_sample(result.images[index], result.infotexts[index], _values(result, index), out,
+                             control.warn)
+        if path is not None:
+            paths[index] = path
 
     return on_image
 
@@ -207,12 +211,5 @@ def _saver(out: OutputOptions, paths: dict[int, Path], control: JobControl) -> I
 def _save_grid(job: JobOutput, out: OutputOptions, control: JobControl) -> Path | None:
     assert job.grid is not None
     result = job.result
-    info = result.infotexts[0] if out.enable_pnginfo and result.infotexts else None
-    try:
-        return outputs.save_image(job.grid, _folder(out.grids_dir, out), out.grid_format, info, pattern="",
-                                  values=_values(result, 0), basename="grid", digits=4, quality=out.jpeg_quality)
-    except OSError as exc:
-        log.warning("could not save the grid: %s", exc)
-        control.warn(f"the grid could not be saved ({exc.strerror or exc})")
-        return None
-
+    return _write_grid(job.grid, result.infotexts[0] if result.infotexts else None, _values(result, 0), out,
+                       control.warn)

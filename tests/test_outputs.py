@@ -162,3 +162,37 @@ def test_tokens_without_values() -> None:
     assert FilenameGenerator({}).apply("[seed]") == ""
     styled = FilenameGenerator({"prompt": "a cat, masterpiece", "style_prompts": ["{prompt}, masterpiece"]})
     assert styled.apply("[prompt_no_styles]") == "a cat"
+
+
+def test_a_result_made_elsewhere_is_saved_as_the_engine_saves_its_own(tmp_path):
+    """A generation worker's result (PNG bytes with infotext) saved by this process: the samples pattern, the
+    infotext, the grid only kept when asked for; a folder that cannot be written is a warning, not a failure."""
+    from PIL import Image as _Image
+
+    from modules.engine import save_images_result
+    from modules.job_types import ImagesResult, OutputImage
+    from modules.output_options import OutputOptions
+    from modules.requests import GenerationRequest
+
+    def png(colour: str, info: str) -> bytes:
+        from modules.images import encode_image
+
+        return encode_image(_Image.new("RGB", (16, 16), colour), "png", info)
+
+    images = tuple(OutputImage(png("red", f"a cat\nSteps: 3, Seed: {s}"), f"a cat\nSteps: 3, Seed: {s}", s,
+                               prompt="a cat") for s in (7, 8))
+    grid = OutputImage(png("blue", "grid info"), "grid info")
+    result = ImagesResult(GenerationRequest(prompt="a cat", steps=3), images, grid=grid, model_name="tiny")
+    out = OutputOptions.under(tmp_path, filename_pattern="[seed]-[model_name]", save_to_dirs=False)
+    warnings: list[str] = []
+    saved = save_images_result(result, out, keep_grid=False, warn=warnings.append)
+    assert [p.name for p in saved.saved] == ["00000-7-tiny.png", "00001-8-tiny.png"] and not warnings
+    with _Image.open(saved.saved[1]) as first:
+        assert first.info["parameters"] == "a cat\nSteps: 3, Seed: 8"
+    assert saved.grid is None and saved.grid_path is not None and saved.grid_path.name == "grid-0000.png"
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the folder should be")
+    again = save_images_result(result, OutputOptions.under(blocked, save_to_dirs=False), keep_grid=True,
+                               warn=warnings.append)
+    assert again.saved == [] and again.grid is not None and again.grid.path is None
+    assert len(warnings) == 3 and "could not be saved" in warnings[0]

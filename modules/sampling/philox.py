@@ -163,7 +163,7 @@ class Generator:
 
     def _draws(self, offset: int, count: int, n: int) -> F32Array:
         """Draws ``offset .. offset + count - 1`` of ``n`` values each, as a (count, n) array."""
-        offsets = np.arange(offset, offset + count, dtype=object)
+        offsets = range(offset, offset + count)  # Python integers: an offset may pass 2^63
         index_lo, index_hi = _index_words(n)
         counter = np.empty((4, count, n), dtype=np.uint32)
         counter[0] = np.array([o & _MASK32 for o in offsets], dtype=np.uint32).reshape(count, 1)

@@ -192,6 +192,9 @@ def test_bad_worker_flags_stop_the_launch_with_a_message(tmp_path, capsys):
     assert main(["--data-dir", str(tmp_path), "--workers", "ray", "--worker-count", "0",
                  "--skip-load-model-at-start"]) == 2
     assert "--worker-count must be at least 1" in capsys.readouterr().err
+    assert main(["--data-dir", str(tmp_path), "--workers", "ray", "--worker-threads", "0",
+                 "--skip-load-model-at-start"]) == 2
+    assert "--worker-threads must be at least 1" in capsys.readouterr().err
 
 
 def test_a_job_queued_again_after_a_lost_worker_is_queued_in_the_store(tmp_path):

@@ -351,6 +351,9 @@ def default_setup(data_dir: Path, models_dir: Path | None, paths: Any, precision
                   threads: int | None = None) -> Callable[[str], WorkerSetup]:
     """Each worker's own folder under ``<data>/workers/<name>``; the models from ``models_dir``
     (``--worker-models-dir``: its own ``Stable-diffusion``, ``Lora``... folders) or else the front door's folders."""
+    if threads is not None and threads < 1:
+        raise WorkersUnavailable(f"--worker-threads must be at least 1, got {threads}")
+
     def setup(name: str) -> WorkerSetup:
         base = WorkerSetup(data_dir=data_dir / "workers" / name, precision=precision, threads=threads)
         if models_dir is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modules.sampling.philox import Generator, image_noise, philox4x32
+from modules.sampling.philox import PASS_ELEMENTS, Generator, box_muller_sin, image_noise, philox4x32, randn_many
 
 # torch.randn((3, 4), device="cuda") after seeding with 0, as A1111's modules/rng_philox.py documents it.
 CUDA_SEED0_3x4 = np.array(
@@ -167,3 +167,28 @@ def test_512px_latent_draw_completes_and_looks_normal() -> None:
     assert np.isfinite(noise).all()
     assert abs(float(noise.mean())) < 0.05
     assert abs(float(noise.std()) - 1.0) < 0.05
+
+
+def _reference_draw(seed: int, offset: int, n: int) -> np.ndarray:
+    """The draw from the whole Philox (all four words, every round) and the plain Box-Muller."""
+    counter = np.zeros((4, n), dtype=np.uint32)
+    counter[0], counter[1] = offset & 0xFFFFFFFF, offset >> 32
+    counter[2] = np.arange(n, dtype=np.uint32)
+    words = philox4x32(counter, (seed & 0xFFFFFFFF, seed >> 32))
+    return box_muller_sin(words[0], words[1])
+
+
+def test_the_per_row_shortcuts_give_the_whole_generator_numbers() -> None:
+    # draws skip the work that is the same for every element (the first rounds' per-row words, the last round's
+    # unused pair): the same float32 numbers as the whole computation, for keys and offsets with high words, small
+    # draws in passes of many rows and a draw larger than one pass (split by columns)
+    rng = np.random.default_rng(1)
+    cases = [(0, 0, 7), (2**64 - 1, 2**64 - 1, 5), (2**40 + 5, 2**33 + 3, 300), (3999999999, 1, 64)]
+    cases += [(int(rng.integers(0, 2**63)), int(rng.integers(0, 2**40)), int(rng.integers(1, 2000))) for _ in range(6)]
+    cases.append((77, 2, PASS_ELEMENTS * 2 + 17))
+    for seed, offset, n in cases:
+        np.testing.assert_array_equal(Generator(seed, offset=offset).randn(n), _reference_draw(seed, offset, n))
+    seeds = np.arange(PASS_ELEMENTS // 64 * 2 + 3, dtype=np.uint32)  # more rows than one pass holds
+    many = randn_many(seeds, (4, 4, 4))
+    for seed in (0, 1, len(seeds) // 2, len(seeds) - 1):
+        np.testing.assert_array_equal(many[seed].ravel(), _reference_draw(seed, 0, 64))

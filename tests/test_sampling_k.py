@@ -214,6 +214,25 @@ def test_churn_uses_noise_and_records_sigma_hat():
     assert all((float(s.sigma_hat) > float(s.sigma)) == (float(s.sigma) <= 1.0) for s in steps)
 
 
+def test_no_churn_draws_no_noise():
+    # without churn no step uses the churn noise: none is drawn (with churn limited to a range, every step draws,
+    # as k-diffusion does, so that the steps in range get the same numbers)
+    x, sigmas = start(), with_zero(karras_sigmas(8))
+    draws: list[int] = []
+    base = seeded_noise(5, (4, 1))
+
+    def counted(sigma: Tensor, sigma_next: Tensor) -> Tensor:
+        draws.append(1)
+        return base(sigma, sigma_next)
+
+    for sampler in (sample_euler, sample_heun, sample_dpm_2):
+        draws.clear()
+        assert torch.equal(sampler(gaussian_denoiser, x, sigmas, noise=counted), sampler(gaussian_denoiser, x, sigmas))
+        assert not draws
+        sampler(gaussian_denoiser, x, sigmas, s_churn=1.0, s_tmax=1.0, noise=counted)
+        assert len(draws) == 8
+
+
 def test_every_sampler_of_a1111s_table_has_its_function_and_options():
     """modules.samplers is the one table of A1111's samplers: each entry finds its function here, and the options
     A1111 passes are recorded as sd_samplers_kdiffusion / timesteps list them."""

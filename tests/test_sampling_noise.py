@@ -287,3 +287,33 @@ def test_brownian_tree_rejects_a_reversed_range_and_unordered_queries():
         tree(0.7, 0.2)
     assert not tree(0.3, 0.3).any()
     assert np.array_equal(tree(-5.0, 9.0), tree(0.0, 1.0))  # points outside the range go to its ends
+
+
+@pytest.mark.parametrize("v_prediction", [False, True])
+def test_denoiser_with_one_sigma_for_all_rows_gives_the_tensor_formulas_numbers(v_prediction: bool) -> None:
+    # a sampler's call (one sigma for every row, on the CPU) takes the scalings as floats: the same bits as the
+    # per-row tensor formulas, which a call with different sigmas per row still uses
+    from modules.generation.conditioning import Cond
+    from modules.generation.denoise import ModelDenoiser
+    from modules.sampling.schedules import SigmaTable, scaled_linear_alphas_cumprod
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x: torch.Tensor, t: torch.Tensor, **_: object) -> tuple[torch.Tensor]:
+            self.seen = (x.clone(), t.clone())
+            return (x * 0.3 + torch.sin(x),)
+
+    unet = Recorder()
+    denoiser = ModelDenoiser(unet, SigmaTable.from_alphas_cumprod(scaled_linear_alphas_cumprod()),  # type: ignore[arg-type]
+                             v_prediction=v_prediction)
+    contexts = [Cond(torch.zeros(1, 3, 4))] * 3
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn((3, 4, 2, 2), generator=gen)
+    values = torch.cat([torch.exp(torch.rand(300, generator=gen) * 13 - 5), torch.tensor([0.0291675, 14.614642])])
+    for value in values.tolist():
+        sigma = torch.full((3,), value)
+        fast = denoiser(x, sigma, contexts, [0, 1, 2])
+        fast_seen = unet.seen
+        mixed = torch.tensor([value, value, 1.0])  # rows with different sigmas: the tensor formulas
+        slow = denoiser(x, torch.cat([sigma[:2], mixed[2:]]), contexts, [0, 1, 2])
+        assert torch.equal(fast[:2], slow[:2]) and torch.equal(fast_seen[0][:2], unet.seen[0][:2])
+        assert torch.equal(fast_seen[1][:2], unet.seen[1][:2])

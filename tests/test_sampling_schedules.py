@@ -216,3 +216,15 @@ def test_table_schedules_refuse_without_a_table():
     with pytest.raises(ValueError, match="sigma table"):
         sch.find_schedule("simple").build(args)
     assert len(sch.find_schedule("karras").build(args)) == 11
+
+
+def test_sigma_to_t_of_one_float32_sigma_is_the_tensor_methods_value():
+    gen = torch.Generator().manual_seed(0)
+    sigmas = torch.cat([torch.rand(2000, generator=gen) * 20, torch.exp(torch.rand(2000, generator=gen) * 15 - 6),
+                        TABLE.sigmas, torch.tensor([LO, HI, 1e-4, 1e4])])
+    expected = TABLE.sigma_to_t(sigmas).tolist()
+    got = [TABLE.sigma_to_t_float32(v) for v in sigmas.log().tolist()]
+    assert got == expected  # the same float32 numbers, not only close ones
+    zero_snr = sch.SigmaTable.from_alphas_cumprod(sch.scaled_linear_alphas_cumprod(), zero_terminal_snr=True)
+    assert [zero_snr.sigma_to_t_float32(v) for v in sigmas.log().tolist()] == zero_snr.sigma_to_t(sigmas).tolist()
+    assert sch.SigmaTable.from_sigmas(TABLE.sigmas.double()).sigma_to_t_float32(0.0) is None  # not a float32 table

@@ -108,9 +108,10 @@ def _churn(
     gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if in_range else 0.0
     sigma_hat = sigma * (gamma + 1)
     scale = (sigma_hat**2 - sigma**2) ** 0.5 * s_noise
-    if noise is None and s_churn == 0.0:
+    if s_churn == 0.0:  # no step of this run raises its noise level: the draws below would all be unused
         return x, sigma_hat
-    # k-diffusion draws this noise on every step, used or not; drawing it here too keeps the stream aligned
+    # k-diffusion draws this noise on every step, used or not (a step outside [s_tmin, s_tmax] multiplies it by
+    # zero); drawing it here too keeps the stream aligned for the later steps that use it
     return _add_noise(x, noise, sigma, sigmas[i + 1], scale), sigma_hat
 
 

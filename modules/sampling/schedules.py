@@ -12,12 +12,14 @@ sigma_min instead of 0, and DDIM gives len(table) // (len(table) // n) + 1 entri
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from scipy import stats
 
@@ -112,6 +114,31 @@ class SigmaTable:
         log_low, log_high = self.log_sigmas[low], self.log_sigmas[high]
         w = ((log_low - log_sigma) / (log_low - log_high)).clamp(0, 1)
         return ((1 - w) * low + w * high).view(sigma.shape)
+
+
+    @functools.cached_property
+    def _log_sigmas_float32(self) -> tuple[list[float], npt.NDArray[np.float32]] | None:
+        """The log-sigma table as Python floats (for bisection: float32 values compare exactly as doubles) and as
+        float32 numbers; None unless it is a float32 table of at least two entries."""
+        table = self.log_sigmas
+        if table.dtype != torch.float32 or len(table) < 2:
+            return None
+        values = table.detach().cpu().numpy()
+        return values.tolist(), values
+
+    def sigma_to_t_float32(self, log_sigma: float) -> float | None:
+        """``sigma_to_t`` of one float32 sigma, given its float32 logarithm as torch computes it: the same float32
+        operations on numpy scalars (a few microseconds instead of a dozen tensor operations), the same value to the
+        bit. None when the table is not float32 (the tensor method then)."""
+        tables = self._log_sigmas_float32
+        if tables is None:
+            return None
+        floats, table = tables
+        log_value = np.float32(log_sigma)
+        low = min(max(bisect.bisect_right(floats, float(log_value)) - 1, 0), len(floats) - 2)
+        log_low, log_high = table[low], table[low + 1]
+        w = min(max((log_low - log_value) / (log_low - log_high), np.float32(0.0)), np.float32(1.0))
+        return float((np.float32(1.0) - w) * np.float32(low) + w * np.float32(low + 1))
 
 
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:

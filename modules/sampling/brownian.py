@@ -172,6 +172,40 @@ def _column(values: list[float], like: Array) -> Array:
     return torch.tensor(values, dtype=like.dtype, device=like.device).reshape(shape)
 
 
+def _empty_like_columns(like: Array, columns: int) -> Array:
+    """An uninitialised array like ``like`` with ``columns`` entries on its second axis."""
+    shape = (like.shape[0], columns, *like.shape[2:])
+    if isinstance(like, np.ndarray):
+        return np.empty(shape, dtype=like.dtype)
+    import torch
+
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
+def _bridge(w: Array, left_diff: Array, h_reciprocal: Array, scale: Array, noise: Array, left_w: Array,
+            right_w: Array) -> None:
+    """One depth of splits: ``left = left_diff * w * h_reciprocal + scale * noise`` (in that order, as torchsde) and
+    ``right = w - left``, written into ``left_w`` and ``right_w``."""
+    if isinstance(w, np.ndarray):
+        np.multiply(left_diff, w, out=left_w)
+        left_w *= h_reciprocal
+        left_w += scale * noise
+        np.subtract(w, left_w, out=right_w)
+    else:
+        left_w.copy_(left_diff * w * h_reciprocal + scale * noise)
+        right_w.copy_(w - left_w)
+
+
+def _sum_in_order(values: list[Array]) -> Array:
+    """``values[0] + values[1] + ...``, added left to right (a query's tiles, as torchsde adds them)."""
+    if len(values) == 1:
+        return values[0]
+    total = values[0] + values[1]  # a new array: the tiles themselves stay as they are
+    for value in values[2:]:  # (not a reduction: numpy may add a reduction's terms pairwise, in another order)
+        total += value
+    return total
+
+
 def root_seeds(entropies: Sequence[int], pool_size: int = POOL_SIZE) -> npt.NDArray[np.uint32]:
     """The seed of the whole interval's own draw: the first word of an unspawned SeedSequence."""
     words = [[int(np.random.SeedSequence(int(e), pool_size=pool_size).generate_state(1)[0])] for e in entropies]
@@ -193,13 +227,21 @@ class BrownianTree:
         self.entropies = [int(e) for e in entropies]
         self.draw, self.keep = draw, keep
         self.start, self.end = self._round(t0), self._round(t1)
-        self.root_w = draw(root_seeds(self.entropies))[:, 0] * math.sqrt(t1 - t0)
+        self._root_scale = math.sqrt(t1 - t0)
+        self._root_w: Array | None = None  # drawn on first use, or with the first prepared nodes (one draw call)
         self._splits: dict[Node, tuple[float, float, float]] = {}  # node -> (start, mid, end)
         self._w: collections.OrderedDict[Node, Array] = collections.OrderedDict()
 
     @staticmethod
     def _round(t: float) -> float:
         return round(t, TOLERANCE_DIGITS)
+
+    @property
+    def root_w(self) -> Array:
+        """The increment over the whole interval: one draw with the root's seed times the square root of its length."""
+        if self._root_w is None:
+            self._root_w = self.draw(root_seeds(self.entropies))[:, 0] * self._root_scale
+        return self._root_w
 
     def zeros(self) -> Array:
         return self.root_w * 0.0
@@ -224,22 +266,26 @@ class BrownianTree:
         """The largest nodes that tile ``[ta, tb]``, left to right (torchsde's search of the dyadic tree)."""
         out: list[Node] = []
         splits = self._splits
-        stack: list[tuple[Node, float, float]] = [((0, 0), ta, tb)]
+        stack: list[tuple[Node, float, float, float, float]] = [((0, 0), self.start, self.end, ta, tb)]
         while stack:
-            node, a, b = stack.pop()
+            node, start, end, a, b = stack.pop()  # a node, its bounds, and the part of the query inside it
             depth, index = node
             if depth > MAX_DEPTH:
                 raise RuntimeError(f"Brownian tree query [{ta}, {tb}] is not resolved at depth {MAX_DEPTH}")
-            start, mid, end = splits.get(node) or self._split(node)
             if a == start and b == end:
                 out.append(node)
-            elif b <= mid:
-                stack.append(((depth + 1, 2 * index), a, b))
+                continue
+            split = splits.get(node)
+            if split is None:
+                split = splits[node] = (start, self._round(0.5 * (end + start)), end)
+            mid = split[1]
+            if b <= mid:
+                stack.append(((depth + 1, 2 * index), start, mid, a, b))
             elif a >= mid:
-                stack.append(((depth + 1, 2 * index + 1), a, b))
+                stack.append(((depth + 1, 2 * index + 1), mid, end, a, b))
             else:  # right half pushed first so the left one is taken first
-                stack.append(((depth + 1, 2 * index + 1), mid, b))
-                stack.append(((depth + 1, 2 * index), a, mid))
+                stack.append(((depth + 1, 2 * index + 1), mid, end, mid, b))
+                stack.append(((depth + 1, 2 * index), start, mid, a, mid))
         return out
 
     def _increment(self, node: Node) -> Array:
@@ -280,34 +326,46 @@ class BrownianTree:
     def prepare(self, points: Iterable[float]) -> None:
         """Compute ahead every node that queries between these points will read: the splits on the way from the root
         down to each point, all splits of one depth in one vectorised bridge step, and all their draws in one call
-        to ``draw``. The nodes are those the queries would make one by one, to the bit (the same operations on the
-        same numbers); a sampler that knows its schedule saves the per-query walk."""
+        to ``draw`` (with the root's own draw when it is not made yet). The nodes are those the queries would make
+        one by one, to the bit (the same operations on the same numbers); a sampler that knows its schedule saves
+        the per-query walk."""
         targets = sorted({self._round(min(max(float(t), self.start), self.end)) for t in points})
-        kept = self._w
+        kept, splits = self._w, self._splits
         parents: set[Node] = set()
-        for t in targets:
+        for t in targets:  # down from the root to each point, the bounds carried along
             node: Node = (0, 0)
+            start, end = self.start, self.end
             while node[0] <= MAX_DEPTH:  # deeper than that is the query's own error to raise
-                start, mid, end = self._split(node)
-                if t in (start, end):
+                if t == start or t == end:
                     break
+                split = splits.get(node)
+                if split is None:
+                    split = splits[node] = (start, self._round(0.5 * (end + start)), end)
+                mid = split[1]
                 depth, index = node
-                if (depth + 1, 2 * index) not in kept or (depth + 1, 2 * index + 1) not in kept:
+                left, right = (depth + 1, 2 * index), (depth + 1, 2 * index + 1)
+                if left not in kept or right not in kept:
                     parents.add(node)
-                node = (depth + 1, 2 * index + (1 if t >= mid else 0))
+                node, start, end = (right, mid, end) if t >= mid else (left, start, mid)
         if not parents:
             return
         order = sorted(parents)  # by depth, then index: the bridge below runs one depth at a time
-        noise = self.draw(node_seeds(self.entropies, order))
+        seeds = node_seeds(self.entropies, order)
+        if self._root_w is None:  # the root's draw in the same call, as its first column
+            noise = self.draw(np.concatenate([root_seeds(self.entropies), seeds], axis=1))
+            self._root_w = noise[:, 0] * self._root_scale
+            noise = noise[:, 1:]
+        else:
+            noise = self.draw(seeds)
         self.keep = max(self.keep, len(kept) + 2 * len(order) + 96)
-        splits = [self._split(node) for node in order]
-        left_diff = [mid - start for start, mid, _ in splits]
-        right_diff = [end - mid for _, mid, end in splits]
-        h_reciprocal = [1 / (end - start) for start, _, end in splits]
+        columns = [splits[node] for node in order]
+        left_diff = [mid - start for start, mid, _ in columns]
+        right_diff = [end - mid for _, mid, end in columns]
+        h_reciprocal = [1 / (end - start) for start, _, end in columns]
         scale = [math.sqrt(lo * hi * h) for lo, hi, h in zip(left_diff, right_diff, h_reciprocal, strict=True)]
         left_diff_all, h_reciprocal_all, scale_all = (_column(v, noise) for v in (left_diff, h_reciprocal, scale))
-        made: Array | None = None  # the last depth's children, left ones then right ones, on the second axis
-        made_at: dict[Node, int] = {}
+        made = _empty_like_columns(noise, 2 * len(order))  # every child: a depth's left ones, then its right ones
+        made_at: dict[Node, int] = {}  # child -> its column in ``made``
         first = 0
         while first < len(order):
             depth = order[first][0]
@@ -315,18 +373,17 @@ class BrownianTree:
             while last < len(order) and order[last][0] == depth:
                 last += 1
             level = order[first:last]
-            if made is not None and all(node in made_at for node in level):  # one gather from the depth above
+            if all(node in made_at for node in level):  # the depth above made them all: one gather
                 w = made[:, [made_at[node] for node in level]]
             else:
                 w = _stack([self.root_w if node == (0, 0) else kept[node] for node in level])
-            left_w = (left_diff_all[:, first:last] * w * h_reciprocal_all[:, first:last]
-                      + scale_all[:, first:last] * noise[:, first:last])
-            right_w = w - left_w
-            made = _concat(left_w, right_w)
-            made_at = {}
+            count = last - first
+            left_w, right_w = made[:, 2 * first:2 * first + count], made[:, 2 * first + count:2 * last]
+            _bridge(w, left_diff_all[:, first:last], h_reciprocal_all[:, first:last], scale_all[:, first:last],
+                    noise[:, first:last], left_w, right_w)
             for j, (node_depth, index) in enumerate(level):
                 left, right = (node_depth + 1, 2 * index), (node_depth + 1, 2 * index + 1)
-                made_at[left], made_at[right] = j, len(level) + j
+                made_at[left], made_at[right] = 2 * first + j, 2 * first + count + j
                 kept[left], kept[right] = left_w[:, j], right_w[:, j]
             first = last
 
@@ -342,10 +399,12 @@ class BrownianTree:
         if ta == tb:
             return self.zeros()
         tiles = self._tiles(ta, tb)
-        # the deepest tile of each end first: its chain makes the shallower tiles of that end (its ancestors'
-        # siblings) on the way, so a query costs one draw call per new end point
-        increments = {node: self._increment(node) for node in sorted(tiles, key=lambda n: -n[0])}
-        w = increments[tiles[0]]
-        for node in tiles[1:]:
-            w = w + increments[node]
-        return w
+        kept = self._w
+        if all(node in kept for node in tiles):  # computed ahead (or by earlier queries)
+            values = [kept[node] for node in tiles]
+        else:
+            # the deepest tile of each end first: its chain makes the shallower tiles of that end (its ancestors'
+            # siblings) on the way, so a query costs one draw call per new end point
+            increments = {node: self._increment(node) for node in sorted(tiles, key=lambda n: -n[0])}
+            values = [increments[node] for node in tiles]
+        return _sum_in_order(values)

@@ -212,6 +212,13 @@ def root_seeds(entropies: Sequence[int], pool_size: int = POOL_SIZE) -> npt.NDAr
     return np.array(words, dtype=np.uint32)
 
 
+@functools.lru_cache(maxsize=16)
+def _splits_of(start: float, end: float) -> dict[Node, tuple[float, float, float]]:
+    """The split points of the dyadic tree over ``[start, end]`` (filled as nodes are reached): they depend on the
+    interval alone, so every tree over it (each image, each job with the same schedule range) shares them."""
+    return {}
+
+
 class BrownianTree:
     """Increments ``W(tb) - W(ta)`` of one Brownian motion per entropy over ``[t0, t1]``, stacked on a first axis,
     as arrays of the kind ``draw`` makes.
@@ -229,7 +236,7 @@ class BrownianTree:
         self.start, self.end = self._round(t0), self._round(t1)
         self._root_scale = math.sqrt(t1 - t0)
         self._root_w: Array | None = None  # drawn on first use, or with the first prepared nodes (one draw call)
-        self._splits: dict[Node, tuple[float, float, float]] = {}  # node -> (start, mid, end)
+        self._splits = _splits_of(self.start, self.end)  # node -> (start, mid, end)
         self._w: collections.OrderedDict[Node, Array] = collections.OrderedDict()
 
     @staticmethod

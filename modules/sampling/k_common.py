@@ -104,12 +104,12 @@ def _churn(
     """Karras et al. (2022), Algorithm 2, lines 4-6: raise the noise level from sigma to sigma_hat."""
     s_churn, s_tmin, s_tmax, s_noise = churn
     sigma = sigmas[i]
+    if s_churn == 0.0:  # no step of this run raises its noise level (sigma * 1 is sigma): no draw would be used
+        return x, sigma
     in_range = s_tmin <= float(sigma) <= s_tmax
     gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if in_range else 0.0
     sigma_hat = sigma * (gamma + 1)
     scale = (sigma_hat**2 - sigma**2) ** 0.5 * s_noise
-    if s_churn == 0.0:  # no step of this run raises its noise level: the draws below would all be unused
-        return x, sigma_hat
     # k-diffusion draws this noise on every step, used or not (a step outside [s_tmin, s_tmax] multiplies it by
     # zero); drawing it here too keeps the stream aligned for the later steps that use it
     return _add_noise(x, noise, sigma, sigmas[i + 1], scale), sigma_hat

@@ -317,3 +317,40 @@ def test_denoiser_with_one_sigma_for_all_rows_gives_the_tensor_formulas_numbers(
         slow = denoiser(x, torch.cat([sigma[:2], mixed[2:]]), contexts, [0, 1, 2])
         assert torch.equal(fast[:2], slow[:2]) and torch.equal(fast_seen[0][:2], unet.seen[0][:2])
         assert torch.equal(fast_seen[1][:2], unet.seen[1][:2])
+
+
+def test_nv_draws_computed_with_torch_integer_kernels_are_numpys(monkeypatch):
+    # on a CUDA device the NV numbers are computed there with torch (int64 words, float64 Box-Muller): the same
+    # rounds as numpy's, checked here on the CPU, for keys and offsets with their high bit set and in several passes
+    rng = np.random.default_rng(3)
+    cases = [(0, 0, 7), (2**64 - 1, 2**64 - 1, 5), (2**63 + 9, 2**63, 300), (3999999999, 1, 64)]
+    cases += [(int(rng.integers(0, 2**63)) * 2 + 1, int(rng.integers(0, 2**63)), int(rng.integers(1, 5000)))
+              for _ in range(8)]
+    for seed, offset, n in cases:
+        got = philox.torch_rows([seed], [offset], n, torch.device("cpu"))
+        assert got.dtype == torch.float32 and got.shape == (1, n)
+        np.testing.assert_array_equal(got[0].numpy(), philox.Generator(seed, offset=offset).randn(n))
+    monkeypatch.setattr(philox, "_TORCH_PASS_ELEMENTS", 1000)  # 300-value rows: three to a pass
+    seeds = list(range(10))
+    np.testing.assert_array_equal(philox.torch_rows(seeds, [0] * 10, 300, torch.device("cpu")).numpy(),
+                                  philox.randn_many(seeds, 300))
+
+
+def test_nv_noise_and_trees_computed_on_the_device_equal_the_cpu_ones(monkeypatch):
+    # the device path (torch draws, the tree's arithmetic on tensors) run on the CPU: the same noise as numpy's
+    x = torch.zeros(2, 4, 8, 8)
+    lo_t, hi_t = torch.tensor(0.0292), torch.tensor(14.6146)
+    queries = _sde_queries(14.6146, 0.0292, 6)
+
+    def run() -> list[torch.Tensor]:
+        rng = ImageRNG((4, 8, 8), [5, 6], source="NV", eta_noise_seed_delta=31337)
+        out = [rng.first(), rng.next(), rng.next()]
+        tree = BrownianTreeNoise(x, lo_t, hi_t, [5, 6], "NV")
+        tree.prepare([t for query in queries[:6] for t in query])
+        return out + [tree(a, b) for a, b in queries]
+
+    want = run()
+    monkeypatch.setattr(philox, "computes_on", lambda device: True)
+    got = run()
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)

@@ -6,7 +6,8 @@ the same image whatever the batch size. The sampler's own noise (ancestral and S
 generator, reseeded with ``seed + ENSD`` after the starting noise when an eta noise seed delta is set.
 
 Sources: ``CPU`` is torch's CPU generator (the same numbers on every machine); ``GPU`` is the generator of the device
-the model runs on, which on an NVIDIA GPU is Philox; ``NV`` computes those Philox numbers on the CPU. On a machine
+the model runs on, which on an NVIDIA GPU is Philox; ``NV`` computes those Philox numbers itself (with numpy on the
+CPU; on a CUDA device with torch's integer kernels there, so that the noise is not the step's bottleneck). On a machine
 without CUDA, ``GPU`` is served by ``NV``, so an infotext made on an NVIDIA card (no ``RNG`` key) gives the same noise.
 """
 
@@ -73,7 +74,7 @@ class NoiseGenerator:
     def randn(self, shape: Sequence[int]) -> torch.Tensor:
         """Float32 noise of ``shape`` on ``device``."""
         if self._philox is not None:
-            return torch.from_numpy(self._philox.randn(tuple(shape))).to(self.device)
+            return self._philox.randn_on(tuple(shape), self.device)
         assert self._torch is not None
         out = torch.randn(tuple(shape), generator=self._torch, device=self._torch.device, dtype=torch.float32)
         return out.to(self.device)
@@ -168,6 +169,10 @@ def _tree_draw(source: str, device: torch.device, shape: tuple[int, ...]) -> Cal
 
     def draw(seeds: Any) -> Any:
         rows, cols = seeds.shape
+        if source == "NV" and philox.computes_on(device):
+            flat_seeds = [int(s) for s in seeds.reshape(-1)]
+            n = int(np.prod(shape, dtype=np.int64))
+            return philox.torch_rows(flat_seeds, [0] * len(flat_seeds), n, device).reshape(rows, cols, *shape)
         if source == "NV":
             flat = philox.randn_many(seeds.reshape(-1), shape)
             return flat.reshape(rows, cols, *shape) if device.type == "cpu" else torch.from_numpy(flat).to(device)

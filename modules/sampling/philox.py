@@ -209,6 +209,17 @@ class Generator:
         self._last_dims: tuple[int, ...] | None = None
         self._ahead: tuple[tuple[int, ...], int, F32Array] | None = None  # (shape, first offset, draws)
 
+    def randn_on(self, shape: int | Sequence[int], device: torch.device) -> torch.Tensor:
+        """The next draw as a float32 tensor on ``device``: computed there when it is a CUDA device (``torch_rows``),
+        else here and moved; advances the offset by one."""
+        if not computes_on(device):
+            return torch.from_numpy(self.randn(shape)).to(device)
+        dims = _shape_tuple(shape)
+        n = int(np.prod(dims, dtype=np.int64))
+        out = torch_rows([self.seed], [self.offset], n, device)
+        self.offset += 1
+        return out.reshape(dims)
+
     def randn(self, shape: int | Sequence[int]) -> F32Array:
         """A float32 array of `shape` standard normal values; advances the offset by one."""
         dims = _shape_tuple(shape)
@@ -249,6 +260,63 @@ def _normals(keys: npt.NDArray[np.uint64], offsets: npt.NDArray[np.uint64], n: i
         part = slice(first, first + rows)
         _rows_normals(keys[part], offsets[part], slice(0, n), n, out[part])
     return out
+
+
+def computes_on(device: torch.device) -> bool:
+    """Whether draws for ``device`` are computed on it (CUDA: 64-bit integer and float64 kernels) rather than with
+    numpy on the CPU and copied."""
+    return device.type == "cuda"
+
+
+_TORCH_PASS_ELEMENTS = 1 << 22  # values per pass on a device (bounds the pass's temporary memory to ~100 MB)
+
+
+def torch_rows(keys: Sequence[int], offsets: Sequence[int], n: int, device: torch.device) -> torch.Tensor:
+    """``_normals`` with torch on ``device``: a ``(rows, n)`` float32 tensor, row ``r`` the draw at ``offsets[r]`` of
+    a generator seeded ``keys[r]``. The same operations as the numpy rounds on 64-bit words held in int64 (products
+    wrap as unsigned ones do; high words are masked after each right shift, which extends the sign), and the same
+    float64 Box-Muller; on the CPU it gives numpy's numbers (tested), on a GPU the float64 logarithm and sine may
+    differ from the CPU's in their last place, which the rounding to float32 almost never shows."""
+    if n >= 2**32:
+        raise ValueError(f"A draw of {n} values is too large")
+    signed = [k - 2**64 if k >= 2**63 else k for k in (int(k) for k in keys)]
+    signed_offsets = [o - 2**64 if o >= 2**63 else o for o in (int(o) & _MASK64 for o in offsets)]
+    out = torch.empty((len(signed), n), dtype=torch.float32, device=device)
+    rows = max(1, _TORCH_PASS_ELEMENTS // max(n, 1))
+    for first in range(0, len(signed), rows):
+        part = slice(first, first + rows)
+        key = torch.tensor(signed[part], dtype=torch.int64, device=device)
+        offset = torch.tensor(signed_offsets[part], dtype=torch.int64, device=device)
+        out[part] = _torch_rows_pass(key, offset, n)
+    return out
+
+
+def _torch_rows_pass(keys: torch.Tensor, offsets: torch.Tensor, n: int) -> torch.Tensor:
+    mask = _MASK32
+    rows = keys.shape[0]
+
+    def high(x: torch.Tensor) -> torch.Tensor:  # the high word (>> extends the sign of an int64)
+        return (x >> 32) & mask
+
+    key_words = torch.stack([keys & mask, high(keys)]).reshape(1, 2, rows, 1)
+    weyl = torch.arange(PHILOX_ROUNDS, dtype=torch.int64, device=keys.device).reshape(-1, 1, 1, 1) * torch.tensor(
+        [PHILOX_W0, PHILOX_W1], dtype=torch.int64, device=keys.device).reshape(1, 2, 1, 1)
+    round_keys = ((key_words + weyl) & mask) << 32
+    off_lo, off_hi = (offsets & mask).reshape(rows, 1), high(offsets).reshape(rows, 1)
+    index_products = torch.arange(n, dtype=torch.int64, device=keys.device) * PHILOX_M1
+    pair0 = index_products ^ ((off_hi << 32) ^ round_keys[0, 0])
+    q = (off_lo * PHILOX_M0) ^ round_keys[0, 1]
+    pair1 = (high(pair0) * PHILOX_M0) ^ (((q & mask) << 32) ^ round_keys[1, 1])
+    pair0 = (pair0 << 32) ^ ((high(q) * PHILOX_M1) ^ round_keys[1, 0])
+    pairs = torch.stack([pair0, pair1])
+    multipliers = torch.tensor([PHILOX_M1, PHILOX_M0], dtype=torch.int64, device=keys.device).reshape(2, 1, 1)
+    for index in range(2, PHILOX_ROUNDS - 1):
+        product = high(pairs).flip(0) * multipliers
+        pairs = (pairs << 32) ^ product ^ round_keys[index]
+    pair0 = (pairs[0] << 32) ^ (high(pairs[1]) * PHILOX_M1) ^ round_keys[PHILOX_ROUNDS - 1, 0]
+    u = high(pair0).double() * TWO_POW32_INV + TWO_POW32_INV / 2
+    v = (pair0 & mask).double() * TWO_POW32_INV_2PI + TWO_POW32_INV_2PI / 2
+    return ((-2.0 * u.log()).sqrt() * v.sin()).float()
 
 
 def randn_many(seeds: Sequence[int] | npt.NDArray[np.integer], shape: int | Sequence[int]) -> F32Array:

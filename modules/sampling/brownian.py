@@ -23,6 +23,7 @@ import collections
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -212,11 +213,41 @@ def root_seeds(entropies: Sequence[int], pool_size: int = POOL_SIZE) -> npt.NDAr
     return np.array(words, dtype=np.uint32)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How to compute ahead the nodes for a set of query points, worked out from the geometry alone: the parents to
+    split (by depth, then index), their bridge coefficients, and each depth's parents as columns of the children
+    made at the depth above (None where some come from elsewhere: the root, or nodes made before)."""
+
+    order: list[Node]
+    left_diff: list[float]
+    h_reciprocal: list[float]
+    scale: list[float]
+    levels: list[tuple[int, int, list[int] | None]]  # (first, last) into ``order``, and the gather columns
+    made_at: dict[Node, int]  # each child -> its column among the children (read-only once made)
+
+
+@dataclass
+class _Geometry:
+    """What depends on a tree's interval alone, shared by every tree over it (each image of a batch, each job with
+    the same schedule range): the split points, the tiles of each query, the plans of fresh trees' preparations."""
+
+    splits: dict[Node, tuple[float, float, float]] = field(default_factory=dict)
+    tiles: dict[tuple[float, float], list[Node]] = field(default_factory=dict)
+    plans: dict[tuple[float, ...], _Plan] = field(default_factory=dict)
+
+    def remember(self, table: dict[Any, Any], key: Any, value: Any) -> None:
+        if len(table) >= _GEOMETRY_ENTRIES:  # many different schedules over one interval: start again
+            table.clear()
+        table[key] = value
+
+
+_GEOMETRY_ENTRIES = 4096
+
+
 @functools.lru_cache(maxsize=16)
-def _splits_of(start: float, end: float) -> dict[Node, tuple[float, float, float]]:
-    """The split points of the dyadic tree over ``[start, end]`` (filled as nodes are reached): they depend on the
-    interval alone, so every tree over it (each image, each job with the same schedule range) shares them."""
-    return {}
+def _geometry_of(start: float, end: float) -> _Geometry:
+    return _Geometry()
 
 
 class BrownianTree:
@@ -236,8 +267,11 @@ class BrownianTree:
         self.start, self.end = self._round(t0), self._round(t1)
         self._root_scale = math.sqrt(t1 - t0)
         self._root_w: Array | None = None  # drawn on first use, or with the first prepared nodes (one draw call)
-        self._splits = _splits_of(self.start, self.end)  # node -> (start, mid, end)
-        self._w: collections.OrderedDict[Node, Array] = collections.OrderedDict()
+        self._geometry = _geometry_of(self.start, self.end)
+        self._splits = self._geometry.splits  # node -> (start, mid, end)
+        self._w: collections.OrderedDict[Node, Array] = collections.OrderedDict()  # nodes made one query at a time
+        self._made: Array | None = None  # the first preparation's children (on the second axis) ...
+        self._made_at: dict[Node, int] = {}  # ... and each one's column
 
     @staticmethod
     def _round(t: float) -> float:
@@ -269,8 +303,36 @@ class BrownianTree:
             self._splits[node] = split
         return split
 
+    def held(self) -> int:
+        """How many node increments the tree holds (computed ahead or by queries)."""
+        return len(self._w) + len(self._made_at)
+
+    def _has(self, node: Node) -> bool:
+        return node in self._w or node in self._made_at
+
+    def _value(self, node: Node) -> Array | None:
+        """A held node's increment (the root's is always there), or None."""
+        if node == (0, 0):
+            return self.root_w
+        value = self._w.get(node)
+        if value is not None:
+            return value
+        column = self._made_at.get(node)
+        if column is None:
+            return None
+        assert self._made is not None
+        return self._made[:, column]
+
     def _tiles(self, ta: float, tb: float) -> list[Node]:
         """The largest nodes that tile ``[ta, tb]``, left to right (torchsde's search of the dyadic tree)."""
+        cached = self._geometry.tiles.get((ta, tb))
+        if cached is not None:
+            return cached
+        out = self._search_tiles(ta, tb)
+        self._geometry.remember(self._geometry.tiles, (ta, tb), out)
+        return out
+
+    def _search_tiles(self, ta: float, tb: float) -> list[Node]:
         out: list[Node] = []
         splits = self._splits
         stack: list[tuple[Node, float, float, float, float]] = [((0, 0), self.start, self.end, ta, tb)]
@@ -303,17 +365,19 @@ class BrownianTree:
         if node in kept:
             kept.move_to_end(node)
             return kept[node]
-        chain: list[Node] = []  # the ancestors to split, from the kept one down to the node's parent
+        held = self._value(node)
+        if held is not None:
+            return held
+        chain: list[Node] = []  # the ancestors to split, from the held one down to the node's parent
         current = node
-        while current != (0, 0) and current not in kept:
+        while current != (0, 0) and not self._has(current):
             current = (current[0] - 1, current[1] >> 1)
             chain.append(current)
         chain.reverse()
-        if current == (0, 0):
-            w = self.root_w
-        else:
+        if current in kept:
             kept.move_to_end(current)
-            w = kept[current]
+        w = self._value(current)
+        assert w is not None  # the walk stops at a held node or the root
         noise = self.draw(node_seeds(self.entropies, chain))
         path = [*chain[1:], node]
         for i, parent in enumerate(chain):
@@ -335,9 +399,46 @@ class BrownianTree:
         down to each point, all splits of one depth in one vectorised bridge step, and all their draws in one call
         to ``draw`` (with the root's own draw when it is not made yet). The nodes are those the queries would make
         one by one, to the bit (the same operations on the same numbers); a sampler that knows its schedule saves
-        the per-query walk."""
-        targets = sorted({self._round(min(max(float(t), self.start), self.end)) for t in points})
-        kept, splits = self._w, self._splits
+        the per-query walk. The plan (which nodes, in which order) depends on the points and the interval alone:
+        a fresh tree reuses the plan of an earlier tree over the same interval and points."""
+        targets = tuple(sorted({self._round(min(max(float(t), self.start), self.end)) for t in points}))
+        fresh = not self._w and not self._made_at
+        plan = self._geometry.plans.get(targets) if fresh else None
+        if plan is None:
+            plan = self._plan(targets)
+            if fresh:
+                self._geometry.remember(self._geometry.plans, targets, plan)
+        if not plan.order:
+            return
+        seeds = node_seeds(self.entropies, plan.order)
+        if self._root_w is None:  # the root's draw in the same call, as its first column
+            noise = self.draw(np.concatenate([root_seeds(self.entropies), seeds], axis=1))
+            self._root_w = noise[:, 0] * self._root_scale
+            noise = noise[:, 1:]
+        else:
+            noise = self.draw(seeds)
+        left_diff, h_reciprocal, scale = (_column(v, noise) for v in (plan.left_diff, plan.h_reciprocal, plan.scale))
+        made = _empty_like_columns(noise, 2 * len(plan.order))  # a depth's left children, then its right ones
+        for first, last, gather in plan.levels:
+            if gather is not None:  # the depth above made them all: one gather
+                w = made[:, gather]
+            else:
+                w = _stack([made[:, plan.made_at[node]] if node in plan.made_at else self._value(node)
+                            for node in plan.order[first:last]])
+            count = last - first
+            _bridge(w, left_diff[:, first:last], h_reciprocal[:, first:last], scale[:, first:last],
+                    noise[:, first:last], made[:, 2 * first:2 * first + count], made[:, 2 * first + count:2 * last])
+        if self._made is None:  # the tree's first preparation: its nodes are looked up through the plan's map
+            self._made, self._made_at = made, plan.made_at
+        else:  # a later one: its nodes join those made by queries
+            self.keep = max(self.keep, len(self._w) + len(plan.made_at) + 96)
+            for node, column in plan.made_at.items():
+                self._w[node] = made[:, column]
+
+    def _plan(self, targets: tuple[float, ...]) -> _Plan:
+        """The parents to split for queries between ``targets``: on the way down from the root to each point, every
+        node whose children are not both held yet."""
+        splits = self._splits
         parents: set[Node] = set()
         for t in targets:  # down from the root to each point, the bounds carried along
             node: Node = (0, 0)
@@ -351,28 +452,17 @@ class BrownianTree:
                 mid = split[1]
                 depth, index = node
                 left, right = (depth + 1, 2 * index), (depth + 1, 2 * index + 1)
-                if left not in kept or right not in kept:
+                if not self._has(left) or not self._has(right):
                     parents.add(node)
                 node, start, end = (right, mid, end) if t >= mid else (left, start, mid)
-        if not parents:
-            return
-        order = sorted(parents)  # by depth, then index: the bridge below runs one depth at a time
-        seeds = node_seeds(self.entropies, order)
-        if self._root_w is None:  # the root's draw in the same call, as its first column
-            noise = self.draw(np.concatenate([root_seeds(self.entropies), seeds], axis=1))
-            self._root_w = noise[:, 0] * self._root_scale
-            noise = noise[:, 1:]
-        else:
-            noise = self.draw(seeds)
-        self.keep = max(self.keep, len(kept) + 2 * len(order) + 96)
+        order = sorted(parents)  # by depth, then index: the bridge runs one depth at a time
         columns = [splits[node] for node in order]
         left_diff = [mid - start for start, mid, _ in columns]
         right_diff = [end - mid for _, mid, end in columns]
         h_reciprocal = [1 / (end - start) for start, _, end in columns]
         scale = [math.sqrt(lo * hi * h) for lo, hi, h in zip(left_diff, right_diff, h_reciprocal, strict=True)]
-        left_diff_all, h_reciprocal_all, scale_all = (_column(v, noise) for v in (left_diff, h_reciprocal, scale))
-        made = _empty_like_columns(noise, 2 * len(order))  # every child: a depth's left ones, then its right ones
-        made_at: dict[Node, int] = {}  # child -> its column in ``made``
+        levels: list[tuple[int, int, list[int] | None]] = []
+        made_at: dict[Node, int] = {}
         first = 0
         while first < len(order):
             depth = order[first][0]
@@ -380,19 +470,13 @@ class BrownianTree:
             while last < len(order) and order[last][0] == depth:
                 last += 1
             level = order[first:last]
-            if all(node in made_at for node in level):  # the depth above made them all: one gather
-                w = made[:, [made_at[node] for node in level]]
-            else:
-                w = _stack([self.root_w if node == (0, 0) else kept[node] for node in level])
-            count = last - first
-            left_w, right_w = made[:, 2 * first:2 * first + count], made[:, 2 * first + count:2 * last]
-            _bridge(w, left_diff_all[:, first:last], h_reciprocal_all[:, first:last], scale_all[:, first:last],
-                    noise[:, first:last], left_w, right_w)
+            gather = [made_at[node] for node in level] if all(node in made_at for node in level) else None
+            levels.append((first, last, gather))
             for j, (node_depth, index) in enumerate(level):
-                left, right = (node_depth + 1, 2 * index), (node_depth + 1, 2 * index + 1)
-                made_at[left], made_at[right] = 2 * first + j, 2 * first + count + j
-                kept[left], kept[right] = left_w[:, j], right_w[:, j]
+                made_at[(node_depth + 1, 2 * index)] = 2 * first + j
+                made_at[(node_depth + 1, 2 * index + 1)] = 2 * first + (last - first) + j
             first = last
+        return _Plan(order, left_diff, h_reciprocal, scale, levels, made_at)
 
     # --- queries ------------------------------------------------------------------------------------------------
 
@@ -406,10 +490,8 @@ class BrownianTree:
         if ta == tb:
             return self.zeros()
         tiles = self._tiles(ta, tb)
-        kept = self._w
-        if all(node in kept for node in tiles):  # computed ahead (or by earlier queries)
-            values = [kept[node] for node in tiles]
-        else:
+        values = [self._value(node) for node in tiles]
+        if any(value is None for value in values):
             # the deepest tile of each end first: its chain makes the shallower tiles of that end (its ancestors'
             # siblings) on the way, so a query costs one draw call per new end point
             increments = {node: self._increment(node) for node in sorted(tiles, key=lambda n: -n[0])}

@@ -354,3 +354,23 @@ def test_nv_noise_and_trees_computed_on_the_device_equal_the_cpu_ones(monkeypatc
     got = run()
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
+
+
+def test_fresh_trees_over_the_same_interval_share_the_preparation_plan_and_get_their_own_numbers():
+    def draw(seeds: np.ndarray) -> np.ndarray:
+        return philox.randn_many(seeds.reshape(-1), (3,)).reshape(*seeds.shape, 3)
+
+    points = [9.5, 4.25, 1.125, 0.3]
+    queries = list(zip(points[1:], points[:-1], strict=True))
+    first = brownian.BrownianTree(0.3, 9.5, [11], draw)
+    first.prepare(points)
+    geometry = brownian._geometry_of(first.start, first.end)
+    plan = geometry.plans[tuple(sorted(points))]
+    second = brownian.BrownianTree(0.3, 9.5, [12], draw)
+    second.prepare(points)
+    assert second._made_at is plan.made_at  # the plan was reused, not worked out again
+    for seed, tree in ((11, first), (12, second)):
+        lazy = brownian.BrownianTree(0.3, 9.5, [seed], draw)  # node by node, no plan
+        for a, b in queries:
+            assert np.array_equal(tree(a, b), lazy(a, b))
+    assert not np.array_equal(first(0.3, 9.5), second(0.3, 9.5))

@@ -14,7 +14,9 @@ order, so the result is the same to the bit for the same draws.
 What is not torchsde's: the seeds of all new nodes come from one vectorised evaluation of the ``SeedSequence`` hash
 (only the part a node's own spawn key changes is recomputed; the rest is shared by all nodes of a tree), the draws
 of a query come in one call to the source (one pass of the Philox generator for the ``NV`` source), both children of
-a split are kept, and one tree serves every image of the batch.
+a split are kept, and one tree serves every image of the batch. A sampler that knows its schedule has every node its
+queries will read computed at once (``BrownianTree.prepare``); which nodes those are, like the split points and each
+query's tiles, depends on the interval alone and is shared by later trees over it.
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ a percentage of one UNet call, also per model call (for samplers that call the m
 target is judged on the +guidance figure (z), per model call for a sampler whose steps call the UNet more than once
 (Heun, DPM2, DPM++ SDE, ...: the step's work set against the UNet work it wraps); a - c is the difference of two
 long runs, noisy on a loaded machine. A table of the noise sources (CPU, NV, GPU draws; the SDE samplers' Brownian
-tree, and torchsde's own tree, which A1111 uses, on the same queries) follows, since drawing noise is part of a
-stochastic sampler's step. Medians of several repeats after a warm-up.
+tree, and torchsde's own tree, which A1111 uses, on the same queries; the tree prepared for the whole schedule as
+the SDE samplers use it, with its plan cached from an earlier run of the schedule and worked out anew) follows,
+since drawing noise is part of a stochastic sampler's step. Medians of several repeats after a warm-up.
 
 The UNet has random weights: ``--size tiny`` is the test replica, ``--size real`` the full SD 1.5 UNet built from
 the bundled config (no download; slow on a CPU: there the UNet is timed one call per sample and the guided/bare
@@ -284,7 +285,36 @@ def bench_noise(setup: Setup, repeats: int) -> list[tuple[str, float, float | No
             queries.append((time.perf_counter() - mid) / max(len(sigmas) - 2, 1))
         out.append((f"Brownian tree {source}", statistics.median(queries[1:]) * 1000,
                     statistics.median(builds[1:]) * 1000))
+    out.extend(_bench_prepared_tree(setup, x, sigmas, seeds, repeats))
     out.extend(_bench_torchsde_tree(setup, x, sigmas, seeds, repeats))
+    return out
+
+
+def _bench_prepared_tree(setup: Setup, x: torch.Tensor, sigmas: torch.Tensor, seeds: list[int],
+                         repeats: int) -> list[tuple[str, float, float | None]]:
+    """The tree as the SDE samplers use it (NV): built and prepared for the whole schedule, then queried step by
+    step; once with the preparation's plan already worked out for this schedule (a repeated job, as in the sampler
+    rows above) and once with it cleared before each run (the first job with a schedule)."""
+    from modules.generation.noise import ImageRNG
+    from modules.sampling import brownian
+
+    shape = tuple(x.shape[1:])
+    out: list[tuple[str, float, float | None]] = []
+    for label, cold in (("cached", False), ("new plan", True)):
+        runs = []
+        for _ in range(max(repeats, 3) + 1):
+            if cold:
+                brownian._geometry_of.cache_clear()
+            rng = ImageRNG(shape, seeds, source="NV", device=setup.device)
+            setup.sync()
+            start = time.perf_counter()
+            tree = rng.brownian_noise(x, sigmas)
+            tree.prepare(sigmas)
+            for i in range(len(sigmas) - 2):
+                tree(sigmas[i], sigmas[i + 1])
+            setup.sync()
+            runs.append((time.perf_counter() - start) / max(len(sigmas) - 1, 1))
+        out.append((f"prepared NV, {label}", statistics.median(runs[1:]) * 1000, None))
     return out
 
 

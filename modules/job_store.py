@@ -31,9 +31,9 @@ aside, as ``jobs.sqlite3.corrupt-<time>``, with a warning, and an empty store is
 opened or written at all (a read-only data folder, a full disk), the queue goes on in memory, with an error in the
 log.
 
-Schema versions (``PRAGMA user_version``): 1, the first; 2 adds the ``worker`` column. An older file is upgraded in
-place when it is opened (its jobs kept; the added column comes after the blobs there, which only costs reading
-through them for that column).
+Schema versions (``PRAGMA user_version``): 1, the first; 2 adds the ``worker`` column; 3 the ``pin`` column (the
+worker a job must run on). An older file is upgraded in place when it is opened (its jobs kept; an added column
+comes after the blobs there, which only costs reading through them for that column).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from modules.jobs import INTERRUPTED_BY_STOP, Job, JobState
 log = logging.getLogger(__name__)
 
 JOBS_FILE = "jobs.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 INTERRUPTED = INTERRUPTED_BY_STOP
 
 
@@ -98,6 +98,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_field TEXT,
     warnings TEXT NOT NULL DEFAULT '[]',  -- JSON list of strings
     worker TEXT,  -- the worker that ran it (schema 2); NULL: this process
+    pin TEXT,  -- the worker it must run on (schema 3); NULL: any
     size INTEGER NOT NULL DEFAULT 0,  -- bytes of spec, tag and result
     -- the blobs last: the columns above are read without reading through them
     spec BLOB NOT NULL,
@@ -109,9 +110,9 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished);
 """
 _FINISHED = tuple(s.value for s in JobState if s.finished)
 _COLUMNS = ("seq, id, kind, owner, state, created, started, finished, error, error_kind, error_field, warnings, "
-            "worker")
+            "worker, pin")
 # columns added since schema 1, as ``ALTER TABLE jobs ADD COLUMN`` takes them: added to an older file on opening
-_ADDED_COLUMNS = (("worker", "worker TEXT"),)
+_ADDED_COLUMNS = (("worker", "worker TEXT"), ("pin", "pin TEXT"))
 PURGE_EVERY_S = 300.0
 
 
@@ -194,7 +195,7 @@ class JobStore:
                              SCHEMA_VERSION)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
-            missing = {"seq", "id", "spec", "result", "size", "warnings", "worker"} - columns
+            missing = {"seq", "id", "spec", "result", "size", "warnings", "worker", "pin"} - columns
             if missing:
                 raise _Unusable(f"the jobs table lacks {', '.join(sorted(missing))}")
         except BaseException:
@@ -295,9 +296,9 @@ class JobStore:
         with self._transaction("storing a job") as conn:
             if conn is None:
                 return False
-            conn.execute("INSERT INTO jobs (id, kind, owner, state, created, spec, tag, size) VALUES "
-                         "(?, ?, ?, ?, ?, ?, ?, ?)", (job.id, job.kind, job.owner, job.state.value, job.created,
-                                                      record.spec, record.tag, size))
+            conn.execute("INSERT INTO jobs (id, kind, owner, state, created, pin, spec, tag, size) VALUES "
+                         "(?, ?, ?, ?, ?, ?, ?, ?, ?)", (job.id, job.kind, job.owner, job.state.value, job.created,
+                                                         job.pin, record.spec, record.tag, size))
             return True
         return False
 
@@ -449,9 +450,10 @@ class JobStore:
 
     def _job(self, row: Any) -> Job:
         """A job from its row (seq, id, kind, owner, state, created, started, finished, error, error_kind,
-        error_field, warnings, worker, spec, tag, result); one whose spec cannot be read back comes back failed."""
+        error_field, warnings, worker, pin, spec, tag, result); one whose spec cannot be read back comes back
+        failed."""
         (_, job_id, kind, owner, state, created, started, finished, error, error_kind, error_field, warnings, worker,
-         spec_data, tag_data, result_data) = row
+         pin, spec_data, tag_data, result_data) = row
         control = JobControl()
         try:
             control.warnings.extend(str(w) for w in json.loads(warnings or "[]"))
@@ -481,7 +483,8 @@ class JobStore:
                 control.warn(f"the result could not be read back after a restart: {exc}")
         job = Job(cast(Any, spec), owner, tag, id=job_id, state=JobState(state), control=control, created=created,
                   started=started, finished=finished, result=result, error=error,
-                  error_kind=ErrorKind(error_kind) if error_kind else None, error_field=error_field, worker=worker)
+                  error_kind=ErrorKind(error_kind) if error_kind else None, error_field=error_field, worker=worker,
+                  pin=pin)
         job._stored = True
         if job.state.finished:
             job.done.set()

@@ -490,6 +490,38 @@ def test_the_worker_that_ran_a_job_survives_a_restart(tmp_path):
     assert again[blocked.id].state is JobState.SUCCEEDED and again[local.id].worker is None
 
 
+def test_a_pinned_job_keeps_its_pin_across_a_restart(tmp_path):
+    """A job queued with a pin runs after a restart on the worker it was pinned to, not on any free one; a pin
+    naming a worker the restarted server does not have fails the job with each worker's reason."""
+    from modules.jobs import LocalSlot
+
+    path = tmp_path / JOBS_FILE
+
+    def runner(job):
+        return job_types.ModelResult(str(job.spec.value))
+
+    slots = [LocalSlot(runner, "worker-1"), LocalSlot(runner, "worker-2"), LocalSlot(runner, "worker-3")]
+    q = JobQueue(runner, store=JobStore(path), slots=slots)  # never started: its jobs stay queued in the file
+    pinned = [q.submit(Echo(f"p{i}"), pin="worker-2") for i in range(3)]
+    gone = q.submit(Echo("gone"), pin="worker-3")
+    q.stop()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT pin FROM jobs WHERE id = ?", (pinned[0].id,)).fetchone() == ("worker-2",)
+    conn.close()
+
+    restarted = JobQueue(runner, store=JobStore(path),
+                         slots=[LocalSlot(runner, "worker-1"), LocalSlot(runner, "worker-2")])
+    jobs = {j.id: j for j in restarted.jobs()}
+    assert [jobs[j.id].pin for j in pinned] == ["worker-2"] * 3
+    restarted.start()
+    for job in pinned:
+        assert jobs[job.id].wait(10) and jobs[job.id].state is JobState.SUCCEEDED
+        assert jobs[job.id].worker == "worker-2"  # worker-1 was free too: the pin held
+    assert jobs[gone.id].wait(10) and jobs[gone.id].state is JobState.FAILED
+    assert "pinned to worker-3" in (jobs[gone.id].error or "")
+    restarted.stop()
+
+
 SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- submission order
@@ -544,8 +576,8 @@ def test_a_schema_1_file_is_upgraded_in_place_and_keeps_its_jobs(tmp_path):
     assert waiting.wait(10) and waiting.state is JobState.SUCCEEDED
     q.stop()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
-        assert "worker" in {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert {"worker", "pin"} <= {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     conn.close()
     again = {j.id: j for j in JobQueue(lambda job: None, store=JobStore(path)).jobs()}
     assert again["done"].worker is None and again["waiting"].result == job_types.ModelResult("waiting")

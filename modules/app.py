@@ -218,7 +218,26 @@ class App:
             return save_images_result(result, spec.output, spec.return_grid, job.control.warn)
         if isinstance(result, ModelResult) and result.title:
             self.model_status = ModelStatus("loaded", result.title, f"on {job.worker}")
+            self._remember_worker_model(result.title)
         return result
+
+    def _remember_worker_model(self, title: str) -> None:
+        """After a worker loaded a model, ``sd_model_checkpoint`` names it, as after a load here (A1111 keeps the
+        option naming the loaded checkpoint); not the demo model when nothing was chosen."""
+        info = self.registry.find(title)
+        if info is None or (is_demo(info) and not self.settings["sd_model_checkpoint"]):
+            return
+        self.models.preferred = info.title
+        if self.settings["sd_model_checkpoint"] != info.title:
+            try:
+                self.settings.update({"sd_model_checkpoint": info.title})
+            except Exception:  # saving the setting is a convenience; never fail a job for it
+                log.warning("could not save sd_model_checkpoint", exc_info=True)
+
+    def workers_model_action(self, action: str) -> list[str]:
+        """With ``--workers``: every worker unloads (``unload``) or reloads (``reload``) its model too, as this process
+        did; the workers that could not, one line each. Without workers: nothing to do."""
+        return self.workers.model_action(action) if self.workers is not None else []
 
     def workers_status(self) -> list[dict[str, Any]]:
         """The generation workers and their state; without --workers, this process as the one worker."""

@@ -188,12 +188,16 @@ def run_reload_model(app: App, spec: ReloadModelJob, control: JobControl) -> Mod
     control.update(phase="loading model")
     parts = app.models.reload()
     app.remember_model()
+    for problem in app.workers_model_action("reload"):
+        control.warn(problem)
     return ModelResult(parts.info.title if parts is not None and parts.info is not None else None)
 
 
 def run_unload_model(app: App, spec: UnloadModelJob, control: JobControl) -> ModelResult:
     app.models.unload()
     app.model_unloaded()
+    for problem in app.workers_model_action("unload"):
+        control.warn(problem)
     return ModelResult(None)
 
 

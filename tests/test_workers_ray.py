@@ -3,7 +3,8 @@
 Jobs run on both workers at once; a pinned job runs where it is pinned; killing a worker's process in the middle of
 a job gets the job run again on the other worker and finished, and the killed worker comes back and gets work;
 progress, results and the saved images come through the normal APIs; a checkpoint the workers do not have is a
-clear error. One cluster for the module (starting the workers takes a few seconds each)."""
+clear error; unloading and reloading the checkpoint reach every worker. One cluster for the module (starting the
+workers takes a few seconds each)."""
 
 from __future__ import annotations
 
@@ -174,3 +175,19 @@ def test_a_checkpoint_the_workers_do_not_have_is_a_clear_error(cluster):
     assert "worker-1: checkpoint frontonly.safetensors is not in this worker's model folder" in job["error"]
     ok = _wait(client, _submit(client, {**STEP_BODY, "override_settings": {"sd_model_checkpoint": "tiny"}}))
     assert ok["state"] == "succeeded"
+
+
+def test_unload_and_reload_checkpoint_reach_every_worker(cluster):
+    client, _, _ = cluster
+    for worker in ("worker-1", "worker-2"):  # each has run a job: its model is resident
+        assert _wait(client, _submit(client, STEP_BODY, worker=worker))["state"] == "succeeded"
+    assert all(w["model"] and w["model"].startswith("tiny") for w in _workers(client))
+    # the option names the model the workers loaded at the start, as A1111's names its loaded model
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("tiny")
+    unloaded = client.post("/sdapi/v1/unload-checkpoint")
+    assert unloaded.status_code == 200 and unloaded.json() == {}
+    assert [w["model"] for w in _workers(client)] == [None, None]  # answered once the workers have unloaded
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("tiny")  # the option stays
+    assert client.post("/sdapi/v1/reload-checkpoint").status_code == 200
+    assert all(w["model"] and w["model"].startswith("tiny") for w in _workers(client))
+    assert _wait(client, _submit(client, STEP_BODY))["state"] == "succeeded"

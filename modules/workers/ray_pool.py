@@ -28,6 +28,7 @@ POLL_S = 0.25  # how often a running job's progress is asked for
 CHECK_S = 2.0  # how often idle workers are checked (alive, their model and checkpoints)
 RETRY_S = 5.0  # after a failed start, how long before the worker is asked again
 NAME_PREFIX = "worker-"
+MODEL_ACTION_TIMEOUT_S = 600.0  # an unload or reload waits for each worker's running job to end first
 
 
 class WorkersUnavailable(WebUIError):
@@ -172,6 +173,31 @@ class RayWorkers:
             self._names.clear()
         self._names[job.id] = found
         return found
+
+    # -- models
+    def model_action(self, action: str, timeout: float = MODEL_ACTION_TIMEOUT_S) -> list[str]:
+        """Ask every worker to ``unload`` or ``reload`` its model (each once its running job ends), all at once;
+        what went wrong, one line per worker (a worker still starting has no model to unload or reload)."""
+        import ray
+
+        asked = []
+        for slot in self.slots:
+            if slot.status.state in ("starting", "failed"):
+                continue
+            try:
+                asked.append((slot, slot.actor.model_action.remote(action)))
+            except Exception as exc:  # noqa: BLE001 - one worker's failure is reported, not raised
+                asked.append((slot, exc))
+        problems = []
+        deadline = time.monotonic() + timeout
+        for slot, ref in asked:
+            try:
+                if isinstance(ref, Exception):
+                    raise ref
+                slot.status.info = ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"{slot.name}: could not {action} its model ({_reason(exc)})")
+        return problems
 
     # -- what the API shows
     def describe(self, busy: Mapping[str, Job]) -> list[dict[str, Any]]:

@@ -132,6 +132,18 @@ class GenerationWorker:
         out["warnings"] = list(control.warnings)
         return out
 
+    def model_action(self, action: str) -> dict[str, Any]:
+        """``unload`` the resident model (A1111's unload-checkpoint) or ``reload`` the last one from disk, once the
+        job running here (if any) has ended; the worker's state afterwards."""
+        if action not in ("unload", "reload"):
+            raise ValueError(f"unknown model action {action!r}")
+        with self._lock:
+            if action == "unload":
+                self.app.models.unload()
+            else:
+                self.app.models.reload()
+        return self.info()
+
     def interrupt(self, job_id: str) -> bool:
         control = self._controls.get(job_id)
         if control is not None:

@@ -205,7 +205,7 @@ async def _run_in_queue(app: App, spec: JobSpec, owner: str | None) -> Any:
     await wait_for(job)
     if job.state is JobState.FAILED:
         return failure_response(job)
-    return None
+    return {}  # A1111 answers these with an empty object
 
 
 def progress_report(app: App, skip_current_image: bool = False, owner: str | None = None) -> dict[str, Any]:

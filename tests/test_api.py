@@ -193,11 +193,14 @@ def test_options_switch_model_unload_reload(live_server):
         assert saved["sd_model_checkpoint"] == other
         r = api.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL})
         assert json.loads(r.json()["info"])["sd_model_name"] == server.app.models.current.info.model_name
+        loads = server.app.models.load_count
         unloaded = api.post("/sdapi/v1/unload-checkpoint")
         assert unloaded.status_code == 200 and unloaded.json() == {} and server.app.models.current is None
         assert api.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == other  # the option stays, as in A1111
+        assert api.get("/internal/ping").json()["model"] == "unloaded"
         reloaded = api.post("/sdapi/v1/reload-checkpoint")
         assert reloaded.status_code == 200 and reloaded.json() == {}
+        assert server.app.models.load_count == loads  # A1111's unload keeps the model in RAM: not read again
         assert server.app.models.current.info.title == other
         r = api.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL,
                                                 "override_settings": {"sd_model_checkpoint": current}})

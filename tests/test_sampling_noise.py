@@ -365,7 +365,8 @@ def test_fresh_trees_over_the_same_interval_share_the_preparation_plan_and_get_t
     first = brownian.BrownianTree(0.3, 9.5, [11], draw)
     first.prepare(points)
     geometry = brownian._geometry_of(first.start, first.end)
-    plan = geometry.plans[tuple(sorted(points))]
+    plan = geometry.plan(tuple(sorted(points)))
+    assert plan is not None
     second = brownian.BrownianTree(0.3, 9.5, [12], draw)
     second.prepare(points)
     assert second._made_at is plan.made_at  # the plan was reused, not worked out again
@@ -374,3 +375,24 @@ def test_fresh_trees_over_the_same_interval_share_the_preparation_plan_and_get_t
         for a, b in queries:
             assert np.array_equal(tree(a, b), lazy(a, b))
     assert not np.array_equal(first(0.3, 9.5), second(0.3, 9.5))
+
+
+def test_the_shared_geometry_stays_bounded(monkeypatch):
+    # many different schedules over one interval: the plans of the latest few are kept, the split points and tiles
+    # are forgotten past their limits (small here: forgotten in the middle of a preparation), and trees still get
+    # their numbers
+    monkeypatch.setattr(brownian._Geometry, "SPLITS", 64)
+    monkeypatch.setattr(brownian._Geometry, "TILES", 4)
+
+    def draw(seeds: np.ndarray) -> np.ndarray:
+        return philox.randn_many(seeds.reshape(-1), (2,)).reshape(*seeds.shape, 2)
+
+    geometry = brownian._geometry_of(0.01, 7.0)
+    for steps in range(3, 3 + 3 * brownian._Geometry.PLANS):  # each plan reaches far more than 64 split points
+        points = np.geomspace(7.0, 0.01, steps).tolist()
+        tree = brownian.BrownianTree(0.01, 7.0, [steps], draw)
+        tree.prepare(points)
+        lazy = brownian.BrownianTree(0.01, 7.0, [steps], draw)
+        assert np.array_equal(tree(points[1], points[0]), lazy(points[1], points[0]))
+        assert len(geometry.splits) <= brownian._Geometry.SPLITS and len(geometry.tiles) <= brownian._Geometry.TILES
+    assert len(geometry._plans) == brownian._Geometry.PLANS

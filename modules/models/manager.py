@@ -317,11 +317,22 @@ class ModelManager:
                 return False
             if (old.precision, old.device) != (config.precision, config.device) or (
                     parts.unet in _FP8 and not self._fp8(parts)):
-                self.reload()
+                self._reread(parts)
                 return True
             memory.remove(parts)
             self._place(parts)
             return False
+
+    def _reread(self, parts: ModelParts) -> None:
+        """Read the resident model ``parts`` again from its file (its weights change); the copies in RAM, made for
+        the old weights, are dropped."""
+        memory.remove(parts)
+        self._current = None
+        self._ram.clear()
+        self._external_vae = None
+        self._free()
+        if parts.info is not None:
+            self._switch(parts.info)
 
     def lower_memory(self, parts: ModelParts) -> str | None:
         """After ``parts`` ran out of memory: place it in the next mode that needs less, when the mode is Automatic
@@ -405,21 +416,28 @@ class ModelManager:
                                        vae_hash=vae_hash(info, self.registry.hash_cache))
 
     def unload(self) -> None:
-        """Free the current model and the RAM cache (A1111's unload-checkpoint)."""
+        """Move the current model to RAM, off the device (A1111's unload-checkpoint): :meth:`reload` puts it back
+        without reading the file again. Models cached in RAM stay."""
         with self._lock:
-            if self._current is not None and self._current.info is not None:
-                self._last = self._current.info
-            self._current = None
-            self._ram.clear()
+            current = self._current
+            if current is not None:
+                memory.remove(current)
+                self._current = None
+                if current.info is not None:
+                    self._last = current.info
+                    current.to("cpu")
+                    self._ram[current.info.path.resolve()] = current  # kept whatever the cache's size, as A1111
+                    self._ram.move_to_end(current.info.path.resolve())
             self._external_vae = None
             self._free()
 
     def reload(self) -> ModelParts | None:
-        """Load the last model again from disk."""
+        """The model on the device again after :meth:`unload` (A1111's reload-checkpoint): from RAM when it is
+        there, else read again; the resident model as it is when none was unloaded; None when none was loaded."""
         with self._lock:
-            info = self._current.info if self._current is not None else self._last
-            self.unload()
-            return self._switch(info) if info is not None else None
+            if self._current is not None:
+                return self._current
+            return self._switch(self._last) if self._last is not None else None
 
     def loaded_titles(self) -> list[str]:
         titles = [p.info.title for p in self._ram.values() if p.info]

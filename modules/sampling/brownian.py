@@ -24,8 +24,9 @@ from __future__ import annotations
 import collections
 import functools
 import math
+import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -229,25 +230,49 @@ class _Plan:
     made_at: dict[Node, int]  # each child -> its column among the children (read-only once made)
 
 
-@dataclass
 class _Geometry:
     """What depends on a tree's interval alone, shared by every tree over it (each image of a batch, each job with
-    the same schedule range): the split points, the tiles of each query, the plans of fresh trees' preparations."""
+    the same schedule range): the split points, the tiles of each query, the plans of fresh trees' preparations.
+    Bounded: the split points and tiles are forgotten all at once past their limit (they are cheap to find again),
+    the plans (a few hundred kB for a long schedule) are kept for the most recent schedules only."""
 
-    splits: dict[Node, tuple[float, float, float]] = field(default_factory=dict)
-    tiles: dict[tuple[float, float], list[Node]] = field(default_factory=dict)
-    plans: dict[tuple[float, ...], _Plan] = field(default_factory=dict)
+    SPLITS, TILES, PLANS = 32768, 2048, 8
 
-    def remember(self, table: dict[Any, Any], key: Any, value: Any) -> None:
-        if len(table) >= _GEOMETRY_ENTRIES:  # many different schedules over one interval: start again
-            table.clear()
-        table[key] = value
+    def __init__(self) -> None:
+        self.splits: dict[Node, tuple[float, float, float]] = {}
+        self.tiles: dict[tuple[float, float], list[Node]] = {}
+        self._plans: collections.OrderedDict[tuple[float, ...], _Plan] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def split(self, node: Node, start: float, end: float) -> tuple[float, float, float]:
+        """The node's (start, rounded midpoint, end), from its bounds."""
+        split = self.splits.get(node)
+        if split is None:
+            if len(self.splits) >= self.SPLITS:
+                self.splits.clear()
+            split = self.splits[node] = (start, round(0.5 * (end + start), TOLERANCE_DIGITS), end)
+        return split
+
+    def remember_tiles(self, key: tuple[float, float], tiles: list[Node]) -> None:
+        if len(self.tiles) >= self.TILES:
+            self.tiles.clear()
+        self.tiles[key] = tiles
+
+    def plan(self, targets: tuple[float, ...]) -> _Plan | None:
+        with self._lock:
+            plan = self._plans.get(targets)
+            if plan is not None:
+                self._plans.move_to_end(targets)
+            return plan
+
+    def remember_plan(self, targets: tuple[float, ...], plan: _Plan) -> None:
+        with self._lock:
+            self._plans[targets] = plan
+            while len(self._plans) > self.PLANS:
+                self._plans.popitem(last=False)
 
 
-_GEOMETRY_ENTRIES = 4096
-
-
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)
 def _geometry_of(start: float, end: float) -> _Geometry:
     return _Geometry()
 
@@ -270,7 +295,6 @@ class BrownianTree:
         self._root_scale = math.sqrt(t1 - t0)
         self._root_w: Array | None = None  # drawn on first use, or with the first prepared nodes (one draw call)
         self._geometry = _geometry_of(self.start, self.end)
-        self._splits = self._geometry.splits  # node -> (start, mid, end)
         self._w: collections.OrderedDict[Node, Array] = collections.OrderedDict()  # nodes made one query at a time
         self._made: Array | None = None  # the first preparation's children (on the second axis) ...
         self._made_at: dict[Node, int] = {}  # ... and each one's column
@@ -293,7 +317,7 @@ class BrownianTree:
 
     def _split(self, node: Node) -> tuple[float, float, float]:
         """A node's start, rounded midpoint and end."""
-        split = self._splits.get(node)
+        split = self._geometry.splits.get(node)
         if split is None:
             if node == (0, 0):
                 start, end = self.start, self.end
@@ -301,8 +325,7 @@ class BrownianTree:
                 depth, index = node
                 p_start, p_mid, p_end = self._split((depth - 1, index >> 1))
                 start, end = (p_mid, p_end) if index & 1 else (p_start, p_mid)
-            split = (start, self._round(0.5 * (end + start)), end)
-            self._splits[node] = split
+            split = self._geometry.split(node, start, end)
         return split
 
     def held(self) -> int:
@@ -331,12 +354,13 @@ class BrownianTree:
         if cached is not None:
             return cached
         out = self._search_tiles(ta, tb)
-        self._geometry.remember(self._geometry.tiles, (ta, tb), out)
+        self._geometry.remember_tiles((ta, tb), out)
         return out
 
     def _search_tiles(self, ta: float, tb: float) -> list[Node]:
         out: list[Node] = []
-        splits = self._splits
+        geometry = self._geometry
+        splits = geometry.splits
         stack: list[tuple[Node, float, float, float, float]] = [((0, 0), self.start, self.end, ta, tb)]
         while stack:
             node, start, end, a, b = stack.pop()  # a node, its bounds, and the part of the query inside it
@@ -346,10 +370,7 @@ class BrownianTree:
             if a == start and b == end:
                 out.append(node)
                 continue
-            split = splits.get(node)
-            if split is None:
-                split = splits[node] = (start, self._round(0.5 * (end + start)), end)
-            mid = split[1]
+            mid = (splits.get(node) or geometry.split(node, start, end))[1]
             if b <= mid:
                 stack.append(((depth + 1, 2 * index), start, mid, a, b))
             elif a >= mid:
@@ -405,11 +426,11 @@ class BrownianTree:
         a fresh tree reuses the plan of an earlier tree over the same interval and points."""
         targets = tuple(sorted({self._round(min(max(float(t), self.start), self.end)) for t in points}))
         fresh = not self._w and not self._made_at
-        plan = self._geometry.plans.get(targets) if fresh else None
+        plan = self._geometry.plan(targets) if fresh else None
         if plan is None:
             plan = self._plan(targets)
             if fresh:
-                self._geometry.remember(self._geometry.plans, targets, plan)
+                self._geometry.remember_plan(targets, plan)
         if not plan.order:
             return
         seeds = node_seeds(self.entropies, plan.order)
@@ -440,7 +461,8 @@ class BrownianTree:
     def _plan(self, targets: tuple[float, ...]) -> _Plan:
         """The parents to split for queries between ``targets``: on the way down from the root to each point, every
         node whose children are not both held yet."""
-        splits = self._splits
+        geometry = self._geometry
+        bounds: dict[Node, tuple[float, float, float]] = {}  # this plan's own (the shared table may be cleared)
         parents: set[Node] = set()
         for t in targets:  # down from the root to each point, the bounds carried along
             node: Node = (0, 0)
@@ -448,9 +470,7 @@ class BrownianTree:
             while node[0] <= MAX_DEPTH:  # deeper than that is the query's own error to raise
                 if t == start or t == end:
                     break
-                split = splits.get(node)
-                if split is None:
-                    split = splits[node] = (start, self._round(0.5 * (end + start)), end)
+                split = bounds[node] = geometry.splits.get(node) or geometry.split(node, start, end)
                 mid = split[1]
                 depth, index = node
                 left, right = (depth + 1, 2 * index), (depth + 1, 2 * index + 1)
@@ -458,7 +478,7 @@ class BrownianTree:
                     parents.add(node)
                 node, start, end = (right, mid, end) if t >= mid else (left, start, mid)
         order = sorted(parents)  # by depth, then index: the bridge runs one depth at a time
-        columns = [splits[node] for node in order]
+        columns = [bounds[node] for node in order]
         left_diff = [mid - start for start, mid, _ in columns]
         right_diff = [end - mid for _, mid, end in columns]
         h_reciprocal = [1 / (end - start) for start, _, end in columns]

@@ -127,6 +127,26 @@ class SettingsHandlers:
             return [error_html(f"Not reset: {user_message(exc)}"), *self.component_values()]
         return [_changed_html(changed, "reset to default"), *self.component_values()]
 
+    def model_action(self, action: str, request: gr.Request | None = None) -> str:
+        """A1111's Settings actions: ``unload`` the checkpoint from memory or ``reload`` it (on every worker too),
+        through the queue as the API's unload-checkpoint / reload-checkpoint; the message HTML."""
+        from modules.job_types import ReloadModelJob, UnloadModelJob
+
+        user = request_user(request)
+        if not self.app.is_admin(user):
+            return error_html(f"Not done: {ADMIN_ONLY}")
+        job = self.app.submit(UnloadModelJob() if action == "unload" else ReloadModelJob(), user)
+        job.wait()
+        if job.error:
+            return error_html(f"Not done: {job.error}")
+        if action == "unload":
+            text = "The checkpoint was unloaded from memory."
+        else:
+            title = getattr(job.result, "title", None)
+            text = f"Loaded {title}." if title else "No checkpoint to load: none was loaded before."
+        warnings = job.control.warnings
+        return f'<div class="sd-info">{html.escape(text)}</div>' + (warning_html(warnings) if warnings else "")
+
     def worker_rows(self) -> list[list[str]]:
         """The Workers table: a row per worker of :meth:`App.workers_status`, empty where a value is not known."""
         return [["" if w.get(key) is None else str(w[key]) for _, key in WORKER_COLUMNS]
@@ -188,6 +208,14 @@ def build_settings_tab(app: App) -> SettingsUI:
                       show_progress="hidden")
     p["reset"].click(ui.handlers.reset, outputs=[p["result"], *ui.outputs()], api_visibility="private",
                      show_progress="hidden")
+    with gr.Accordion("Actions", open=True, elem_id="settings_actions_section"):
+        with gr.Row():
+            p["unload_model"] = gr.Button("Unload SD checkpoint to RAM", elem_id="sett_unload_sd_model")
+            p["reload_model"] = gr.Button("Load SD checkpoint to VRAM from RAM", elem_id="sett_reload_sd_model")
+        p["actions_result"] = gr.HTML("", elem_id="settings_actions_result")
+    for key, action in (("unload_model", "unload"), ("reload_model", "reload")):
+        p[key].click(lambda request, action=action: ui.handlers.model_action(action, request),
+                     outputs=[p["actions_result"]], api_visibility="private")
     with gr.Accordion("Workers", open=True, elem_id="settings_workers_section"):
         p["workers"] = gr.Dataframe(ui.handlers.worker_rows(), headers=[h for h, _ in WORKER_COLUMNS], type="array",
                                     interactive=False, label="Workers", show_label=False, elem_id="settings_workers")

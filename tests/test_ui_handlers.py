@@ -451,6 +451,36 @@ def test_settings_tab_lists_the_workers_and_reads_them_again(settings_app, monke
         assert out["data"] == expected
 
 
+def test_settings_actions_unload_the_checkpoint_to_ram_and_load_it_back(app):
+    """A1111's Settings buttons "Unload SD checkpoint to RAM" / "Load SD checkpoint to VRAM from RAM": through the
+    queue, the model off the device and back without reading its file again (private events)."""
+    import asyncio
+
+    import gradio as gr
+
+    from webui.ui.settings_tab import build_settings_tab
+
+    with gr.Blocks() as demo:
+        ui = build_settings_tab(app)
+    title, loads = app.models.current.info.title, app.models.load_count
+
+    def click(key: str) -> str:
+        fn = next(fn for fn in demo.fns.values() if (ui.parts[key]._id, "click") in fn.targets)
+        assert fn.api_visibility == "private"
+        [out] = asyncio.run(demo.process_api(block_fn=fn, inputs=[]))["data"]
+        return out
+
+    try:
+        assert "unloaded from memory" in click("unload_model") and app.models.current is None
+        assert app.model_status.state == "unloaded"
+        assert f"Loaded {title}" in click("reload_model")
+        assert app.models.current.info.title == title and app.models.load_count == loads
+    finally:
+        if app.models.current is None:
+            app.models.reload()
+            app.remember_model()
+
+
 def test_live_preview_is_shown_while_sampling(app, handlers, monkeypatch):
     import webui.ui.txt2img_handlers as th
 

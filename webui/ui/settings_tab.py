@@ -147,6 +147,14 @@ class SettingsHandlers:
         warnings = job.control.warnings
         return f'<div class="sd-info">{html.escape(text)}</div>' + (warning_html(warnings) if warnings else "")
 
+    def unload_as(self, request: gr.Request | None = None) -> str:
+        """The "Unload SD checkpoint to RAM" button (gradio passes the ``request``: its logged-in user)."""
+        return self.model_action("unload", request)
+
+    def reload_as(self, request: gr.Request | None = None) -> str:
+        """The "Load SD checkpoint to VRAM from RAM" button."""
+        return self.model_action("reload", request)
+
     def worker_rows(self) -> list[list[str]]:
         """The Workers table: a row per worker of :meth:`App.workers_status`, empty where a value is not known."""
         return [["" if w.get(key) is None else str(w[key]) for _, key in WORKER_COLUMNS]
@@ -213,9 +221,8 @@ def build_settings_tab(app: App) -> SettingsUI:
             p["unload_model"] = gr.Button("Unload SD checkpoint to RAM", elem_id="sett_unload_sd_model")
             p["reload_model"] = gr.Button("Load SD checkpoint to VRAM from RAM", elem_id="sett_reload_sd_model")
         p["actions_result"] = gr.HTML("", elem_id="settings_actions_result")
-    for key, action in (("unload_model", "unload"), ("reload_model", "reload")):
-        p[key].click(lambda request, action=action: ui.handlers.model_action(action, request),
-                     outputs=[p["actions_result"]], api_visibility="private")
+    p["unload_model"].click(ui.handlers.unload_as, outputs=[p["actions_result"]], api_visibility="private")
+    p["reload_model"].click(ui.handlers.reload_as, outputs=[p["actions_result"]], api_visibility="private")
     with gr.Accordion("Workers", open=True, elem_id="settings_workers_section"):
         p["workers"] = gr.Dataframe(ui.handlers.worker_rows(), headers=[h for h, _ in WORKER_COLUMNS], type="array",
                                     interactive=False, label="Workers", show_label=False, elem_id="settings_workers")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,51 +156,69 @@ def save_images_result(result: ImagesResult, out: OutputOptions, keep_grid: bool
         for index, image in enumerate(images):
             values = _pattern_values(result.request, index, seeds, image.prompt, image.negative_prompt,
                                      result.model_name, result.model_hash)
-            path = _write_sample(image.to_pil(), image.infotext, values, out, warn)
+            path = write_sample(image.to_pil(), image.infotext, values, out, warn)
             if path is not None:
                 images[index] = replace(image, path=path)
     grid, grid_path = result.grid, result.grid_path
     if out.save_grid and grid is not None:
         values = _pattern_values(result.request, 0, seeds or [-1], grid.prompt, grid.negative_prompt,
                                  result.model_name, result.model_hash)
-        grid_path = _write_grid(grid.to_pil(), grid.infotext, values, out, warn)
+        grid_path = write_grid(grid.to_pil(), grid.infotext, values, out, warn)
         grid = replace(grid, path=grid_path) if grid_path is not None else grid
     return replace(result, images=tuple(images), grid=grid if keep_grid else None, grid_path=grid_path)
 
 
-def _folder(root: Path, out: OutputOptions) -> Path:
-    return root / _dt.date.today().isoformat() if out.save_to_dirs else root
+def _folder(root: Path, out: OutputOptions, to_dirs: bool, values: Mapping[str, object]) -> Path:
+    """Where an image goes: ``root``, or its subdirectory named by ``directories_filename_pattern``."""
+    return root / outputs.subfolder(out.directories_pattern, values) if to_dirs else root
 
 
-def _write_sample(image: Image.Image, infotext: str | None, values: dict[str, object], out: OutputOptions,
-                  warn: Callable[[str], None]) -> Path | None:
-    """One image saved under the samples pattern; None (logged, said in the job's warnings) when it cannot be."""
+def write_sample(image: Image.Image, infotext: str | None, values: Mapping[str, object], out: OutputOptions,
+                 warn: Callable[[str], None]) -> Path | None:
+    """One image saved under the samples pattern (with its infotext in a .txt file beside it when ``save_txt``);
+    None (logged, said in the job's warnings) when it cannot be."""
     try:
-        return outputs.save_image(image, _folder(out.samples_dir, out), out.samples_format,
+        path = outputs.save_image(image, _folder(out.samples_dir, out, out.save_to_dirs, values), out.samples_format,
                                   infotext if out.enable_pnginfo else None, pattern=out.filename_pattern or "[seed]",
                                   values=values, quality=out.jpeg_quality)
     except OSError as exc:
         log.warning("could not save an image: %s", exc)
         warn(f"an image could not be saved ({exc.strerror or exc}); it is still in the result")
         return None
+    _write_text(path, infotext, out, warn)
+    return path
 
 
-def _write_grid(image: Image.Image, infotext: str | None, values: dict[str, object], out: OutputOptions,
-                warn: Callable[[str], None]) -> Path | None:
+def write_grid(image: Image.Image, infotext: str | None, values: Mapping[str, object], out: OutputOptions,
+               warn: Callable[[str], None], basename: str = "grid") -> Path | None:
+    """A grid saved as ``<basename>-0000.<ext>`` (with its infotext beside it when ``save_txt``); None when it
+    cannot be."""
     try:
-        return outputs.save_image(image, _folder(out.grids_dir, out), out.grid_format,
+        path = outputs.save_image(image, _folder(out.grids_dir, out, out.grid_save_to_dirs, values), out.grid_format,
                                   infotext if out.enable_pnginfo else None, pattern="", values=values,
-                                  basename="grid", digits=4, quality=out.jpeg_quality)
+                                  basename=basename, digits=4, quality=out.jpeg_quality)
     except OSError as exc:
         log.warning("could not save the grid: %s", exc)
         warn(f"the grid could not be saved ({exc.strerror or exc})")
         return None
+    _write_text(path, infotext, out, warn)
+    return path
+
+
+def _write_text(path: Path, infotext: str | None, out: OutputOptions, warn: Callable[[str], None]) -> None:
+    if not out.save_txt or infotext is None:
+        return
+    try:
+        outputs.write_infotext_file(path, infotext)
+    except OSError as exc:
+        log.warning("could not write %s: %s", path.with_suffix(".txt"), exc)
+        warn(f"the text file beside {path.name} could not be written ({exc.strerror or exc})")
 
 
 def _saver(out: OutputOptions, paths: dict[int, Path], control: JobControl) -> ImageListener:
     """Save each image as it is made, so an interrupted or killed job keeps what it finished."""
     def on_image(result: GenerationResult, index: int) -> None:
-        path = _write_sample(result.images[index], result.infotexts[index], _values(result, index), out,
+        path = write_sample(result.images[index], result.infotexts[index], _values(result, index), out,
                              control.warn)
         if path is not None:
             paths[index] = path
@@ -211,5 +229,5 @@ def _saver(out: OutputOptions, paths: dict[int, Path], control: JobControl) -> I
 def _save_grid(job: JobOutput, out: OutputOptions, control: JobControl) -> Path | None:
     assert job.grid is not None
     result = job.result
-    return _write_grid(job.grid, result.infotexts[0] if result.infotexts else None, _values(result, 0), out,
+    return write_grid(job.grid, result.infotexts[0] if result.infotexts else None, _values(result, 0), out,
                        control.warn)

@@ -17,6 +17,9 @@ class OutputOptions:
     grid_format: str = "png"
     filename_pattern: str = "[seed]"
     save_to_dirs: bool = True
+    grid_save_to_dirs: bool = True
+    directories_pattern: str = "[date]"  # the subdirectory's name pattern (A1111's directories_filename_pattern)
+    save_txt: bool = False  # a .txt file with the infotext next to each image
     enable_pnginfo: bool = True
     grid_only_if_multiple: bool = True
     jpeg_quality: int = 80

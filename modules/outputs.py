@@ -241,6 +241,22 @@ _SAMPLE_VALUES: Mapping[str, object] = types.MappingProxyType({
 })
 
 
+def subfolder(pattern: str, values: Mapping[str, object]) -> Path:
+    """A1111's ``directories_filename_pattern`` folder: the pattern expanded (empty: ``[prompt_words]``), each
+    ``/``-separated part made safe, ``.`` and ``..`` dropped: always inside the folder it is joined to."""
+    text = FilenameGenerator(dict(values)).apply(pattern or "[prompt_words]")
+    parts = [sanitize_filename_part(p.strip(), replace_spaces=False) or "" for p in text.split("/")]
+    parts = [p for p in parts if p not in ("", ".", "..")]
+    return Path(*parts) if parts else Path()
+
+
+def write_infotext_file(image_path: Path, infotext: str) -> Path:
+    """A1111's ``save_txt``: the infotext in ``<image name>.txt`` beside the image (written atomically)."""
+    path = image_path.with_suffix(".txt")
+    fileio.atomic_write_text(path, f"{infotext}\n")
+    return path
+
+
 def pattern_problem(pattern: str) -> str | None:
     """Why the file name ``pattern`` is refused as a setting: its expansion (with sample values; the real ones are
     sanitised) holds NUL, a path separator or ``..``. ``None`` when it names a file in the target folder."""

@@ -227,13 +227,17 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
         Option("samples_format", "png", "File format for images", _SAVE, "choice", ("png", "jpg", "webp")),
         Option("samples_filename_pattern", "", "Images filename pattern (empty: [seed])", _SAVE, "str",
                confine="pattern"),
-        Option("save_to_dirs", True, "Save images to a subdirectory per day", _SAVE, "bool"),
+        Option("save_to_dirs", True, "Save images to a subdirectory", _SAVE, "bool"),
+        Option("grid_save_to_dirs", True, "Save grids to a subdirectory", _SAVE, "bool"),
+        Option("directories_filename_pattern", "[date]", "Directory name pattern (the subdirectory; parts "
+               "separated by /; empty: [prompt_words])", _SAVE, "str"),
         Option("grid_save", True, "Always save all generated image grids", _SAVE, "bool"),
         Option("grid_format", "png", "File format for grids", _SAVE, "choice", ("png", "jpg", "webp")),
         Option("grid_only_if_multiple", True, "Do not save grids consisting of one picture", _SAVE, "bool"),
         Option("return_grid", True, "Show grid in gallery and return it from the API", _SAVE, "bool"),
         Option("enable_pnginfo", True, "Save text information about generation parameters as chunks to png "
                "files", _SAVE, "bool"),
+        Option("save_txt", False, "Create a text file with infotext next to every generated image", _SAVE, "bool"),
         Option("use_original_name_batch", True, "Use original name for output filename during batch process in "
                "extras tab", _SAVE, "bool"),
         Option("jpeg_quality", 80, "Quality for saved jpeg and webp images", _SAVE, "int", minimum=1, maximum=100,
@@ -241,7 +245,7 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
         Option("save_selected_only", True, "When using 'Save' button, only save a single selected image", _SAVE,
                "bool"),
         Option("save_write_log_csv", True, "Write log.csv when saving images using 'Save' button", _SAVE, "bool"),
-        Option("use_save_to_dirs_for_ui", False, "When using \"Save\" button, save images to a subdirectory (per day)",
+        Option("use_save_to_dirs_for_ui", False, "When using \"Save\" button, save images to a subdirectory",
                _SAVE, "bool"),
         Option("grid_zip_filename_pattern", "", "Archive filename pattern (empty: [datetime]_[[model_name]]_[seed]-"
                "[seed_last])", _SAVE, "str", confine="pattern"),

@@ -80,6 +80,13 @@ def test_batch_returns_grid_first_and_saves_when_asked(api):
     assert len(grids) == 1
     no_send = api.post("/sdapi/v1/txt2img", json={"prompt": "x", "send_images": False, **SMALL})
     assert no_send.json()["images"] == []
+    # A1111's save_txt and directories_filename_pattern, for one job through override_settings
+    r = api.post("/sdapi/v1/txt2img", json={"prompt": "x", "seed": 77, "save_images": True, **SMALL,
+                                            "override_settings": {"save_txt": True,
+                                                                  "directories_filename_pattern": "s[seed]"}})
+    assert r.status_code == 200, r.text
+    [png] = (api.server.app.paths.outputs_dir / "txt2img-images" / "s77").glob("*.png")
+    assert png.with_suffix(".txt").read_text(encoding="utf-8") == json.loads(r.json()["info"])["infotexts"][0] + "\n"
 
 
 def test_override_settings_apply_to_that_job_only(module_api):

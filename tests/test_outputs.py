@@ -196,3 +196,28 @@ def test_a_result_made_elsewhere_is_saved_as_the_engine_saves_its_own(tmp_path):
                                warn=warnings.append)
     assert again.saved == [] and again.grid is not None and again.grid.path is None
     assert len(warnings) == 3 and "could not be saved" in warnings[0]
+
+
+def test_save_txt_and_the_directory_name_pattern(tmp_path):
+    """A1111's ``save_txt`` (the infotext in a .txt beside each image and grid), ``directories_filename_pattern``
+    (the subdirectory, its parts made safe and kept inside the folder) and ``grid_save_to_dirs``."""
+    from dataclasses import replace
+
+    from modules.engine import write_grid, write_sample
+    from modules.output_options import OutputOptions
+
+    warnings: list[str] = []
+    out = OutputOptions.under(tmp_path, save_txt=True, directories_pattern="[seed]/../[steps]", grid_save_to_dirs=False)
+    sample = write_sample(img(), INFO, {"seed": 123, "steps": 20}, out, warnings.append)
+    assert sample == tmp_path / "txt2img-images" / "123" / "20" / "00000-123.png"
+    assert sample.with_suffix(".txt").read_text(encoding="utf-8") == INFO + "\n"
+    grid = write_grid(img(), INFO, {"seed": 123}, out, warnings.append)
+    assert grid == tmp_path / "txt2img-grids" / "grid-0000.png"  # grids not in a subdirectory here
+    assert grid.with_suffix(".txt").read_text(encoding="utf-8") == INFO + "\n"
+    plain = write_sample(img(), INFO, {"seed": 5}, replace(out, save_txt=False, directories_pattern="[date]"),
+                         warnings.append)
+    assert plain.parent == tmp_path / "txt2img-images" / datetime.date.today().isoformat()
+    assert not plain.with_suffix(".txt").exists()
+    assert outputs.subfolder("", {"prompt": "a red fox, forest"}) == Path("a red fox forest")  # [prompt_words]
+    assert outputs.subfolder("/../[seed]//.", {"seed": 9}) == Path("9")
+    assert not warnings

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from modules import images as image_utils
-from modules import outputs
-from modules.engine import JobOutput
+from modules.engine import JobOutput, write_grid, write_sample
 from modules.generation.control import JobControl
 from modules.job_types import ImagesResult, Img2ImgJob, OutputImage, Txt2ImgJob
 from modules.requests import GenerationRequest, Img2ImgRequest, validate_any
@@ -63,38 +62,20 @@ def run_job(app: App, spec: Txt2ImgJob | Img2ImgJob, control: JobControl, genera
     def save_grid(image: Image.Image, infotext: str, used: GenerationRequest, basename: str) -> Path | None:
         if spec.output is None or not spec.output.save_grid:
             return None
-        out = spec.output
-        folder = out.grids_dir / _today() if out.save_to_dirs else out.grids_dir
-        try:
-            return outputs.save_image(image, folder, out.grid_format, infotext if out.enable_pnginfo else None,
-                                      pattern="", basename=basename, digits=4, quality=out.jpeg_quality)
-        except OSError as exc:
-            control.warn(f"the grid could not be saved ({exc.strerror or exc})")
-            return None
+        values = {"seed": used.seed, "prompt": used.prompt, "steps": used.steps, "sampler": used.sampler_name,
+                  "cfg_scale": used.cfg_scale}
+        return write_grid(image, infotext, values, spec.output, control.warn, basename=basename)
 
     def save_image(image: Image.Image, infotext: str, used: GenerationRequest, seed: int) -> Path | None:
         out = spec.output
         if out is None or not out.save_samples:
             return None
-        folder = out.samples_dir / _today() if out.save_to_dirs else out.samples_dir
-        try:
-            return outputs.save_image(image, folder, out.samples_format, infotext if out.enable_pnginfo else None,
-                                      pattern=out.filename_pattern or "[seed]",
-                                      values={"seed": seed, "prompt": used.prompt, "steps": used.steps,
-                                              "sampler": used.sampler_name, "cfg_scale": used.cfg_scale},
-                                      quality=out.jpeg_quality)
-        except OSError as exc:
-            control.warn(f"an image could not be saved ({exc.strerror or exc})")
-            return None
+        values = {"seed": seed, "prompt": used.prompt, "steps": used.steps, "sampler": used.sampler_name,
+                  "cfg_scale": used.cfg_scale}
+        return write_sample(image, infotext, values, out, control.warn)
 
     ctx = RunContext(kind, process, control, save_grid, app, save_image, spec.return_grid)
     return script_result(script.run(ctx, req, spec.script.args), req, control, script.title)
-
-
-def _today() -> str:
-    import datetime
-
-    return datetime.date.today().isoformat()
 
 
 def script_result(output: ScriptOutput, req: GenerationRequest, control: JobControl, script_name: str = ""

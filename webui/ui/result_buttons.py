@@ -13,7 +13,6 @@ there is one, and the grid carries the first image's infotext, as in A1111."""
 from __future__ import annotations
 
 import csv
-import datetime
 import html
 import io
 import logging
@@ -53,14 +52,11 @@ NO_IMAGES = "Generate an image first: there is nothing to save"
 A1111_DEFAULTS: dict[str, Any] = {
     "outdir_save": "log/images",  # "Directory for saving images using the Save button"
     "save_selected_only": True,  # "When using 'Save' button, only save a single selected image"
-    "use_save_to_dirs_for_ui": False,  # "When using "Save" button, save images to a subdirectory"
-    "directories_filename_pattern": "[date]",  # "Directory name pattern"
     "save_write_log_csv": True,  # "Write log.csv when saving images using 'Save' button"
     "grid_zip_filename_pattern": "",  # "Archive filename pattern"
     "export_for_4chan": True,  # "Save copy of large images as JPG"
     "img_downscale_threshold": 4.0,  # "File size limit for the above option, MB"
     "target_side_length": 4000,  # "Width/height limit for the above option, in pixels"
-    "save_txt": False,  # "Create a text file with infotext next to every generated image"
     "open_dir_button_choice": "Subdirectory",  # "What directory the [📂] button opens"
     "send_size": True,  # "Send size when sending prompt or image to another interface"
 }
@@ -191,14 +187,17 @@ def open_folder(path: Path) -> None:
 
 def output_folder(app: App, tab: str, results: dict[str, Any] | None = None) -> Path:
     """The folder 📂 opens: the tab's images folder (``outdir_{tab}_samples``); with A1111's default "Subdirectory"
-    choice and images generated, today's subfolder of it when images are saved into one and it exists."""
+    choice and images generated, the subdirectory the first of them went to (``directories_filename_pattern``)
+    when images are saved into one and it exists."""
     out = app.output_options(tab)
     folder = out.samples_dir
     choice = str(option(app, "open_dir_button_choice"))
     if "Sub" in choice and results and out.save_to_dirs:
-        day = folder / datetime.date.today().isoformat()
-        if day.is_dir():
-            return day
+        infotexts = results.get("infotexts") or [None]
+        parsed = parse_infotext(str(infotexts[0])) if infotexts[0] else {}
+        sub = folder / outputs.subfolder(out.directories_pattern, _values(parsed, [parsed.get("Seed")]))
+        if sub.is_dir():
+            return sub
     return folder
 
 
@@ -258,14 +257,6 @@ def _values(parsed: dict[str, object], seeds: list[object]) -> dict[str, object]
         "negative_prompt": parsed.get("Negative prompt"), "clip_skip": parsed.get("Clip skip"),
         "denoising_strength": parsed.get("Denoising strength"),
     }
-
-
-def _subfolder(pattern: str, values: dict[str, object]) -> Path:
-    """A1111's ``directories_filename_pattern`` folder (its parts made safe; never leaving the log folder)."""
-    text = outputs.FilenameGenerator(values).apply(pattern or "[prompt_words]")
-    parts = [outputs.sanitize_filename_part(p.strip(), replace_spaces=False) or "" for p in text.split("/")]
-    parts = [p for p in parts if p not in ("", ".", "..")]
-    return Path(*parts) if parts else Path()
 
 
 def _update_logfile(path: Path) -> None:
@@ -357,7 +348,7 @@ def save_files(app: App, tab: str, gallery: Any, results: dict[str, Any] | None,
             values = _values(parsed, seeds)
             folder = root
             if option(app, "use_save_to_dirs_for_ui"):
-                folder = root / _subfolder(str(option(app, "directories_filename_pattern")), values)
+                folder = root / outputs.subfolder(str(option(app, "directories_filename_pattern")), values)
             path = outputs.save_image(image, folder, fmt, info if out.enable_pnginfo else None,
                                       pattern=out.filename_pattern or "[seed]", values=values,
                                       quality=out.jpeg_quality)

@@ -289,7 +289,8 @@ class App:
             save_samples=s["samples_save"], save_grid=s["grid_save"], samples_format=s["samples_format"],
             grid_format=s["grid_format"], filename_pattern=s["samples_filename_pattern"] or "[seed]",
             save_to_dirs=s["save_to_dirs"], grid_save_to_dirs=s["grid_save_to_dirs"],
-            directories_pattern=s["directories_filename_pattern"], save_txt=s["save_txt"],
+            directories_pattern=s["directories_filename_pattern"], max_prompt_words=s["directories_max_prompt_words"],
+            save_txt=s["save_txt"],
             enable_pnginfo=s["enable_pnginfo"],
             grid_only_if_multiple=s["grid_only_if_multiple"], jpeg_quality=s["jpeg_quality"])
 

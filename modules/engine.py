@@ -177,6 +177,7 @@ def write_sample(image: Image.Image, infotext: str | None, values: Mapping[str, 
                  warn: Callable[[str], None]) -> Path | None:
     """One image saved under the samples pattern (with its infotext in a .txt file beside it when ``save_txt``);
     None (logged, said in the job's warnings) when it cannot be."""
+    values = {"max_prompt_words": out.max_prompt_words, **values}
     try:
         path = outputs.save_image(image, _folder(out.samples_dir, out, out.save_to_dirs, values), out.samples_format,
                                   infotext if out.enable_pnginfo else None, pattern=out.filename_pattern or "[seed]",
@@ -193,6 +194,7 @@ def write_grid(image: Image.Image, infotext: str | None, values: Mapping[str, ob
                warn: Callable[[str], None], basename: str = "grid") -> Path | None:
     """A grid saved as ``<basename>-0000.<ext>`` (with its infotext beside it when ``save_txt``); None when it
     cannot be."""
+    values = {"max_prompt_words": out.max_prompt_words, **values}
     try:
         path = outputs.save_image(image, _folder(out.grids_dir, out, out.grid_save_to_dirs, values), out.grid_format,
                                   infotext if out.enable_pnginfo else None, pattern="", values=values,

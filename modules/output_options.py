@@ -19,6 +19,7 @@ class OutputOptions:
     save_to_dirs: bool = True
     grid_save_to_dirs: bool = True
     directories_pattern: str = "[date]"  # the subdirectory's name pattern (A1111's directories_filename_pattern)
+    max_prompt_words: int = 8  # words of [prompt_words] in either pattern (A1111's directories_max_prompt_words)
     save_txt: bool = False  # a .txt file with the infotext next to each image
     enable_pnginfo: bool = True
     grid_only_if_multiple: bool = True

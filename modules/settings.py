@@ -231,6 +231,8 @@ def build_options(checkpoints: Callable[[], list[str]] = list, vaes: Callable[[]
         Option("grid_save_to_dirs", True, "Save grids to a subdirectory", _SAVE, "bool"),
         Option("directories_filename_pattern", "[date]", "Directory name pattern (the subdirectory; parts "
                "separated by /; empty: [prompt_words])", _SAVE, "str"),
+        Option("directories_max_prompt_words", 8, "Max prompt words for [prompt_words] pattern", _SAVE, "int",
+               minimum=1, maximum=20, step=1),
         Option("grid_save", True, "Always save all generated image grids", _SAVE, "bool"),
         Option("grid_format", "png", "File format for grids", _SAVE, "choice", ("png", "jpg", "webp")),
         Option("grid_only_if_multiple", True, "Do not save grids consisting of one picture", _SAVE, "bool"),

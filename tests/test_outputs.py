@@ -219,5 +219,9 @@ def test_save_txt_and_the_directory_name_pattern(tmp_path):
     assert plain.parent == tmp_path / "txt2img-images" / datetime.date.today().isoformat()
     assert not plain.with_suffix(".txt").exists()
     assert outputs.subfolder("", {"prompt": "a red fox, forest"}) == Path("a red fox forest")  # [prompt_words]
+    words = write_sample(img(), INFO, {"seed": 5, "prompt": "a red fox, forest"},
+                         replace(out, save_txt=False, filename_pattern="[prompt_words]", max_prompt_words=2,
+                                 directories_pattern="[prompt_words]"), warnings.append)
+    assert words is not None and words.parent.name == "a red" and words.name.endswith("-a red.png")
     assert outputs.subfolder("/../[seed]//.", {"seed": 9}) == Path("9")
     assert not warnings

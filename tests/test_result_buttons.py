@@ -245,3 +245,22 @@ def test_page_has_the_rows_and_the_sends_fill_their_targets(app, generated):
     outs = [getattr(o, "elem_id", None) for o in fn.outputs]
     values = fn.fn(gallery, results, False, {})
     assert np.array_equal(px(values[outs.index("img2maskimg")]["background"]), px(generated["images"][2]))
+
+
+def test_save_button_follows_the_directory_pattern_prompt_words_and_save_txt(app, generated, save_dir):
+    from modules.images import read_parameters
+    from webui.ui.result_buttons import save_files
+
+    changes = {"use_save_to_dirs_for_ui": True, "directories_filename_pattern": "[prompt_words]",
+               "directories_max_prompt_words": 1, "save_txt": True}
+    before = {k: app.settings[k] for k in changes}
+    app.settings.update(changes, save=False)
+    try:
+        saved = save_files(app, "txt2img", generated["gallery"], generated["results"], 1, False)
+    finally:
+        app.settings.update(before, save=False)
+    first_word = generated["results"]["infotexts"][0].split()[0].strip(",")
+    image, txt = saved.paths[0], saved.paths[1]
+    assert image.parent == save_dir / first_word and txt == image.with_suffix(".txt")
+    with Image.open(image) as saved_image:
+        assert txt.read_text(encoding="utf-8") == read_parameters(saved_image) + "\n"  # as A1111 writes it

@@ -21,7 +21,8 @@ from webui.api.images import decode_images
 from webui.api.schemas import GenerationBody, Img2ImgBody
 
 _OUTPUT_SETTINGS = {"samples_format", "samples_save", "grid_save", "grid_format", "samples_filename_pattern",
-                    "save_to_dirs", "grid_save_to_dirs", "directories_filename_pattern", "save_txt", "enable_pnginfo",
+                    "save_to_dirs", "grid_save_to_dirs", "directories_filename_pattern", "directories_max_prompt_words",
+                    "save_txt", "enable_pnginfo",
                     "grid_only_if_multiple", "jpeg_quality"}
 
 

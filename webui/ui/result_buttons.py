@@ -345,19 +345,18 @@ def save_files(app: App, tab: str, gallery: Any, results: dict[str, Any] | None,
     with _SAVE_LOCK:
         root.mkdir(parents=True, exist_ok=True)
         for _, image, info, parsed in entries:
-            values = _values(parsed, seeds)
+            values = {**_values(parsed, seeds), "max_prompt_words": out.max_prompt_words}
             folder = root
             if option(app, "use_save_to_dirs_for_ui"):
-                folder = root / outputs.subfolder(str(option(app, "directories_filename_pattern")), values)
+                folder = root / outputs.subfolder(out.directories_pattern, values)
             path = outputs.save_image(image, folder, fmt, info if out.enable_pnginfo else None,
                                       pattern=out.filename_pattern or "[seed]", values=values,
                                       quality=out.jpeg_quality)
             saved.paths.append(path)
             saved.names.append(path.relative_to(root).as_posix())
             _export_jpeg(app, image, path, info if out.enable_pnginfo else None)
-            if option(app, "save_txt") and info is not None:
-                txt = path.with_suffix(".txt")
-                fileio.atomic_write_text(txt, info)
+            if out.save_txt and info is not None:
+                txt = outputs.write_infotext_file(path, info)
                 saved.paths.append(txt)
                 saved.names.append(txt.relative_to(root).as_posix())
         if option(app, "save_write_log_csv"):

@@ -177,31 +177,33 @@ def write_sample(image: Image.Image, infotext: str | None, values: Mapping[str, 
                  warn: Callable[[str], None]) -> Path | None:
     """One image saved under the samples pattern (with its infotext in a .txt file beside it when ``save_txt``);
     None (logged, said in the job's warnings) when it cannot be."""
-    values = {"max_prompt_words": out.max_prompt_words, **values}
-    try:
-        path = outputs.save_image(image, _folder(out.samples_dir, out, out.save_to_dirs, values), out.samples_format,
-                                  infotext if out.enable_pnginfo else None, pattern=out.filename_pattern or "[seed]",
-                                  values=values, quality=out.jpeg_quality)
-    except OSError as exc:
-        log.warning("could not save an image: %s", exc)
-        warn(f"an image could not be saved ({exc.strerror or exc}); it is still in the result")
-        return None
-    _write_text(path, infotext, out, warn)
-    return path
+    return _write(image, infotext, values, out, warn, grid=False)
 
 
 def write_grid(image: Image.Image, infotext: str | None, values: Mapping[str, object], out: OutputOptions,
                warn: Callable[[str], None], basename: str = "grid") -> Path | None:
     """A grid saved as ``<basename>-0000.<ext>`` (with its infotext beside it when ``save_txt``); None when it
     cannot be."""
+    return _write(image, infotext, values, out, warn, grid=True, basename=basename)
+
+
+def _write(image: Image.Image, infotext: str | None, values: Mapping[str, object], out: OutputOptions,
+           warn: Callable[[str], None], grid: bool, basename: str = "") -> Path | None:
     values = {"max_prompt_words": out.max_prompt_words, **values}
+    if grid:
+        folder = _folder(out.grids_dir, out, out.grid_save_to_dirs, values)
+        naming: dict[str, Any] = {"pattern": "", "basename": basename, "digits": 4}
+    else:
+        folder = _folder(out.samples_dir, out, out.save_to_dirs, values)
+        naming = {"pattern": out.filename_pattern or "[seed]"}
     try:
-        path = outputs.save_image(image, _folder(out.grids_dir, out, out.grid_save_to_dirs, values), out.grid_format,
-                                  infotext if out.enable_pnginfo else None, pattern="", values=values,
-                                  basename=basename, digits=4, quality=out.jpeg_quality)
+        path = outputs.save_image(image, folder, out.grid_format if grid else out.samples_format,
+                                  infotext if out.enable_pnginfo else None, values=values, quality=out.jpeg_quality,
+                                  **naming)
     except OSError as exc:
-        log.warning("could not save the grid: %s", exc)
-        warn(f"the grid could not be saved ({exc.strerror or exc})")
+        what = "the grid" if grid else "an image"
+        log.warning("could not save %s: %s", what, exc)
+        warn(f"{what} could not be saved ({exc.strerror or exc})" + ("" if grid else "; it is still in the result"))
         return None
     _write_text(path, infotext, out, warn)
     return path

@@ -213,6 +213,11 @@ def test_options_switch_model_unload_reload(live_server):
                                                 "override_settings": {"sd_model_checkpoint": current}})
         assert r.status_code == 200 and json.loads(r.json()["info"])["sd_model_hash"] in current
         assert api.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == other  # a job never changes settings
+        # a model unloaded to RAM is let go once another one loads (the RAM cache keeps its size)
+        assert api.post("/sdapi/v1/unload-checkpoint").status_code == 200
+        assert server.app.models.loaded_titles() == [current]
+        r = api.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL})  # the default, other, loads
+        assert r.status_code == 200 and server.app.models.loaded_titles() == [other]
 
 
 def _job(api, job_id: str):

@@ -84,8 +84,9 @@ class ModelDenoiser:
 
     def _scalars(self, x: Tensor, sigma: Tensor) -> tuple[float, float, float] | None:
         """(sigma, c_in, t) as float32 values when every row has the same float32 sigma on the CPU (a sampler's
-        usual call): the float32 operations of the tensor formulas below on numpy scalars, the same numbers to the
-        bit, without a dozen small tensor operations per call. None otherwise."""
+        usual call): the tensor formulas below on one element (log, square root: torch's), the timestep's
+        interpolation on numpy float32 scalars; the same numbers to the bit, without a dozen small tensor operations
+        per call. None otherwise."""
         if x.device.type != "cpu" or x.dtype != torch.float32 or sigma.dtype != torch.float32 or sigma.ndim != 1:
             return None
         values = sigma.tolist()

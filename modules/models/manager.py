@@ -234,7 +234,12 @@ class ModelManager:
                 self._current = previous
             raise
         self._current = parts
+        self._trim_ram()  # a model unloaded to RAM stays beyond the cache's size only until another one loads
         return parts
+
+    def _trim_ram(self) -> None:
+        while len(self._ram) > self.cache_limit - 1:
+            self._ram.popitem(last=False)
 
     def _load(self, info: CheckpointInfo) -> ModelParts:
         """Load ``info``; a file that cannot be loaded (not out of memory) is remembered as broken in the registry
@@ -362,8 +367,7 @@ class ModelManager:
         if self.cache_limit > 1 and parts.info is not None:
             parts.to("cpu")
             self._ram[parts.info.path.resolve()] = parts
-            while len(self._ram) > self.cache_limit - 1:
-                self._ram.popitem(last=False)
+            self._trim_ram()
         self._free()
 
     def _free(self) -> None:
@@ -448,6 +452,5 @@ class ModelManager:
     def set_cache_limit(self, limit: int) -> None:
         with self._lock:
             self.cache_limit = max(1, int(limit))
-            while len(self._ram) > self.cache_limit - 1:
-                self._ram.popitem(last=False)
+            self._trim_ram()
             self._free()

@@ -156,15 +156,6 @@ def _stack(arrays: list[Array]) -> Array:
     return torch.stack(arrays, dim=1)
 
 
-def _concat(first: Array, second: Array) -> Array:
-    """Two arrays joined along the second axis (numpy arrays or torch tensors)."""
-    if isinstance(first, np.ndarray):
-        return np.concatenate([first, second], axis=1)
-    import torch
-
-    return torch.cat([first, second], dim=1)
-
-
 def _column(values: list[float], like: Array) -> Array:
     """Per-node numbers as an array that broadcasts along the second axis of ``like``, in its dtype: the same
     rounding as multiplying by each number on its own."""

@@ -62,20 +62,22 @@ def run_job(app: App, spec: Txt2ImgJob | Img2ImgJob, control: JobControl, genera
     def save_grid(image: Image.Image, infotext: str, used: GenerationRequest, basename: str) -> Path | None:
         if spec.output is None or not spec.output.save_grid:
             return None
-        values = {"seed": used.seed, "prompt": used.prompt, "steps": used.steps, "sampler": used.sampler_name,
-                  "cfg_scale": used.cfg_scale}
-        return write_grid(image, infotext, values, spec.output, control.warn, basename=basename)
+        return write_grid(image, infotext, _values(used, used.seed), spec.output, control.warn, basename=basename)
 
     def save_image(image: Image.Image, infotext: str, used: GenerationRequest, seed: int) -> Path | None:
         out = spec.output
         if out is None or not out.save_samples:
             return None
-        values = {"seed": seed, "prompt": used.prompt, "steps": used.steps, "sampler": used.sampler_name,
-                  "cfg_scale": used.cfg_scale}
-        return write_sample(image, infotext, values, out, control.warn)
+        return write_sample(image, infotext, _values(used, seed), out, control.warn)
 
     ctx = RunContext(kind, process, control, save_grid, app, save_image, spec.return_grid)
     return script_result(script.run(ctx, req, spec.script.args), req, control, script.title)
+
+
+def _values(used: GenerationRequest, seed: int) -> dict[str, object]:
+    """What the file and directory name patterns read for an image or grid a script saves."""
+    return {"seed": seed, "prompt": used.prompt, "steps": used.steps, "sampler": used.sampler_name,
+            "cfg_scale": used.cfg_scale}
 
 
 def script_result(output: ScriptOutput, req: GenerationRequest, control: JobControl, script_name: str = ""
